@@ -1,0 +1,29 @@
+"""tdsk: fused temporal-difference kernels and a fast TDS-CLIP implementation.
+
+Sub-packages:
+
+* :mod:`tdsk.ops` -- the public ops (``temporal_pool_diff``, ``frame_diff_concat``,
+  side attention), registered as ``torch.ops.tdsk.*`` custom ops.
+* :mod:`tdsk.models` -- the TDS-CLIP model (frozen open_clip ViT + side network).
+* :mod:`tdsk.data` -- frame sampling, decoders and loaders.
+
+Importing ``tdsk`` never fails because an optional part (the C++ extension
+``tdsk._C``, Triton, xformers, DALI) is missing; the fallback is logged once.
+Heavy sub-packages (models, data) are imported lazily.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+from tdsk import ops  # noqa: E402  (registers torch.ops.tdsk.*)
+
+_LAZY = {"models", "data", "configs"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"tdsk.{name}")
+    raise AttributeError(f"module 'tdsk' has no attribute {name!r}")
+
+
+__all__ = ["ops", "models", "data", "__version__"]

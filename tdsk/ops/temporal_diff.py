@@ -1,0 +1,402 @@
+"""Temporal-difference ops of TDS-CLIP, as ``torch.library`` custom ops.
+
+Public functions (ordinary tensors in, ordinary tensors out):
+
+* :func:`temporal_pool_diff` -- the TD-Adapter core: temporal max-pool minus input,
+  with an optional channel-mean mix (spec 4.2(a) step 6).
+* :func:`frame_diff_concat` -- the SME-Adapter input: differences of M consecutive
+  local frames concatenated along channels, with optional on-the-fly uint8
+  normalisation (spec 3.1, eq. 2 of the paper).
+* :func:`official_frames_view` -- the official loader's ``(N*T, M*C, H, W)`` tensor
+  seen as ``(N, T, M, C, H, W)``.
+
+Each op exists once, as ``torch.ops.tdsk.<name>`` (plus a ``*_backward`` op), with
+a fake (meta) implementation and autograd, so ``torch.compile(fullgraph=True)``
+traces through it. The device kernels plug into that one op:
+
+=========  ===========================================  ===========================
+device     implementation                               fallback
+=========  ===========================================  ===========================
+CPU        C++ ``at::parallel_for`` kernels (tdsk._C)   :mod:`tdsk.ops.reference`
+CUDA       Triton kernels (``tdsk.kernels``)            :mod:`tdsk.ops.reference`
+other      :mod:`tdsk.ops.reference`
+=========  ===========================================  ===========================
+"""
+import math
+import numbers
+from typing import Optional, Sequence, Union
+
+import torch
+
+from tdsk.ops import reference
+from tdsk.ops._backends import cpu_kernels, triton_kernels
+
+__all__ = ["temporal_pool_diff", "frame_diff_concat", "official_frames_view"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+Stat = Union[torch.Tensor, Sequence[float], None]
+
+
+# ---------------------------------------------------------------------------
+# temporal_pool_diff
+# ---------------------------------------------------------------------------
+
+def _temporal_pool_diff_reference_backward(grad_out, x, kernel_size, channel_mix):
+    # Written out by hand (autograd is not available below the op's autograd
+    # layer). Same rule as max_pool3d: the earliest maximal frame of the window
+    # receives the gradient (torch.argmax documents first-index tie breaking).
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xo, g = x.to(work), grad_out.to(work)
+    channels, frames, pad = x.shape[1], x.shape[2], kernel_size // 2
+    grad_d = (1.0 - channel_mix) * g + (channel_mix / channels) * g.sum(dim=1, keepdim=True)
+    padded = torch.nn.functional.pad(xo, (0, 0, 0, 0, pad, pad), value=float("-inf"))
+    windows = padded.unfold(2, kernel_size, 1)  # [N, C, T, H, W, k]
+    source = windows.argmax(dim=-1) + torch.arange(frames, device=x.device).view(1, 1, frames, 1, 1)
+    grad_padded = torch.zeros_like(padded)
+    grad_padded.scatter_add_(2, source, -grad_d)  # padded frame index = source (offset by pad)
+    grad_x = grad_d + grad_padded[:, :, pad : pad + frames]
+    return grad_x.to(x.dtype).contiguous()
+
+
+def _temporal_pool_diff_impl(x: torch.Tensor, kernel_size: int, channel_mix: float) -> torch.Tensor:
+    if x.numel() == 0:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    backend = None
+    if x.device.type == "cpu":
+        backend = cpu_kernels()
+    elif x.device.type == "cuda":
+        backend = triton_kernels()
+    if backend is not None:
+        return backend.temporal_pool_diff_forward(x, kernel_size, channel_mix)
+    return reference.temporal_pool_diff_reference(x, kernel_size, channel_mix)
+
+
+def _temporal_pool_diff_backward_impl(grad_out, x, kernel_size, channel_mix):
+    if x.numel() == 0:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    backend = None
+    if x.device.type == "cpu":
+        backend = cpu_kernels()
+    elif x.device.type == "cuda":
+        backend = triton_kernels()
+    if backend is not None:
+        return backend.temporal_pool_diff_backward(grad_out, x, kernel_size, channel_mix)
+    return _temporal_pool_diff_reference_backward(grad_out, x, kernel_size, channel_mix)
+
+
+@torch.library.custom_op("tdsk::temporal_pool_diff", mutates_args=())
+def _temporal_pool_diff_op(x: torch.Tensor, kernel_size: int, channel_mix: float) -> torch.Tensor:
+    return _temporal_pool_diff_impl(x, kernel_size, channel_mix)
+
+
+@torch.library.custom_op("tdsk::temporal_pool_diff_backward", mutates_args=())
+def _temporal_pool_diff_backward_op(
+    grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int, channel_mix: float
+) -> torch.Tensor:
+    return _temporal_pool_diff_backward_impl(grad_out, x, kernel_size, channel_mix)
+
+
+@_temporal_pool_diff_op.register_fake
+def _(x, kernel_size, channel_mix):
+    torch._check(x.dim() == 5, lambda: "temporal_pool_diff: x must be 5-D [N, C, T, H, W]")
+    return x.new_empty(x.shape)
+
+
+@_temporal_pool_diff_backward_op.register_fake
+def _(grad_out, x, kernel_size, channel_mix):
+    torch._check(grad_out.shape == x.shape, lambda: "temporal_pool_diff_backward: grad shape mismatch")
+    return x.new_empty(x.shape)
+
+
+def _temporal_pool_diff_setup_context(ctx, inputs, output):
+    x, kernel_size, channel_mix = inputs
+    # Only x is saved: the backward recomputes the window argmax from it, so no
+    # index tensor is kept alive between forward and backward.
+    ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
+    ctx.kernel_size = kernel_size
+    ctx.channel_mix = channel_mix
+
+
+def _temporal_pool_diff_backward(ctx, grad_out):
+    (x,) = ctx.saved_tensors
+    if x is None:
+        return None, None, None
+    grad_x = torch.ops.tdsk.temporal_pool_diff_backward(grad_out, x, ctx.kernel_size, ctx.channel_mix)
+    return grad_x, None, None
+
+
+_temporal_pool_diff_op.register_autograd(
+    _temporal_pool_diff_backward, setup_context=_temporal_pool_diff_setup_context
+)
+
+
+def _check_tensor(name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def temporal_pool_diff(x: torch.Tensor, kernel_size: int = 3, channel_mix: float = 0.0) -> torch.Tensor:
+    """Temporal max-pool minus input, with an optional channel-mean mix (TD-Adapter core).
+
+    Args:
+        x: ``Tensor[N, C, T, H, W]``, float32/float16/bfloat16/float64, any strides,
+            ``T >= 1``, on any device (CPU: C++ kernel, CUDA: Triton kernel).
+        kernel_size: odd temporal window ``k >= 1``. The max at frame ``t`` is over
+            the frames ``t - k//2 .. t + k//2`` that exist (padding never wins),
+            exactly ``F.max_pool3d(kernel=(k, 1, 1), stride=1, padding=(k//2, 0, 0))``.
+        channel_mix: ``a`` in ``[0, 1]``. With ``d = x - p`` the result is
+            ``(1 - a) * d + a * d.mean(dim=1, keepdim=True)``; the official
+            TD-Adapter uses ``a = 0.5``.
+
+    Returns:
+        A new contiguous ``Tensor[N, C, T, H, W]`` of ``x``'s dtype. Differentiable in
+        ``x``; on ties the gradient goes to the earliest frame of the window (as
+        ``max_pool3d``). The backward recomputes the argmax from ``x``.
+
+    Raises:
+        TypeError: ``x`` is not a floating tensor.
+        ValueError: wrong rank, ``T == 0``, even or non-positive ``kernel_size``,
+            ``channel_mix`` outside ``[0, 1]``.
+    """
+    _check_tensor("x", x)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"temporal_pool_diff: x must be float32, float16, bfloat16 or float64, got {x.dtype}"
+        )
+    if x.dim() != 5:
+        raise ValueError(
+            f"temporal_pool_diff: x must be Tensor[N, C, T, H, W] (5-D), got {x.dim()}-D shape {tuple(x.shape)}"
+        )
+    if x.shape[2] < 1:
+        raise ValueError(f"temporal_pool_diff: x needs T >= 1 frames (dim 2), got shape {tuple(x.shape)}")
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral):
+        raise TypeError(f"temporal_pool_diff: kernel_size must be an int, got {type(kernel_size).__name__}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"temporal_pool_diff: kernel_size must be odd and >= 1, got {kernel_size}")
+    if isinstance(channel_mix, bool) or not isinstance(channel_mix, numbers.Real):
+        raise TypeError(f"temporal_pool_diff: channel_mix must be a float, got {type(channel_mix).__name__}")
+    if not (0.0 <= float(channel_mix) <= 1.0) or math.isnan(float(channel_mix)):
+        raise ValueError(f"temporal_pool_diff: channel_mix must be in [0, 1], got {channel_mix}")
+    return torch.ops.tdsk.temporal_pool_diff(x, int(kernel_size), float(channel_mix))
+
+
+# ---------------------------------------------------------------------------
+# frame_diff_concat
+# ---------------------------------------------------------------------------
+# The registered op takes a per-channel ``scale`` instead of mean/std: in a
+# difference of two normalised frames the mean cancels,
+#   (f1/255 - m)/s - (f0/255 - m)/s = (f1 - f0) * (1 / (255 s)),
+# so kernels read two frames, subtract, multiply once. uint8 differences are
+# exact integers, so this is also the more accurate form.
+
+def _frame_diff_concat_scaled_reference(frames, scale, out_dtype):
+    n, t, m, c, h, w = frames.shape
+    work = torch.float64 if torch.float64 in (frames.dtype, out_dtype) else torch.float32
+    f = frames.to(work)
+    d = f[:, :, 1:] - f[:, :, :-1]
+    if scale is not None:
+        d = d * scale.to(work).view(c, 1, 1)
+    return d.reshape(n, t, (m - 1) * c, h, w).permute(0, 2, 1, 3, 4).to(out_dtype).contiguous()
+
+
+def _frame_diff_concat_scaled_reference_backward(grad_out, scale, num_local, frames_dtype):
+    n, mc, t, h, w = grad_out.shape
+    c = mc // (num_local - 1)
+    work = torch.float64 if torch.float64 in (grad_out.dtype, frames_dtype) else torch.float32
+    g = grad_out.to(work).permute(0, 2, 1, 3, 4).reshape(n, t, num_local - 1, c, h, w)
+    if scale is not None:
+        g = g * scale.to(work).view(c, 1, 1)
+    grad = torch.zeros((n, t, num_local, c, h, w), dtype=work, device=grad_out.device)
+    grad[:, :, 1:] += g
+    grad[:, :, :-1] -= g
+    return grad.to(frames_dtype)
+
+
+def _frame_diff_concat_impl(frames, scale, out_dtype):
+    n, t, m, c, h, w = frames.shape
+    if frames.numel() == 0:
+        return torch.empty((n, (m - 1) * c, t, h, w), dtype=out_dtype, device=frames.device)
+    backend = None
+    if frames.device.type == "cpu":
+        backend = cpu_kernels()
+    elif frames.device.type == "cuda":
+        backend = triton_kernels()
+    if backend is not None:
+        return backend.frame_diff_concat_forward(frames, scale, out_dtype)
+    return _frame_diff_concat_scaled_reference(frames, scale, out_dtype)
+
+
+def _frame_diff_concat_backward_impl(grad_out, scale, num_local, frames_dtype):
+    n, mc, t, h, w = grad_out.shape
+    c = mc // (num_local - 1)
+    if grad_out.numel() == 0:
+        return torch.zeros((n, t, num_local, c, h, w), dtype=frames_dtype, device=grad_out.device)
+    backend = None
+    if grad_out.device.type == "cpu":
+        backend = cpu_kernels()
+    elif grad_out.device.type == "cuda":
+        backend = triton_kernels()
+    if backend is not None:
+        return backend.frame_diff_concat_backward(grad_out, scale, num_local, frames_dtype)
+    return _frame_diff_concat_scaled_reference_backward(grad_out, scale, num_local, frames_dtype)
+
+
+@torch.library.custom_op("tdsk::frame_diff_concat", mutates_args=())
+def _frame_diff_concat_op(
+    frames: torch.Tensor, scale: Optional[torch.Tensor], out_dtype: torch.dtype
+) -> torch.Tensor:
+    return _frame_diff_concat_impl(frames, scale, out_dtype)
+
+
+@torch.library.custom_op("tdsk::frame_diff_concat_backward", mutates_args=())
+def _frame_diff_concat_backward_op(
+    grad_out: torch.Tensor, scale: Optional[torch.Tensor], num_local: int, frames_dtype: torch.dtype
+) -> torch.Tensor:
+    return _frame_diff_concat_backward_impl(grad_out, scale, num_local, frames_dtype)
+
+
+@_frame_diff_concat_op.register_fake
+def _(frames, scale, out_dtype):
+    torch._check(frames.dim() == 6, lambda: "frame_diff_concat: frames must be 6-D [N, T, M, C, H, W]")
+    n, t, m, c, h, w = frames.shape
+    return frames.new_empty((n, (m - 1) * c, t, h, w), dtype=out_dtype)
+
+
+@_frame_diff_concat_backward_op.register_fake
+def _(grad_out, scale, num_local, frames_dtype):
+    n, mc, t, h, w = grad_out.shape
+    c = mc // (num_local - 1)
+    return grad_out.new_empty((n, t, num_local, c, h, w), dtype=frames_dtype)
+
+
+def _frame_diff_concat_setup_context(ctx, inputs, output):
+    frames, scale, out_dtype = inputs
+    ctx.save_for_backward(scale)
+    ctx.num_local = frames.shape[2]
+    ctx.frames_dtype = frames.dtype
+
+
+def _frame_diff_concat_backward(ctx, grad_out):
+    (scale,) = ctx.saved_tensors
+    grad = torch.ops.tdsk.frame_diff_concat_backward(grad_out, scale, ctx.num_local, ctx.frames_dtype)
+    return grad, None, None
+
+
+_frame_diff_concat_op.register_autograd(_frame_diff_concat_backward, setup_context=_frame_diff_concat_setup_context)
+
+
+def _as_stat(name: str, value: Stat, channels: int, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.device != device:
+            raise ValueError(
+                f"frame_diff_concat: {name} is on {value.device} but frames are on {device}; "
+                "put them on the same device"
+            )
+        stat = value.detach().to(torch.float64)
+    else:
+        try:
+            stat = torch.tensor([float(v) for v in value], dtype=torch.float64, device=device)
+        except TypeError as exc:
+            raise TypeError(
+                f"frame_diff_concat: {name} must be a tensor or a sequence of {channels} floats, "
+                f"got {type(value).__name__}"
+            ) from exc
+    if stat.dim() != 1 or stat.numel() != channels:
+        raise ValueError(
+            f"frame_diff_concat: {name} must have one value per channel (C={channels}), "
+            f"got shape {tuple(stat.shape)}"
+        )
+    if not bool(torch.isfinite(stat).all()):
+        raise ValueError(f"frame_diff_concat: {name} must be finite, got {stat.tolist()}")
+    return stat
+
+
+def frame_diff_concat(
+    frames: torch.Tensor,
+    mean: Stat = None,
+    std: Stat = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Differences of consecutive local frames, concatenated along channels (SME-Adapter input).
+
+    Args:
+        frames: ``Tensor[N, T, M, C, H, W]``: ``M >= 2`` consecutive local frames for
+            each of ``T`` segments of ``N`` clips (``M = 5`` in the official model),
+            any strides. Floating (already normalised, or in [0, 1] pixel units when
+            ``mean``/``std`` are given) or ``uint8`` (0..255, as a GPU decoder
+            delivers them; then ``mean`` and ``std`` are required).
+            The official loader's ``(N*T, M*C, H, W)`` tensor is a view of this layout:
+            ``official.view(N, T, M, C, H, W)`` (see :func:`official_frames_view`).
+        mean, std: optional per-channel statistics in [0, 1] pixel units (e.g. CLIP's),
+            tensors on ``frames``' device or sequences of ``C`` floats. Frames are
+            normalised as ``(f / 255 - mean) / std`` (uint8) or ``(f - mean) / std``
+            (floating) before differencing.
+        out_dtype: floating dtype of the result; default float32 for uint8 input,
+            else ``frames.dtype``.
+
+    Returns:
+        A new contiguous ``Tensor[N, (M-1)*C, T, H, W]`` with
+        ``out[:, j*C + c, t] = f[:, t, j+1, c] - f[:, t, j, c]`` (the channel order the
+        official checkpoint's ``side_conv1_c5`` expects). Differentiable with respect
+        to floating ``frames`` (``mean``/``std`` are constants).
+
+    Raises:
+        TypeError: unsupported dtype, integer frames without ``mean``/``std``.
+        ValueError: wrong rank, ``M < 2``, only one of ``mean``/``std``, a statistic
+            of the wrong length, non-positive ``std``, mixed devices.
+    """
+    _check_tensor("frames", frames)
+    if frames.dim() != 6:
+        raise ValueError(
+            f"frame_diff_concat: frames must be Tensor[N, T, M, C, H, W] (6-D), got {frames.dim()}-D "
+            f"shape {tuple(frames.shape)}"
+        )
+    n, t, m, c, h, w = frames.shape
+    if m < 2:
+        raise ValueError(f"frame_diff_concat: need M >= 2 local frames per segment (dim 2), got M={m}")
+    is_uint8 = frames.dtype == torch.uint8
+    if not (is_uint8 or frames.dtype in _FLOAT_DTYPES):
+        raise TypeError(
+            f"frame_diff_concat: frames must be uint8 or float32/float16/bfloat16/float64, got {frames.dtype}"
+        )
+    if (mean is None) != (std is None):
+        raise ValueError("frame_diff_concat: pass both mean and std, or neither")
+    if is_uint8 and mean is None:
+        raise TypeError(
+            "frame_diff_concat: integer (uint8) frames need mean= and std= to be normalised; "
+            "for CLIP use mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711)"
+        )
+    if out_dtype is None:
+        out_dtype = torch.float32 if is_uint8 else frames.dtype
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"frame_diff_concat: out_dtype must be a floating torch.dtype, got {out_dtype!r}")
+
+    scale = None
+    if mean is not None:
+        _as_stat("mean", mean, c, frames.device)  # validated; it cancels in a difference
+        std_t = _as_stat("std", std, c, frames.device)
+        if not bool((std_t > 0).all()):
+            raise ValueError(f"frame_diff_concat: std must be > 0, got {std_t.tolist()}")
+        # float64 division, then rounded once to float32 for the kernels.
+        scale = (1.0 / (std_t * (255.0 if is_uint8 else 1.0))).to(torch.float32)
+    return torch.ops.tdsk.frame_diff_concat(frames, scale, out_dtype)
+
+
+def official_frames_view(x: torch.Tensor, num_segments: int, num_local: int = 5, channels: int = 3) -> torch.Tensor:
+    """View the official loader's ``(N*T, M*C, H, W)`` tensor as ``(N, T, M, C, H, W)``.
+
+    The official code regroups ``(b t m) c h w -> (b t) (m c) h w``; on contiguous
+    memory both are the same bytes, so this is a ``view`` (no copy) when possible and
+    a ``reshape`` otherwise.
+    """
+    _check_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"official_frames_view: x must be (N*T, M*C, H, W), got shape {tuple(x.shape)}")
+    bt, mc, h, w = x.shape
+    if mc != num_local * channels:
+        raise ValueError(
+            f"official_frames_view: dim 1 must be M*C = {num_local}*{channels} = {num_local * channels}, got {mc}"
+        )
+    if bt % num_segments != 0:
+        raise ValueError(f"official_frames_view: dim 0 ({bt}) is not a multiple of num_segments={num_segments}")
+    return x.reshape(bt // num_segments, num_segments, num_local, channels, h, w)
