@@ -37,6 +37,15 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 Stat = Union[torch.Tensor, Sequence[float], None]
 
 
+def _device_backend(device: torch.device):
+    """The compiled kernels serving ``device``, or ``None`` (then: the reference)."""
+    if device.type == "cpu":
+        return cpu_kernels()
+    if device.type == "cuda":
+        return triton_kernels()
+    return None
+
+
 # ---------------------------------------------------------------------------
 # temporal_pool_diff
 # ---------------------------------------------------------------------------
@@ -61,11 +70,7 @@ def _temporal_pool_diff_reference_backward(grad_out, x, kernel_size, channel_mix
 def _temporal_pool_diff_impl(x: torch.Tensor, kernel_size: int, channel_mix: float) -> torch.Tensor:
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    backend = None
-    if x.device.type == "cpu":
-        backend = cpu_kernels()
-    elif x.device.type == "cuda":
-        backend = triton_kernels()
+    backend = _device_backend(x.device)
     if backend is not None:
         return backend.temporal_pool_diff_forward(x, kernel_size, channel_mix)
     return reference.temporal_pool_diff_reference(x, kernel_size, channel_mix)
@@ -74,11 +79,7 @@ def _temporal_pool_diff_impl(x: torch.Tensor, kernel_size: int, channel_mix: flo
 def _temporal_pool_diff_backward_impl(grad_out, x, kernel_size, channel_mix):
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    backend = None
-    if x.device.type == "cpu":
-        backend = cpu_kernels()
-    elif x.device.type == "cuda":
-        backend = triton_kernels()
+    backend = _device_backend(x.device)
     if backend is not None:
         return backend.temporal_pool_diff_backward(grad_out, x, kernel_size, channel_mix)
     return _temporal_pool_diff_reference_backward(grad_out, x, kernel_size, channel_mix)
@@ -212,15 +213,18 @@ def _frame_diff_concat_scaled_reference_backward(grad_out, scale, num_local, fra
     return grad.to(frames_dtype)
 
 
+def _frame_diff_backend(device: torch.device, scale):
+    # The kernels take a float32 scale; a float64 one (float64 work) uses the reference.
+    if scale is not None and scale.dtype != torch.float32:
+        return None
+    return _device_backend(device)
+
+
 def _frame_diff_concat_impl(frames, scale, out_dtype):
     n, t, m, c, h, w = frames.shape
     if frames.numel() == 0:
         return torch.empty((n, (m - 1) * c, t, h, w), dtype=out_dtype, device=frames.device)
-    backend = None
-    if frames.device.type == "cpu":
-        backend = cpu_kernels()
-    elif frames.device.type == "cuda":
-        backend = triton_kernels()
+    backend = _frame_diff_backend(frames.device, scale)
     if backend is not None:
         return backend.frame_diff_concat_forward(frames, scale, out_dtype)
     return _frame_diff_concat_scaled_reference(frames, scale, out_dtype)
@@ -231,11 +235,7 @@ def _frame_diff_concat_backward_impl(grad_out, scale, num_local, frames_dtype):
     c = mc // (num_local - 1)
     if grad_out.numel() == 0:
         return torch.zeros((n, t, num_local, c, h, w), dtype=frames_dtype, device=grad_out.device)
-    backend = None
-    if grad_out.device.type == "cpu":
-        backend = cpu_kernels()
-    elif grad_out.device.type == "cuda":
-        backend = triton_kernels()
+    backend = _frame_diff_backend(grad_out.device, scale)
     if backend is not None:
         return backend.frame_diff_concat_backward(grad_out, scale, num_local, frames_dtype)
     return _frame_diff_concat_scaled_reference_backward(grad_out, scale, num_local, frames_dtype)
@@ -296,7 +296,7 @@ def _as_stat(name: str, value: Stat, channels: int, device: torch.device) -> tor
     else:
         try:
             stat = torch.tensor([float(v) for v in value], dtype=torch.float64, device=device)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"frame_diff_concat: {name} must be a tensor or a sequence of {channels} floats, "
                 f"got {type(value).__name__}"
@@ -377,8 +377,10 @@ def frame_diff_concat(
         std_t = _as_stat("std", std, c, frames.device)
         if not bool((std_t > 0).all()):
             raise ValueError(f"frame_diff_concat: std must be > 0, got {std_t.tolist()}")
-        # float64 division, then rounded once to float32 for the kernels.
-        scale = (1.0 / (std_t * (255.0 if is_uint8 else 1.0))).to(torch.float32)
+        # float64 division, then rounded once to float32 for the kernels (float64
+        # work keeps a float64 scale: full precision for validation runs).
+        wide = torch.float64 in (frames.dtype, out_dtype)
+        scale = (1.0 / (std_t * (255.0 if is_uint8 else 1.0))).to(torch.float64 if wide else torch.float32)
     return torch.ops.tdsk.frame_diff_concat(frames, scale, out_dtype)
 
 

@@ -1,0 +1,30 @@
+// C++ CPU kernels of the tdsk ops, registered as torch.ops.tdsk_cpu.* (see register.cpp).
+//
+// The Python custom ops torch.ops.tdsk.* (tdsk/ops/temporal_diff.py) validate the
+// arguments and call these for CPU tensors; the kernels re-check the preconditions
+// they rely on (TORCH_CHECK) so that a direct call cannot read out of bounds.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <optional>
+
+namespace tdsk {
+
+// x: [N, C, T, H, W] float/double/half/bfloat16, any strides -> contiguous, x's dtype.
+at::Tensor temporal_pool_diff_forward(const at::Tensor& x, int64_t kernel_size, double channel_mix);
+
+// grad_out, x: [N, C, T, H, W] -> grad_x contiguous, x's dtype. Recomputes the argmax.
+at::Tensor temporal_pool_diff_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                       int64_t kernel_size, double channel_mix);
+
+// frames: [N, T, M, C, H, W] uint8 or floating, any strides -> [N, (M-1)*C, T, H, W].
+at::Tensor frame_diff_concat_forward(const at::Tensor& frames, const std::optional<at::Tensor>& scale,
+                                     at::ScalarType out_dtype);
+
+// grad_out: [N, (M-1)*C, T, H, W] any strides -> grad_frames [N, T, M, C, H, W] contiguous.
+at::Tensor frame_diff_concat_backward(const at::Tensor& grad_out, const std::optional<at::Tensor>& scale,
+                                      int64_t num_local, at::ScalarType frames_dtype);
+
+}  // namespace tdsk

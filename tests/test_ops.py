@@ -1,0 +1,400 @@
+"""Public ops (``torch.ops.tdsk.*`` through ``tdsk.ops.temporal_diff``) against the reference.
+
+Whatever backend serves the device (C++ on CPU, Triton on CUDA, or the reference
+fallback) must agree with :mod:`tdsk.ops.reference`: forward values and gradients
+(the reference's gradients come from autograd, never from hand-written formulas).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdsk.ops import reference
+from tdsk.ops.temporal_diff import frame_diff_concat, official_frames_view, temporal_pool_diff
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Per-dtype tolerances (atol, rtol). float32 with channel_mix=0 is asserted exactly
+# in its own test; with a channel mean the summation order may differ.
+TOL = {
+    torch.float64: (1e-12, 1e-12),
+    torch.float32: (2e-6, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+DTYPES = list(TOL)
+
+# (N, C, T, H, W): T = 1, 2, 3, 16; odd/prime H and W; N = 0; channels 1..64.
+POOL_SHAPES = [
+    (2, 3, 1, 5, 7),
+    (1, 1, 2, 3, 3),
+    (2, 5, 3, 7, 11),
+    (1, 4, 16, 3, 5),
+    (0, 4, 8, 3, 3),
+    (2, 20, 8, 7, 7),
+    (1, 64, 4, 2, 3),
+    (3, 2, 5, 1, 1),
+]
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def assert_close(actual, expected, dtype, what=""):
+    atol, rtol = TOL[dtype]
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    err = (actual.double() - expected.double()).abs()
+    bound = atol + rtol * expected.double().abs()
+    bad = err > bound
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} elements differ; max err {err.max().item():.3g}; "
+            f"first bad indices {idx}"
+        )
+
+
+def with_ties(x):
+    """Quantise so that many windows hold several equal maxima (tests the tie rule)."""
+    return (x * 2).round() / 2
+
+
+def pool_ref_grads(x, k, mix, grad):
+    xr = x.detach().clone().requires_grad_(True)
+    y = reference.temporal_pool_diff_reference(xr, k, mix)
+    y.backward(grad)
+    return y.detach(), xr.grad
+
+
+# ---------------------------------------------------------------------------
+# reference sanity (the oracle itself)
+# ---------------------------------------------------------------------------
+
+def test_reference_pool_matches_definition():
+    x = torch.randn(2, 3, 6, 4, 5, dtype=torch.float64)
+    k = 3
+    manual = torch.empty_like(x)
+    for t in range(6):
+        lo, hi = max(0, t - 1), min(6, t + 2)
+        manual[:, :, t] = x[:, :, t] - x[:, :, lo:hi].amax(dim=2)
+    d = manual
+    torch.testing.assert_close(reference.temporal_pool_diff_reference(x, k, 0.0), d)
+    mixed = 0.7 * d + 0.3 * d.mean(dim=1, keepdim=True)
+    torch.testing.assert_close(reference.temporal_pool_diff_reference(x, k, 0.3), mixed)
+
+
+def test_reference_frame_diff_matches_definition():
+    frames = torch.randint(0, 256, (2, 3, 4, 3, 5, 6), dtype=torch.uint8)
+    out = reference.frame_diff_concat_reference(frames, torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD))
+    f = frames.double() / 255
+    f = (f - torch.tensor(CLIP_MEAN, dtype=torch.float64).view(3, 1, 1)) / torch.tensor(
+        CLIP_STD, dtype=torch.float64
+    ).view(3, 1, 1)
+    for j in range(3):
+        for c in range(3):
+            expected = f[:, :, j + 1, c] - f[:, :, j, c]  # [N, T, H, W]
+            torch.testing.assert_close(out[:, j * 3 + c].double(), expected, atol=1e-5, rtol=1e-5)
+    assert out.dtype == torch.float32 and out.shape == (2, 9, 3, 5, 6)
+
+
+# ---------------------------------------------------------------------------
+# temporal_pool_diff
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_pool_diff_exact_float32(device, shape, k):
+    torch.manual_seed(0)
+    x = with_ties(torch.randn(shape, device=device))
+    out = temporal_pool_diff(x, k, 0.0)
+    expected = reference.temporal_pool_diff_reference(x, k, 0.0)
+    assert out.is_contiguous() and out.dtype == x.dtype
+    assert torch.equal(out, expected), "float32 with channel_mix=0 must match the reference exactly"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("k,mix", [(3, 0.5), (5, 0.25), (7, 1.0), (1, 0.5)])
+def test_pool_diff_forward_backward(device, dtype, shape, k, mix):
+    torch.manual_seed(1)
+    x = with_ties(torch.randn(shape, device=device)).to(dtype)
+    grad = torch.randn(shape, device=device).to(dtype)
+    xr = x.clone().requires_grad_(True)
+    out = temporal_pool_diff(xr, k, mix)
+    out.backward(grad)
+    ref_out, ref_grad = pool_ref_grads(x, k, mix, grad)
+    assert_close(out, ref_out, dtype, f"forward {dtype} k={k} mix={mix}")
+    assert xr.grad.dtype == dtype
+    assert_close(xr.grad, ref_grad, dtype, f"grad {dtype} k={k} mix={mix}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["permuted", "sliced", "channels_last_3d", "expanded"])
+def test_pool_diff_non_contiguous(device, layout):
+    torch.manual_seed(2)
+    base = with_ties(torch.randn(2, 8, 5, 7, 6, device=device))
+    if layout == "permuted":  # the TD-Adapter's (B, T, R, g, g) -> (B, R, T, g, g) view
+        x = base.permute(0, 2, 1, 3, 4).contiguous().permute(0, 2, 1, 3, 4)
+    elif layout == "sliced":
+        x = base[:, ::2, :, 1:, ::2]
+    elif layout == "channels_last_3d":
+        x = base.contiguous(memory_format=torch.channels_last_3d)
+    else:
+        x = base[:, :1].expand(2, 8, 5, 7, 6)
+    assert not x.is_contiguous() or layout == "channels_last_3d"
+    grad = torch.randn(x.shape, device=device)
+    xr = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    out = temporal_pool_diff(xr, 3, 0.5)
+    out.backward(grad.permute(0, 1, 2, 4, 3).contiguous().permute(0, 1, 2, 4, 3))  # non-contiguous grad too
+    ref_out, ref_grad = pool_ref_grads(x.contiguous(), 3, 0.5, grad)
+    assert out.is_contiguous()
+    assert_close(out, ref_out, torch.float32, layout)
+    assert_close(xr.grad, ref_grad, torch.float32, layout + " grad")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k,mix", [(3, 0.5), (5, 0.0), (1, 1.0)])
+def test_pool_diff_gradcheck(seed, k, mix):
+    torch.manual_seed(seed)
+    # Distinct values keep the max away from ties, where max is not differentiable.
+    x = torch.randperm(2 * 3 * 5 * 2 * 3, dtype=torch.float64).view(2, 3, 5, 2, 3).div_(7).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: temporal_pool_diff(t, k, mix), (x,), eps=1e-6, atol=1e-7)
+
+
+def test_pool_diff_ties_go_to_earliest_frame():
+    x = torch.zeros(1, 1, 4, 1, 1, requires_grad=True)  # every window is a tie
+    temporal_pool_diff(x, 3, 0.0).sum().backward()
+    # windows: t0 {0,1}->0, t1 {0,1,2}->0, t2 {1,2,3}->1, t3 {2,3}->2; grad = 1 - (#windows won)
+    assert x.grad.flatten().tolist() == [1 - 2, 1 - 1, 1 - 1, 1 - 0]
+
+
+def test_pool_diff_empty_and_grad():
+    x = torch.randn(0, 3, 4, 2, 2, requires_grad=True)
+    out = temporal_pool_diff(x, 3, 0.5)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: temporal_pool_diff(torch.randn(2, 3, 4, 5)), ValueError, "5-D"),
+        (lambda: temporal_pool_diff(torch.randn(1, 2, 0, 3, 3)), ValueError, "T >= 1"),
+        (lambda: temporal_pool_diff(torch.randn(1, 2, 3, 3, 3), kernel_size=2), ValueError, "odd"),
+        (lambda: temporal_pool_diff(torch.randn(1, 2, 3, 3, 3), kernel_size=0), ValueError, "kernel_size"),
+        (lambda: temporal_pool_diff(torch.randn(1, 2, 3, 3, 3), kernel_size=-3), ValueError, "kernel_size"),
+        (lambda: temporal_pool_diff(torch.randn(1, 2, 3, 3, 3), kernel_size=3.0), TypeError, "kernel_size"),
+        (lambda: temporal_pool_diff(torch.randn(1, 2, 3, 3, 3), channel_mix=1.5), ValueError, "channel_mix"),
+        (lambda: temporal_pool_diff(torch.randn(1, 2, 3, 3, 3), channel_mix=-0.1), ValueError, "channel_mix"),
+        (lambda: temporal_pool_diff(torch.randn(1, 2, 3, 3, 3), channel_mix=float("nan")), ValueError, "channel_mix"),
+        (lambda: temporal_pool_diff(torch.ones(1, 2, 3, 3, 3, dtype=torch.int32)), TypeError, "float32"),
+        (lambda: temporal_pool_diff([1.0, 2.0]), TypeError, "torch.Tensor"),
+    ],
+)
+def test_pool_diff_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------
+# frame_diff_concat
+# ---------------------------------------------------------------------------
+
+FRAME_SHAPES = [(2, 3, 5, 3, 7, 5), (1, 1, 2, 1, 3, 3), (1, 8, 3, 2, 5, 11), (0, 2, 5, 3, 4, 4), (2, 16, 4, 3, 2, 3)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", FRAME_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("normalise", [False, True])
+def test_frame_diff_forward_backward(device, dtype, shape, normalise):
+    torch.manual_seed(3)
+    c = shape[3]
+    frames = torch.rand(shape, device=device).to(dtype)
+    mean = std = None
+    if normalise:
+        mean = torch.linspace(0.3, 0.6, c, device=device)
+        std = torch.linspace(0.2, 0.3, c, device=device)
+    grad = torch.randn((shape[0], (shape[2] - 1) * c, shape[1], shape[4], shape[5]), device=device).to(dtype)
+    fr = frames.clone().requires_grad_(True)
+    out = frame_diff_concat(fr, mean, std)
+    out.backward(grad)
+    fref = frames.clone().requires_grad_(True)
+    expected = reference.frame_diff_concat_reference(fref, mean, std)
+    expected.backward(grad)
+    assert out.dtype == dtype and out.is_contiguous()
+    assert_close(out, expected.detach(), dtype, "frame_diff forward")
+    assert_close(fr.grad, fref.grad, dtype, "frame_diff grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("out_dtype", [None, torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_frame_diff_uint8_normalises_on_the_fly(device, out_dtype):
+    torch.manual_seed(4)
+    frames = torch.randint(0, 256, (2, 4, 5, 3, 9, 7), dtype=torch.uint8, device=device)
+    out = frame_diff_concat(frames, CLIP_MEAN, CLIP_STD, out_dtype=out_dtype)
+    expected = reference.frame_diff_concat_reference(
+        frames, torch.tensor(CLIP_MEAN, device=device), torch.tensor(CLIP_STD, device=device), out_dtype
+    )
+    dtype = out_dtype or torch.float32
+    assert out.dtype == dtype and out.shape == (2, 12, 4, 9, 7)
+    tol_dtype = dtype if dtype != torch.float64 else torch.float32  # scale is rounded to float32
+    assert_close(out, expected, tol_dtype, "uint8 normalise")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_frame_diff_non_contiguous_and_official_view(device):
+    torch.manual_seed(5)
+    n, t, m, c, h, w = 2, 3, 5, 3, 6, 4
+    official = torch.randn(n * t, m * c, h, w, device=device)  # the official loader's tensor
+    frames = official_frames_view(official, num_segments=t)
+    assert frames.data_ptr() == official.data_ptr() and frames.shape == (n, t, m, c, h, w)
+    out = frame_diff_concat(frames)
+    # the official model: (b t) (m c) h w -> differences -> b c t h w
+    f = official.view(n * t, m, c, h, w)
+    diff = torch.cat([f[:, j + 1] - f[:, j] for j in range(m - 1)], dim=1)
+    expected = diff.view(n, t, (m - 1) * c, h, w).permute(0, 2, 1, 3, 4)
+    assert torch.equal(out, expected)
+    sliced = torch.randn(n, t, m, c, h, 2 * w, device=device)[..., ::2].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not sliced.is_contiguous()
+    torch.testing.assert_close(frame_diff_concat(sliced), reference.frame_diff_concat_reference(sliced))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_frame_diff_gradcheck(seed):
+    torch.manual_seed(seed)
+    f = torch.randn(2, 2, 3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: frame_diff_concat(t), (f,))
+    assert torch.autograd.gradcheck(lambda t: frame_diff_concat(t, [0.4, 0.5], [0.2, 0.3]), (f,))
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: frame_diff_concat(torch.randn(2, 3, 5, 3, 4)), ValueError, "6-D"),
+        (lambda: frame_diff_concat(torch.randn(1, 2, 1, 3, 4, 4)), ValueError, "M >= 2"),
+        (lambda: frame_diff_concat(torch.zeros(1, 2, 3, 3, 4, 4, dtype=torch.uint8)), TypeError, "mean= and std="),
+        (lambda: frame_diff_concat(torch.zeros(1, 2, 3, 3, 4, 4, dtype=torch.int64)), TypeError, "uint8"),
+        (lambda: frame_diff_concat(torch.randn(1, 2, 3, 3, 4, 4), mean=CLIP_MEAN), ValueError, "both mean and std"),
+        (lambda: frame_diff_concat(torch.randn(1, 2, 3, 3, 4, 4), CLIP_MEAN[:2], CLIP_STD), ValueError, "mean"),
+        (lambda: frame_diff_concat(torch.randn(1, 2, 3, 3, 4, 4), CLIP_MEAN, (1, 2, 3, 4)), ValueError, "std"),
+        (lambda: frame_diff_concat(torch.randn(1, 2, 3, 3, 4, 4), CLIP_MEAN, (0.2, 0.0, 0.3)), ValueError, "std must be > 0"),
+        (lambda: frame_diff_concat(torch.randn(1, 2, 3, 3, 4, 4), out_dtype=torch.int32), TypeError, "out_dtype"),
+        (lambda: frame_diff_concat(torch.randn(1, 2, 3, 3, 4, 4), "abc", CLIP_STD), (TypeError, ValueError), "mean"),
+    ],
+)
+def test_frame_diff_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed-device check needs a second device (CUDA)")
+@pytest.mark.gpu
+def test_frame_diff_mixed_devices():
+    with pytest.raises(ValueError, match="same device"):
+        frame_diff_concat(torch.randn(1, 2, 3, 3, 4, 4, device="cuda"), torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD))
+
+
+def test_frame_diff_mixed_devices_meta():
+    # Without a GPU, the meta device stands in for "another device".
+    with pytest.raises(ValueError, match="same device"):
+        frame_diff_concat(torch.randn(1, 2, 3, 3, 4, 4), torch.empty(3, device="meta"), torch.ones(3))
+
+
+def test_frame_diff_empty():
+    f = torch.randn(0, 2, 5, 3, 4, 4, requires_grad=True)
+    out = frame_diff_concat(f)
+    assert out.shape == (0, 12, 2, 4, 4)
+    out.sum().backward()
+    assert f.grad.shape == f.shape
+
+
+# ---------------------------------------------------------------------------
+# registration: opcheck, torch.compile, fallbacks
+# ---------------------------------------------------------------------------
+
+def test_opcheck_temporal_pool_diff():
+    torch.manual_seed(6)
+    samples = [
+        (torch.randn(2, 3, 4, 3, 5, requires_grad=True), 3, 0.5),
+        (torch.randn(1, 2, 1, 2, 2, dtype=torch.float64, requires_grad=True), 5, 0.0),
+        (torch.randn(2, 4, 6, 3, 3).permute(0, 1, 2, 4, 3), 3, 0.25),
+    ]
+    for args in samples:
+        torch.library.opcheck(torch.ops.tdsk.temporal_pool_diff.default, args)
+    x = torch.randn(2, 3, 4, 3, 5)
+    torch.library.opcheck(torch.ops.tdsk.temporal_pool_diff_backward.default, (torch.randn_like(x), x, 3, 0.5))
+
+
+def test_opcheck_frame_diff_concat():
+    torch.manual_seed(7)
+    scale = torch.tensor([1.0, 2.0, 0.5])
+    samples = [
+        (torch.randn(2, 3, 5, 3, 4, 4, requires_grad=True), None, torch.float32),
+        (torch.randn(1, 2, 3, 3, 2, 3, requires_grad=True), scale, torch.float32),
+        (torch.randint(0, 256, (1, 2, 3, 3, 2, 3), dtype=torch.uint8), scale, torch.bfloat16),
+    ]
+    for args in samples:
+        torch.library.opcheck(torch.ops.tdsk.frame_diff_concat.default, args)
+    g = torch.randn(2, 12, 3, 4, 4)
+    torch.library.opcheck(torch.ops.tdsk.frame_diff_concat_backward.default, (g, scale, 5, torch.float32))
+
+
+class _UsesBothOps(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(12, 4, kernel_size=1)
+
+    def forward(self, frames):
+        d = frame_diff_concat(frames)  # [N, 12, T, H, W]
+        y = self.conv(d)
+        return temporal_pool_diff(y, 3, 0.5).square().mean()
+
+
+def test_torch_compile_fullgraph():
+    torch.manual_seed(8)
+    model = _UsesBothOps()
+    frames = torch.randn(2, 4, 5, 3, 6, 6)
+    eager = model(frames)
+    eager.backward()
+    eager_grad = model.conv.weight.grad.clone()
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    out = compiled(frames)
+    out.backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(model.conv.weight.grad, eager_grad)
+    explanation = torch._dynamo.explain(model)(frames)
+    assert explanation.graph_break_count == 0
+
+
+def test_import_without_compiled_parts_falls_back_and_says_so_once():
+    code = (
+        "import torch, tdsk\n"
+        "x = torch.randn(1, 2, 3, 2, 2)\n"
+        "a = tdsk.ops.temporal_pool_diff(x, 3, 0.5); b = tdsk.ops.temporal_pool_diff(x, 3, 0.5)\n"
+        "from tdsk.ops.reference import temporal_pool_diff_reference as r\n"
+        "assert torch.equal(a, r(x, 3, 0.5)) or torch.allclose(a, r(x, 3, 0.5))\n"
+        "print(tdsk.ops.backend_report())\n"
+    )
+    env = dict(os.environ, TDSK_DISABLE_EXT="1", TDSK_DISABLE_TRITON="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "'cpu': 'reference'" in res.stdout
+    assert res.stderr.count("TDSK_DISABLE_EXT=1") == 1, res.stderr
+
+
+def test_pool_diff_matches_max_pool3d_semantics_directly():
+    # Independent of the reference module: F.max_pool3d is the definition in the spec.
+    torch.manual_seed(9)
+    x = with_ties(torch.randn(2, 6, 7, 3, 4))
+    for k in (3, 5, 7):
+        p = F.max_pool3d(x, (k, 1, 1), stride=1, padding=(k // 2, 0, 0))
+        assert torch.equal(temporal_pool_diff(x, k), x - p)
