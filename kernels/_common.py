@@ -1,0 +1,77 @@
+"""Launcher helpers shared by the tdsk Triton kernels (host side only, no ``@triton.jit``)."""
+import os
+from typing import Sequence
+
+import torch
+import triton.language as tl
+
+# Largest offset (in elements) that int32 index arithmetic may reach. Offsets are
+# computed as sums of index * stride; when every *valid* element of every tensor
+# a kernel touches lies below this bound, int32 arithmetic cannot overflow for a
+# lane that is actually dereferenced (masked-off lanes may wrap, harmlessly: they
+# are never loaded or stored).
+INT32_LIMIT = 2**31 - 1
+
+_TL_DTYPES = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+
+
+def interpreting(t: torch.Tensor) -> bool:
+    """True when the launch will run under the Triton interpreter (CPU tensors)."""
+    return t.device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def max_offset(sizes: Sequence[int], strides: Sequence[int]) -> int:
+    """Largest element offset of a strided tensor, ``sum((size - 1) * |stride|)``."""
+    return sum((s - 1) * abs(st) for s, st in zip(sizes, strides) if s > 0)
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether any tensor's address range (or element count) exceeds int32 offsets."""
+    for t in tensors:
+        if t.numel() > INT32_LIMIT or max_offset(t.shape, t.stride()) > INT32_LIMIT:
+            return True
+    return False
+
+
+def acc_dtype(*dtypes: torch.dtype):
+    """Accumulation ("opmath") dtype: float64 if any operand is float64, else float32."""
+    return tl.float64 if torch.float64 in dtypes else tl.float32
+
+
+def hw_layout(size_h: int, size_w: int, stride_h: int, stride_w: int):
+    """``(flat, stride)``: whether the (H, W) plane is addressable as ``hw * stride``.
+
+    When it is (the usual case: ``stride_h == W * stride_w``), kernels index the
+    plane with one flat index, and for the common ``stride == 1`` Triton
+    specialises the argument to the constant 1, which lets it emit vectorised,
+    coalesced loads. Otherwise they fall back to ``h = hw // W, w = hw % W``.
+    """
+    if size_w == 1:
+        return True, stride_h
+    if size_h == 1 or stride_h == size_w * stride_w:
+        return True, stride_w
+    return False, stride_w
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def device_guard(t: torch.Tensor):
+    """Launch on ``t``'s GPU (Triton launches on the *current* device)."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def check_block(name: str, value: int) -> int:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= 1, got {value}")
+    return value
