@@ -1,0 +1,249 @@
+"""Training checkpoints: atomic writes, exact-resume state, the frozen tower's identity.
+
+A tdsk training checkpoint is a dict (loadable with ``torch.load(weights_only=True)``):
+
+``format``            ``"tdsk.train/1"``
+``model_state_dict``  trainable parameters and all buffers (BatchNorm statistics); the
+                      frozen CLIP weights only when they cannot be recreated from a file or
+                      tag (random init), see ``frozen``
+``optimizer_state_dict``, ``scheduler``, ``scaler``   optimizer / LR schedule / GradScaler
+``epoch``             number of completed epochs (training continues at this epoch)
+``step``              optimizer-visible iterations done so far
+``rng``               torch (CPU and CUDA), numpy and Python RNG states
+``frozen``            ``{"clip_pretrained", "file_sha256", "weights_sha256", "weights_included"}``
+``best``              ``{"val_top1", "epoch"}`` so far
+``config``            the recipe the run used (plain YAML types)
+``classes``           class names when known (used by ``tdsk.predict``)
+
+Files are written to a temporary name in the same directory, flushed, fsync'ed and
+renamed over the target, so a kill at any moment leaves either the old file or the
+new one, never a torn one.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import random
+import re
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+FORMAT = "tdsk.train/1"
+EPOCH_PATTERN = "epoch_{:04d}.pt"
+_EPOCH_RE = re.compile(r"epoch_(\d{4,})\.pt$")
+BEST_NAME = "best.pt"
+
+
+# ----------------------------------------------------------------------------- atomic IO
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` atomically: temporary file, fsync, rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def load(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise RuntimeError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- epoch files
+
+def epoch_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """``[(epoch, path), ...]`` of the epoch checkpoints in ``directory``, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(directory), "epoch_*.pt")):
+        m = _EPOCH_RE.search(path)
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    """Newest readable epoch checkpoint in ``directory`` (``--resume auto``)."""
+    for _, path in reversed(epoch_checkpoints(directory)):
+        try:
+            ckpt = load(path)
+        except Exception:
+            continue  # unreadable: fall back to the previous one
+        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+            return path
+    return None
+
+
+def prune(directory: str, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` epoch checkpoints (``best.pt`` is separate)."""
+    if keep_last is None or keep_last <= 0:
+        return
+    for _, path in epoch_checkpoints(directory)[:-keep_last]:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# ----------------------------------------------------------------------------- model parts
+
+def frozen_parameter_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if not p.requires_grad]
+
+
+def trainable_state_dict(model: nn.Module, include_frozen: bool = False) -> dict[str, torch.Tensor]:
+    """State dict without the frozen tower (unless asked), detached CPU copies."""
+    frozen = set() if include_frozen else set(frozen_parameter_names(model))
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in frozen}
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of the frozen parameters (names, shapes, dtypes and bytes), in name order."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            continue
+        t = p.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def frozen_identity(model: nn.Module, clip_pretrained: Any) -> dict:
+    """Where the frozen CLIP came from and a fingerprint of its weights."""
+    ident = {
+        "clip_pretrained": None if clip_pretrained is None else str(clip_pretrained),
+        "file_sha256": None,
+        "weights_sha256": weights_sha256(model),
+        "weights_included": clip_pretrained in (None, "", "none", "None"),
+    }
+    if ident["clip_pretrained"] and os.path.isfile(os.path.expanduser(ident["clip_pretrained"])):
+        ident["file_sha256"] = file_sha256(os.path.expanduser(ident["clip_pretrained"]))
+    return ident
+
+
+def load_model_state(model: nn.Module, ckpt: Mapping, *, check_frozen: bool = True) -> None:
+    """Load a tdsk training checkpoint's weights into ``model``, refusing partial loads.
+
+    Keys absent from the checkpoint must all be frozen parameters, and, unless the
+    checkpoint carries them, the model's frozen weights must be the very ones the
+    run was trained with (same SHA-256); otherwise a clear error says what differs.
+    """
+    state = ckpt["model_state_dict"]
+    own = model.state_dict()
+    frozen = set(frozen_parameter_names(model))
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    missing_trainable = [k for k in missing if k not in frozen]
+    if unexpected or missing_trainable:
+        raise RuntimeError(
+            "checkpoint does not match the model: "
+            + (f"{len(unexpected)} unexpected keys (first: {unexpected[:5]}) " if unexpected else "")
+            + (f"{len(missing_trainable)} missing trainable keys (first: {missing_trainable[:5]})" if missing_trainable else "")
+            + " -- was it trained with another recipe (model.* settings)?"
+        )
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if shapes:
+        raise RuntimeError(f"checkpoint shapes differ from the model's (key, checkpoint, model): {shapes[:5]}")
+    model.load_state_dict(state, strict=False)
+    info = ckpt.get("frozen") or {}
+    if check_frozen and missing and info.get("weights_sha256"):
+        now = weights_sha256(model)
+        if now != info["weights_sha256"]:
+            raise RuntimeError(
+                "the frozen CLIP weights differ from those this checkpoint was trained with "
+                f"(trained with clip_pretrained={info.get('clip_pretrained')!r}, file sha256 "
+                f"{info.get('file_sha256')}); build the model with the same model.clip_pretrained"
+            )
+
+
+def is_training_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+
+
+def plain(obj: Any) -> Any:
+    """Config values reduced to types ``weights_only`` loading accepts."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def describe(paths: Iterable[str]) -> str:
+    return ", ".join(os.path.basename(p) for p in paths)
