@@ -29,7 +29,9 @@ def _extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     if not sources:
         return [], {}
-    extra = ["-O3", "-fopenmp", "-std=c++17"]
+    # No -std flag: torch's BuildExtension adds the standard its headers need
+    # (c++20 for torch >= 2.10; an explicit -std=c++17 breaks the build there).
+    extra = ["-O3", "-fopenmp"]
     if os.environ.get("TDSK_NATIVE", "0") == "1":
         extra.append("-march=native")
     ext = CppExtension(

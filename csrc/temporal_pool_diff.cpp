@@ -43,7 +43,7 @@ inline void window_max(const scalar_t* __restrict__ xc, int64_t sT, int64_t lo, 
     for (int64_t s = 0; s < len; ++s) {
       const acc_t v = static_cast<acc_t>(r[s]);
       const acc_t cur = m[s];
-      m[s] = (v > cur || v != v) ? v : cur;
+      m[s] = ((v > cur) | (v != v)) ? v : cur;
     }
   }
 }
@@ -64,11 +64,13 @@ inline void window_argmax(const scalar_t* __restrict__ xc, int64_t sT, int64_t l
     r = xc + j * sT;
     const acc_t fj = static_cast<acc_t>(j);
     for (int64_t s = 0; s < len; ++s) {
+      // Branch-free (bitwise, all loads unconditional) so that the loop vectorises.
       const acc_t v = static_cast<acc_t>(r[s]);
       const acc_t cur = m[s];
-      const bool take = (v > cur) || (v != v && cur == cur);
+      const acc_t prev = idx[s];
+      const bool take = (v > cur) | ((v != v) & (cur == cur));
       m[s] = take ? v : cur;
-      idx[s] = take ? fj : idx[s];
+      idx[s] = take ? fj : prev;
     }
   }
 }
@@ -197,7 +199,14 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
           for (int64_t j = lo; j <= hi; ++j) {
             acc_t* __restrict__ a = acc + j * BS;
             const acc_t fj = static_cast<acc_t>(j);
-            for (int64_t s = 0; s < len; ++s) a[s] -= (idx[s] == fj) ? gdt[s] : acc_t(0);
+            // Subtract g_d or -0 (not +0: with x - 0 == x GCC turns the select into a
+            // branch around the subtraction, and the loop would not vectorise). x - (-0)
+            // equals x (only a -0 becomes +0, as in the reference's 0 + ... sums).
+            for (int64_t s = 0; s < len; ++s) {
+              const acc_t gv = gdt[s];
+              const acc_t take = (idx[s] == fj) ? gv : acc_t(-0.0);
+              a[s] = a[s] - take;
+            }
           }
         }
         for (int64_t t = 0; t < T; ++t) {

@@ -1,8 +1,10 @@
-"""Launcher helpers shared by the tdsk Triton kernels (host side only, no ``@triton.jit``)."""
+"""Helpers shared by the tdsk Triton kernels: launcher-side checks and one ``@triton.jit`` function."""
+import contextlib
 import os
 from typing import Sequence
 
 import torch
+import triton
 import triton.language as tl
 
 # Largest offset (in elements) that int32 index arithmetic may reach. Offsets are
@@ -66,8 +68,6 @@ def device_guard(t: torch.Tensor):
     """Launch on ``t``'s GPU (Triton launches on the *current* device)."""
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
@@ -75,3 +75,25 @@ def check_block(name: str, value: int) -> int:
     if value < 1 or value & (value - 1):
         raise ValueError(f"{name} must be a power of two >= 1, got {value}")
     return value
+
+
+@triton.jit
+def plane_offsets(hw, W, stride_h, stride_w, FLAT: tl.constexpr, USE_INT64: tl.constexpr):
+    """Element offsets of the flat pixel indices ``hw`` (int32) in an (H, W) plane.
+
+    ``FLAT`` (see :func:`hw_layout`): ``hw * stride_w``; else ``h * stride_h + w * stride_w``.
+    With ``USE_INT64`` the indices are widened before they meet a stride.
+    """
+    if FLAT:
+        idx = hw
+        if USE_INT64:
+            idx = idx.to(tl.int64)
+        off = idx * stride_w
+    else:
+        h = hw // W
+        w = hw % W
+        if USE_INT64:
+            h = h.to(tl.int64)
+            w = w.to(tl.int64)
+        off = h * stride_h + w * stride_w
+    return off

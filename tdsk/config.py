@@ -83,9 +83,29 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; users mean the number
+        try:
+            return float(value) if value.lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            pass
+    return value
+
+
+def _schema_keys(section: str) -> set[str]:
+    """Keys a section accepts even when the recipe file does not spell them out."""
+    if section == "data":
+        try:
+            import dataclasses
+
+            from tdsk.data.config import DataConfig
+
+            return {f.name for f in dataclasses.fields(DataConfig)}
+        except Exception:  # the data package is optional for config handling
+            return set()
+    return set()
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
@@ -109,26 +129,29 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
         node = cfg
         for depth, part in enumerate(parts[:-1]):
             nxt = node.get(part) if isinstance(node, dict) else None
-            if nxt is None and add:
+            if nxt is None and (add or (depth == 0 and parts[-1] in _schema_keys(part) and len(parts) == 2)):
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
                 _unknown_key(cfg, key, item)
             node = nxt
         if parts[-1] not in node and not add:
-            _unknown_key(cfg, key, item)
+            if not (len(parts) == 2 and parts[1] in _schema_keys(parts[0])):
+                _unknown_key(cfg, key, item)
         node[parts[-1]] = value
     return cfg
 
 
 def _unknown_key(cfg: Mapping, key: str, item: str) -> None:
-    valid = sorted(flatten(cfg))
-    sections = sorted({k.rsplit(".", 1)[0] for k in valid if "." in k})
-    close = difflib.get_close_matches(key, valid + sections, n=3, cutoff=0.5)
-    if not close:  # a right leaf name under the wrong section, e.g. train.lr for solver.lr
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in valid if k.rsplit(".", 1)[-1] == leaf][:3]
-        close = close or difflib.get_close_matches(key, valid, n=3, cutoff=0.3)
-    hint = f" Closest valid keys: {', '.join(close)}." if close else ""
+    valid = set(flatten(cfg))
+    for section in {k.split(".", 1)[0] for k in valid} | {"data"}:
+        valid |= {f"{section}.{leaf}" for leaf in _schema_keys(section)}
+    valid = sorted(valid)
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in valid if k.rsplit(".", 1)[-1] == leaf and k != key]  # e.g. train.lr -> solver.lr
+    close = same_leaf + [k for k in difflib.get_close_matches(key, valid, n=4, cutoff=0.6) if k not in same_leaf]
+    if not close:
+        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.3)
+    hint = f" Closest valid keys: {', '.join(close[:4])}." if close else ""
     raise ConfigError(
         f"unknown config key {key!r} in override {item!r}.{hint} "
         f"(prefix the key with '+' to add a new key on purpose)"

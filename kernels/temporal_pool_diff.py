@@ -1,0 +1,460 @@
+"""Triton kernels of ``temporal_pool_diff`` (TD-Adapter core), forward and backward.
+
+Layouts
+-------
+* ``x``: ``Tensor[N, C, T, H, W]``, float32/float16/bfloat16/float64, **any strides**
+  (all five are passed to the kernels; ``x`` is never copied to contiguous).
+* ``grad_out`` (backward): ``Tensor[N, C, T, H, W]``, any strides.
+* Results (``out``, ``grad_x``): new contiguous ``Tensor[N, C, T, H, W]`` of ``x``'s dtype.
+
+Semantics (must match :mod:`tdsk.ops.reference` and the hand-written reference
+backward in :mod:`tdsk.ops.temporal_diff`)
+-------------------------------------------------------------------------
+``p[t] = max(x[t-P .. t+P] that exist)`` with ``P = k // 2`` (padding never wins),
+``d = x - p``, ``out = (1 - a) * d + a * mean_c(d)``. All arithmetic is done in
+float32 (float64 for float64 inputs) and rounded once on store, as PyTorch's own
+"opmath" does for half types.
+
+The window max is a left-to-right scan with a strict ``>`` (a NaN is taken unless a
+NaN was already taken). That is exactly the loop of PyTorch's ``max_pool3d``, so the
+*value* of ``p`` -- including which of ``-0.0`` / ``+0.0`` wins a tie -- is the same
+as the reference's, and with ``a == 0`` the float32 result is bit-exact.
+
+Backward: ``g_d = (1 - a) * g + (a / C) * sum_c g`` and
+``grad_x[t] = g_d[t] - sum(g_d[t'] for t' whose window argmax is t)``. The argmax is
+the *earliest* maximal frame of the window (what the scan above picks, what
+``max_pool3d`` and ``torch.argmax`` pick), recomputed from ``x``: no index tensor is
+saved between forward and backward.
+
+Kernel design
+-------------
+One program per ``(n, t, block of H*W)`` (and, when ``a == 0``, per block of
+channels too), a 2-D ``[BLOCK_C, BLOCK_HW]`` register tile with the contiguous
+``H*W`` axis innermost (coalesced, vectorised when its stride is 1). The ``2P + 1``
+frames of a window are re-read by the neighbouring ``t`` programs; the grid order
+(HW block fastest, then ``t``) keeps those programs in flight together, so the
+re-reads hit L2 and DRAM sees about one read of ``x`` and one write of ``out``.
+
+The channel mean needs all ``C`` channels of a position. When they fit one tile
+(``C <= 32`` at the default sizes, e.g. the TD-Adapter's R = 20) the mean is a
+register reduction; otherwise a first loop over channel blocks sums ``d`` and a
+second one recomputes ``d`` (from L1/L2) and writes. With ``a == 0`` that pass is
+skipped and channel blocks become separate programs instead.
+
+Offsets are int32 unless some tensor's address range reaches 2**31 elements; the
+launcher then sets the ``USE_INT64`` constexpr and the kernels cast the program
+indices (``n``, ``t``, channel and pixel indices) to int64 before they meet a
+stride, so every product is 64-bit (a separate compiled variant; the common case
+keeps cheaper 32-bit address arithmetic). ``H * W`` and the grid size must stay
+below 2**31.
+"""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    acc_dtype,
+    check_block,
+    device_guard,
+    hw_layout,
+    interpreting,
+    needs_int64,
+    next_pow2,
+    plane_offsets,
+)
+
+__all__ = ["temporal_pool_diff_forward", "temporal_pool_diff_backward"]
+
+
+# ---------------------------------------------------------------------------
+# jit helpers
+# ---------------------------------------------------------------------------
+
+@triton.jit
+def _channels(c0, C, BLOCK_C: tl.constexpr, USE_INT64: tl.constexpr):
+    cc = c0 + tl.arange(0, BLOCK_C)
+    c_mask = cc < C
+    if USE_INT64:
+        cc = cc.to(tl.int64)
+    return cc, c_mask
+
+
+@triton.jit
+def _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
+                    PAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+                    ACC: tl.constexpr):
+    """``d = x[t] - max(x[t-PAD .. t+PAD])`` on a [BLOCK_C, BLOCK_HW] tile (0 where masked)."""
+    m2 = c_mask[:, None] & hw_mask[None, :]
+    ptrs = x_n_ptr + (cc * sxc)[:, None] + x_hw[None, :]
+    # -inf where the tile is valid; 0 in masked-off lanes so that they compute
+    # 0 - 0 rather than -inf - (-inf) (NaN; harmless, but numpy warns about it)
+    p = tl.where(m2, float("-inf"), 0.0).to(ACC)
+    xt = p
+    # Frame validity as a [BLOCK_HW] vector: broadcast *before* combining with
+    # tensor masks (the interpreter rejects ``tensor_mask & scalar_bool``).
+    t_vec = tl.zeros([BLOCK_HW], dtype=tl.int32) + t
+    # Left-to-right scan with strict ">" (max_pool3d's loop): padding frames load
+    # -inf and never win; a NaN wins unless one already did (NaN propagates).
+    for j in tl.static_range(-PAD, PAD + 1):
+        ok = ((t_vec + j >= 0) & (t_vec + j < T))[None, :]
+        v = tl.load(ptrs + (t + j) * sxt, mask=m2 & ok, other=float("-inf")).to(ACC)
+        take = (v > p) | ((v != v) & (p == p))
+        p = tl.where(take, v, p)
+        if j == 0:
+            xt = v
+    return tl.where(m2, xt - p, 0.0)
+
+
+@triton.jit
+def _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
+                        sxc, sxt, sgc, sgt, w1, w2, S2d, kk,
+                        PAD: tl.constexpr, MIX: tl.constexpr, SINGLE_C: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
+    """``grad_x[t]`` on a [BLOCK_C, BLOCK_HW] tile.
+
+    Frame ``t`` is the argmax of the window of output frame ``t + i`` iff it beats
+    every *earlier* frame of that window strictly and is not beaten by any *later*
+    one (earliest maximum wins). Both conditions are monotone in ``i``, so instead
+    of scanning all 2P+1 windows we find, per element,
+
+    * ``j_lo``: the latest earlier frame offset (in -2P..-1) that x[t] does not
+      strictly beat -> the windows with ``i - P > j_lo`` are fine on the left;
+    * ``j_hi``: the earliest later frame offset (in 1..2P) that beats x[t]
+      -> the windows with ``i + P < j_hi`` are fine on the right;
+
+    i.e. ``t`` wins the windows ``i_lo <= i <= i_hi``: 4P loads of x and 2P+1 of g.
+    """
+    m2 = c_mask[:, None] & hw_mask[None, :]
+    xp = x_n_ptr + (cc * sxc)[:, None] + x_hw[None, :]
+    gp = g_n_ptr + (cc * sgc)[:, None] + g_hw[None, :]
+    xt = tl.load(xp + t * sxt, mask=m2, other=0.0).to(ACC)
+    xt_nan = xt != xt
+    t_vec = tl.zeros([BLOCK_HW], dtype=tl.int32) + t  # broadcast before masking (interpreter)
+
+    j_hi = tl.full([BLOCK_C, BLOCK_HW], 2 * PAD + 1, tl.int32)
+    for j in tl.static_range(2 * PAD, 0, -1):  # descending: the last write is the earliest
+        ok = ((t_vec + j >= 0) & (t_vec + j < T))[None, :]
+        v = tl.load(xp + (t + j) * sxt, mask=m2 & ok, other=0.0).to(ACC)
+        # a later frame beats x[t] unless x[t] >= it (or x[t] is NaN, which wins first)
+        beaten = ok & ~((xt >= v) | xt_nan)
+        j_hi = tl.where(beaten, j, j_hi)
+
+    j_lo = tl.full([BLOCK_C, BLOCK_HW], -2 * PAD - 1, tl.int32)
+    for j in tl.static_range(-2 * PAD, 0):  # ascending: the last write is the latest
+        ok = ((t_vec + j >= 0) & (t_vec + j < T))[None, :]
+        v = tl.load(xp + (t + j) * sxt, mask=m2 & ok, other=0.0).to(ACC)
+        # x[t] must strictly beat an earlier frame (a tie goes to the earlier one);
+        # a NaN x[t] beats any non-NaN earlier frame
+        not_beaten = ok & ~((xt > v) | (xt_nan & (v == v)))
+        j_lo = tl.where(not_beaten, j, j_lo)
+
+    i_hi = j_hi - (PAD + 1)
+    i_lo = j_lo + (PAD + 1)
+
+    acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
+    gd_t = acc
+    # Ascending t' and accumulation from 0: with a == 0 this sums in the same
+    # order as the reference's scatter_add, so float32 results are bit-exact.
+    for i in tl.static_range(-PAD, PAD + 1):
+        ok = ((t_vec + i >= 0) & (t_vec + i < T))[None, :]
+        g = tl.load(gp + (t + i) * sgt, mask=m2 & ok, other=0.0).to(ACC)
+        if MIX:
+            if SINGLE_C:
+                s_i = tl.sum(g, axis=0)  # all channels are in this tile
+            else:
+                s_i = tl.sum(tl.where(kk[:, None] == i + PAD, S2d, 0.0), axis=0)
+            gd = w1 * g + w2 * s_i[None, :]
+        else:
+            gd = g
+        if i == 0:
+            gd_t = gd
+        wins = ok & (i_lo <= i) & (i_hi >= i)
+        acc += tl.where(wins, gd, 0.0)
+    return gd_t - acc
+
+
+# ---------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------
+
+@triton.jit
+def _temporal_pool_diff_fwd_kernel(
+    x_ptr, out_ptr,
+    C, T, W, HW,
+    sxn, sxc, sxt, sxh, sxw,
+    one_minus_a: tl.float64, a_over_c: tl.float64,  # float64 so fp64 inputs keep full precision
+    n_hw_blocks, n_c_blocks,
+    PAD: tl.constexpr, MIX: tl.constexpr, SINGLE_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    X_HW_FLAT: tl.constexpr, USE_INT64: tl.constexpr, ACC: tl.constexpr,
+):
+    # program -> (n, channel block, t, hw block), hw block fastest so that the
+    # programs of neighbouring frames (which share window frames) run together.
+    pid = tl.program_id(0)
+    hw_blk = pid % n_hw_blocks
+    rest = pid // n_hw_blocks
+    t = rest % T
+    rest = rest // T
+    cb = rest % n_c_blocks
+    n = rest // n_c_blocks
+    if USE_INT64:
+        n = n.to(tl.int64)
+        t = t.to(tl.int64)
+
+    hw = hw_blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    hw_mask = hw < HW
+    x_hw = plane_offsets(hw, W, sxh, sxw, X_HW_FLAT, USE_INT64)
+    if USE_INT64:
+        hw = hw.to(tl.int64)
+    x_n_ptr = x_ptr + n * sxn
+    out_nt_ptr = out_ptr + n * C * T * HW + t * HW  # out is contiguous
+    w1 = tl.full([], one_minus_a, ACC)  # (a Python float under the interpreter)
+    w2 = tl.full([], a_over_c, ACC)
+    ty = out_ptr.dtype.element_ty
+
+    if MIX:
+        if SINGLE_C:
+            cc, c_mask = _channels(0, C, BLOCK_C, USE_INT64)
+            d = _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
+                                PAD, BLOCK_C, BLOCK_HW, ACC)
+            s = tl.sum(d, axis=0)
+            o = w1 * d + w2 * s[None, :]
+            m2 = c_mask[:, None] & hw_mask[None, :]
+            tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], o.to(ty), mask=m2)
+        else:
+            # pass 1: channel sum of d; pass 2: recompute d (L1/L2 hits) and write.
+            s = tl.zeros([BLOCK_HW], ACC)
+            for c0 in range(0, C, BLOCK_C):
+                cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
+                d = _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
+                                    PAD, BLOCK_C, BLOCK_HW, ACC)
+                s += tl.sum(d, axis=0)
+            for c0 in range(0, C, BLOCK_C):
+                cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
+                d = _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
+                                    PAD, BLOCK_C, BLOCK_HW, ACC)
+                o = w1 * d + w2 * s[None, :]
+                m2 = c_mask[:, None] & hw_mask[None, :]
+                tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], o.to(ty), mask=m2)
+    else:
+        cc, c_mask = _channels(cb * BLOCK_C, C, BLOCK_C, USE_INT64)
+        d = _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
+                            PAD, BLOCK_C, BLOCK_HW, ACC)
+        m2 = c_mask[:, None] & hw_mask[None, :]
+        tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], d.to(ty), mask=m2)
+
+
+@triton.jit
+def _temporal_pool_diff_bwd_kernel(
+    g_ptr, x_ptr, gx_ptr,
+    C, T, W, HW,
+    sgn, sgc, sgt, sgh, sgw,
+    sxn, sxc, sxt, sxh, sxw,
+    one_minus_a: tl.float64, a_over_c: tl.float64,
+    n_hw_blocks, n_c_blocks,
+    PAD: tl.constexpr, KP: tl.constexpr, MIX: tl.constexpr, SINGLE_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    X_HW_FLAT: tl.constexpr, G_HW_FLAT: tl.constexpr,
+    USE_INT64: tl.constexpr, ACC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    hw_blk = pid % n_hw_blocks
+    rest = pid // n_hw_blocks
+    t = rest % T
+    rest = rest // T
+    cb = rest % n_c_blocks
+    n = rest // n_c_blocks
+    if USE_INT64:
+        n = n.to(tl.int64)
+        t = t.to(tl.int64)
+
+    hw = hw_blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    hw_mask = hw < HW
+    x_hw = plane_offsets(hw, W, sxh, sxw, X_HW_FLAT, USE_INT64)
+    g_hw = plane_offsets(hw, W, sgh, sgw, G_HW_FLAT, USE_INT64)
+    if USE_INT64:
+        hw = hw.to(tl.int64)
+    x_n_ptr = x_ptr + n * sxn
+    g_n_ptr = g_ptr + n * sgn
+    out_nt_ptr = gx_ptr + n * C * T * HW + t * HW
+    w1 = tl.full([], one_minus_a, ACC)  # (a Python float under the interpreter)
+    w2 = tl.full([], a_over_c, ACC)
+    kk = tl.arange(0, KP)  # row i + PAD of S2d holds sum_c g[t + i]
+    ty = gx_ptr.dtype.element_ty
+
+    if MIX:
+        if SINGLE_C:
+            cc, c_mask = _channels(0, C, BLOCK_C, USE_INT64)
+            r = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
+                                    sxc, sxt, sgc, sgt, w1, w2, tl.zeros([KP, BLOCK_HW], ACC), kk,
+                                    PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, ACC)
+            m2 = c_mask[:, None] & hw_mask[None, :]
+            tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], r.to(ty), mask=m2)
+        else:
+            # pass 1: channel sums of g for the 2P+1 frames t-P..t+P (a [KP, BLOCK_HW] tile)
+            S2d = tl.zeros([KP, BLOCK_HW], ACC)
+            t_vec = tl.zeros([BLOCK_HW], dtype=tl.int32) + t  # broadcast before masking (interpreter)
+            for c0 in range(0, C, BLOCK_C):
+                cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
+                m2 = c_mask[:, None] & hw_mask[None, :]
+                gp = g_n_ptr + (cc * sgc)[:, None] + g_hw[None, :]
+                for i in tl.static_range(-PAD, PAD + 1):
+                    ok = ((t_vec + i >= 0) & (t_vec + i < T))[None, :]
+                    g = tl.load(gp + (t + i) * sgt, mask=m2 & ok, other=0.0).to(ACC)
+                    S2d += tl.where(kk[:, None] == i + PAD, tl.sum(g, axis=0)[None, :], 0.0)
+            # pass 2: gradients, channel block by channel block
+            for c0 in range(0, C, BLOCK_C):
+                cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
+                r = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
+                                        sxc, sxt, sgc, sgt, w1, w2, S2d, kk,
+                                        PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, ACC)
+                m2 = c_mask[:, None] & hw_mask[None, :]
+                tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], r.to(ty), mask=m2)
+    else:
+        cc, c_mask = _channels(cb * BLOCK_C, C, BLOCK_C, USE_INT64)
+        r = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
+                                sxc, sxt, sgc, sgt, w1, w2, tl.zeros([KP, BLOCK_HW], ACC), kk,
+                                PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, ACC)
+        m2 = c_mask[:, None] & hw_mask[None, :]
+        tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], r.to(ty), mask=m2)
+
+
+# ---------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------
+
+def _blocks(C: int, HW: int, mix: bool, interp: bool, block_c: Optional[int], block_hw: Optional[int]):
+    """``(BLOCK_C, BLOCK_HW, num_warps)``.
+
+    GPU (H100 class; these kernels are memory bound): tiles of 2048 elements
+    (4 warps, 16 per thread = four 16-byte fp32 vectors per row segment) when
+    ``a == 0``, where channel blocks are separate programs and parallelism is
+    plentiful; 4096 (8 warps) with a channel mix, so that up to 32 channels
+    fit one tile and the mean needs no second pass. The HW block is shrunk (down
+    to 64, still >= 128-byte contiguous rows in fp16) before channels are split.
+    Under the interpreter the cost is per program, so tiles are as large as
+    practical (up to 16384 elements).
+    """
+    if interp:
+        tile, max_hw = 16384, 4096
+    else:
+        tile, max_hw = (4096 if mix else 2048), 1024
+    bhw = min(next_pow2(HW), max_hw)
+    if mix:
+        bhw = min(bhw, max(64, tile // next_pow2(C)))
+    if block_hw is not None:
+        bhw = check_block("block_hw", block_hw)
+    bc = min(next_pow2(C), max(1, tile // bhw))
+    if block_c is not None:
+        bc = check_block("block_c", block_c)
+    warps = 4 if bc * bhw <= 2048 else 8
+    return bc, bhw, warps
+
+
+def _common_args(x: torch.Tensor, kernel_size: int, channel_mix: float, block_c, block_hw):
+    N, C, T, H, W = x.shape
+    HW = H * W
+    # Frames further than T-1 away never exist: clamping P changes no result and
+    # bounds the unrolled loops (and compiled variants) by the clip length.
+    pad = min(int(kernel_size) // 2, T - 1)
+    mix = float(channel_mix) != 0.0
+    bc, bhw, warps = _blocks(C, HW, mix, interpreting(x), block_c, block_hw)
+    n_hw = triton.cdiv(HW, bhw)
+    n_cb = 1 if mix else triton.cdiv(C, bc)
+    grid = n_hw * T * n_cb * N
+    if grid >= 2**31 or HW >= 2**31:
+        raise ValueError(f"temporal_pool_diff: shape {tuple(x.shape)} too large for the Triton kernels")
+    # 1 - a and a / C in Python (float64) arithmetic, as the reference does.
+    return dict(
+        C=C, T=T, W=W, HW=HW, pad=pad, mix=mix, bc=bc, bhw=bhw, warps=warps,
+        n_hw=n_hw, n_cb=n_cb, grid=(grid,), w1=1.0 - float(channel_mix), w2=float(channel_mix) / C,
+    )
+
+
+def temporal_pool_diff_forward(
+    x: torch.Tensor,
+    kernel_size: int,
+    channel_mix: float,
+    *,
+    block_c: Optional[int] = None,
+    block_hw: Optional[int] = None,
+    force_int64: bool = False,
+) -> torch.Tensor:
+    """``(1 - a) * d + a * mean_c(d)`` with ``d = x - maxpool_t(x)``; see the module docstring.
+
+    Args:
+        x: ``Tensor[N, C, T, H, W]`` (float32/16, bfloat16, float64; any strides; numel > 0),
+            a CUDA tensor, or a CPU tensor under ``TRITON_INTERPRET=1``.
+        kernel_size: odd temporal window ``k >= 1``.
+        channel_mix: ``a`` in [0, 1]; ``a == 0`` compiles the mean away.
+        block_c, block_hw, force_int64: tuning/testing hooks (powers of two; force the
+            64-bit offset variant). Leave at the defaults.
+
+    Returns:
+        A new contiguous ``Tensor[N, C, T, H, W]`` of ``x.dtype``.
+    """
+    a = _common_args(x, kernel_size, channel_mix, block_c, block_hw)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    sxn, sxc, sxt, sxh, sxw = x.stride()
+    flat, s_plane = hw_layout(x.shape[3], x.shape[4], sxh, sxw)
+    use64 = bool(force_int64) or needs_int64(x, out)
+    with device_guard(x):
+        _temporal_pool_diff_fwd_kernel[a["grid"]](
+            x, out,
+            a["C"], a["T"], a["W"], a["HW"],
+            sxn, sxc, sxt, sxh, s_plane,
+            a["w1"], a["w2"],
+            a["n_hw"], a["n_cb"],
+            PAD=a["pad"], MIX=a["mix"], SINGLE_C=a["bc"] >= a["C"],
+            BLOCK_C=a["bc"], BLOCK_HW=a["bhw"],
+            X_HW_FLAT=flat, USE_INT64=use64, ACC=acc_dtype(x.dtype),
+            num_warps=a["warps"],
+        )
+    return out
+
+
+def temporal_pool_diff_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    kernel_size: int,
+    channel_mix: float,
+    *,
+    block_c: Optional[int] = None,
+    block_hw: Optional[int] = None,
+    force_int64: bool = False,
+) -> torch.Tensor:
+    """Gradient of :func:`temporal_pool_diff_forward` with respect to ``x``.
+
+    Args:
+        grad_out: ``Tensor[N, C, T, H, W]`` (any strides, any float dtype).
+        x: the forward input (any strides); the window argmax is recomputed from it.
+        kernel_size, channel_mix, block_c, block_hw, force_int64: as in the forward.
+
+    Returns:
+        A new contiguous ``Tensor[N, C, T, H, W]`` of ``x.dtype``. Computed in float32
+        (float64 when ``x`` is float64) in one fused pass.
+    """
+    a = _common_args(x, kernel_size, channel_mix, block_c, block_hw)
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    sxn, sxc, sxt, sxh, sxw = x.stride()
+    sgn, sgc, sgt, sgh, sgw = grad_out.stride()
+    x_flat, sx_plane = hw_layout(x.shape[3], x.shape[4], sxh, sxw)
+    g_flat, sg_plane = hw_layout(x.shape[3], x.shape[4], sgh, sgw)
+    use64 = bool(force_int64) or needs_int64(x, grad_out, gx)
+    with device_guard(x):
+        _temporal_pool_diff_bwd_kernel[a["grid"]](
+            grad_out, x, gx,
+            a["C"], a["T"], a["W"], a["HW"],
+            sgn, sgc, sgt, sgh, sg_plane,
+            sxn, sxc, sxt, sxh, sx_plane,
+            a["w1"], a["w2"],
+            a["n_hw"], a["n_cb"],
+            PAD=a["pad"], KP=next_pow2(2 * a["pad"] + 1), MIX=a["mix"], SINGLE_C=a["bc"] >= a["C"],
+            BLOCK_C=a["bc"], BLOCK_HW=a["bhw"],
+            X_HW_FLAT=x_flat, G_HW_FLAT=g_flat, USE_INT64=use64,
+            ACC=acc_dtype(x.dtype),
+            num_warps=a["warps"],
+        )
+    return gx

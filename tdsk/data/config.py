@@ -1,0 +1,127 @@
+"""The ``data:`` section of a recipe, as a validated dataclass.
+
+Keys (defaults are the official Something-Something recipe, spec 8.1/8.4/9)::
+
+    dataset: sth              # sampling rules: sth | kinetics
+    format: auto              # list format: frames (<dir> <n> <label>) | video (<path> <label>) | auto
+    root: ""                  # list entries are relative to this directory
+    train_list / val_list / test_list: paths of the annotation lists
+    template: "{:05d}.jpg"    # frame file names, numbered from 1
+    num_segments: 8           # T
+    num_local: 5              # M
+    input_size: 224
+    resize: [256, 320]        # [H, W] exact, or an int: the short side (K400: 256)
+    num_sample: 2             # repeated augmentation at train (clips per video)
+    rand_augment: rand-m7-n4-mstd0.5-inc1   # or null
+    flip: sth                 # sth (label pairs swapped) | plain | none
+    flip_label_pairs: [[86, 87], [93, 94], [166, 167]]
+    grayscale_p: 0.0
+    min_frames: 8             # 3-column entries shorter than this are dropped at train/val
+    kinetics_wrap: false      # official decord wrap of negative local indices (parity only)
+    decoder: auto             # auto | dali | pyav
+    num_workers: 8            # CPU loader workers (capped at the machine's cores)
+    decode_threads: 1         # FFmpeg threads per worker
+    test_crops: 3
+    test_clips: 2
+    max_bad_fraction: 0.05    # more bad samples than this in an epoch stops with an error
+    drop_last: true           # train batches
+    mean / std: CLIP values
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from tdsk.data.transforms import CLIP_MEAN, CLIP_STD
+
+__all__ = ["DataConfig", "SS_FLIP_LABEL_PAIRS"]
+
+SS_FLIP_LABEL_PAIRS = ((86, 87), (93, 94), (166, 167))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "sth"
+    format: str = "auto"
+    root: str = ""
+    train_list: Optional[str] = None
+    val_list: Optional[str] = None
+    test_list: Optional[str] = None
+    template: str = "{:05d}.jpg"
+    num_segments: int = 8
+    num_local: int = 5
+    input_size: int = 224
+    resize: Union[int, List[int]] = field(default_factory=lambda: [256, 320])
+    num_sample: int = 2
+    rand_augment: Optional[str] = "rand-m7-n4-mstd0.5-inc1"
+    flip: str = "sth"
+    flip_label_pairs: List[List[int]] = field(default_factory=lambda: [list(p) for p in SS_FLIP_LABEL_PAIRS])
+    grayscale_p: float = 0.0
+    min_frames: int = 8
+    kinetics_wrap: bool = False
+    decoder: str = "auto"
+    num_workers: int = 8
+    decode_threads: int = 1
+    test_crops: int = 3
+    test_clips: int = 2
+    max_bad_fraction: float = 0.05
+    drop_last: bool = True
+    mean: List[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    std: List[float] = field(default_factory=lambda: list(CLIP_STD))
+
+    @classmethod
+    def from_dict(cls, cfg: Union[None, Dict[str, Any], "DataConfig"]) -> "DataConfig":
+        """Build from a ``data:`` mapping; unknown keys are an error (they are usually typos)."""
+        if isinstance(cfg, DataConfig):
+            return cfg
+        cfg = dict(cfg or {})
+        if "data" in cfg and isinstance(cfg["data"], dict):  # a whole recipe was passed
+            cfg = dict(cfg["data"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"unknown data config key(s) {unknown}; known keys: {sorted(known)}")
+        out = cls(**cfg)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"data config: {msg}")
+
+        check(self.dataset in ("sth", "kinetics"), f"dataset must be sth or kinetics, got {self.dataset!r}")
+        check(self.format in ("auto", "frames", "video"), f"format must be auto, frames or video, got {self.format!r}")
+        check(self.flip in ("sth", "plain", "none"), f"flip must be sth, plain or none, got {self.flip!r}")
+        check(self.decoder in ("auto", "dali", "pyav"), f"decoder must be auto, dali or pyav, got {self.decoder!r}")
+        check(self.num_segments >= 1 and self.num_local >= 1, "num_segments and num_local must be >= 1")
+        check(self.num_sample >= 1, "num_sample must be >= 1")
+        check(self.test_crops in (1, 3), f"test_crops must be 1 or 3, got {self.test_crops}")
+        check(self.test_clips >= 1, "test_clips must be >= 1")
+        check(0.0 <= self.max_bad_fraction <= 1.0, "max_bad_fraction must be in [0, 1]")
+        check(0.0 <= self.grayscale_p <= 1.0, "grayscale_p must be in [0, 1]")
+        if isinstance(self.resize, (list, tuple)):
+            check(len(self.resize) == 2, f"resize must be [H, W] or an int, got {self.resize}")
+            check(min(self.resize) >= self.input_size, f"resize {self.resize} is smaller than input_size")
+        else:
+            check(int(self.resize) >= self.input_size, f"resize {self.resize} is smaller than input_size")
+        try:
+            self.template.format(1)
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ValueError(f"data config: bad frame template {self.template!r}: {exc}") from None
+
+    @property
+    def resize_size(self) -> Union[int, Tuple[int, int]]:
+        return tuple(self.resize) if isinstance(self.resize, (list, tuple)) else int(self.resize)
+
+    @property
+    def label_swap(self) -> Dict[int, int]:
+        swap: Dict[int, int] = {}
+        for a, b in self.flip_label_pairs:
+            swap[int(a)] = int(b)
+            swap[int(b)] = int(a)
+        return swap
+
+    def list_for(self, split: str) -> Optional[str]:
+        return {"train": self.train_list, "val": self.val_list, "test": self.test_list}[split]

@@ -1,0 +1,244 @@
+"""``build_loader``: the one entry point the trainer and evaluator use.
+
+Output per batch: ``(video, labels)`` with ``video`` float32, CLIP-normalised, on the
+requested device:
+
+* train/val: ``Tensor[B, T, M, 3, H, W]`` (train with ``num_sample=2``: B = 2*batch_size,
+  sample-major ``[v0s0, v0s1, v1s0, ...]``);
+* test: ``Tensor[B, V, T, M, 3, H, W]``, V = crops*clips, crop-major then clip;
+* ``labels`` int64 ``[B]``.
+
+Bad samples are replaced inside the dataset; the loader warns once per file, keeps a
+per-epoch :class:`BadSampleReport` (``loader.bad_samples``), logs it at the end of each
+epoch, and raises :class:`BadSampleError` as soon as more than ``max_bad_fraction`` of
+the epoch's samples are bad.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch.utils.data import DataLoader
+
+from tdsk._logging import log_once, logger
+from tdsk.data.config import DataConfig
+from tdsk.data.dataset import EpochSampler, VideoClipDataset, collate_clips
+from tdsk.data.lists import VideoRecord, parse_list
+from tdsk.data.transforms import normalize
+
+__all__ = ["build_loader", "load_video_clip", "VideoLoader", "BadSampleReport", "BadSampleError", "resolve_decoder",
+           "load_records", "dali_available"]
+
+
+class BadSampleError(RuntimeError):
+    """More than the configured fraction of an epoch's samples could not be decoded."""
+
+
+@dataclass
+class BadSampleReport:
+    """Bad samples seen in one epoch on this rank: ``files`` maps path -> reason."""
+
+    epoch: int = 0
+    split: str = ""
+    num_samples: int = 0
+    files: Dict[str, str] = field(default_factory=dict)
+    attempts: int = 0
+
+    @property
+    def num_bad(self) -> int:
+        return len(self.files)
+
+    @property
+    def fraction(self) -> float:
+        return self.num_bad / max(1, self.num_samples)
+
+    def offenders(self, limit: int = 10) -> str:
+        items = list(self.files.items())[:limit]
+        more = f"\n  ... and {self.num_bad - limit} more" if self.num_bad > limit else ""
+        return "\n  ".join(f"{p}: {r}" for p, r in items) + more
+
+    def __str__(self) -> str:
+        head = (f"{self.split} epoch {self.epoch}: {self.num_bad} bad file(s) of {self.num_samples} samples "
+                f"({100 * self.fraction:.2f}%), {self.attempts} failed attempt(s), each replaced by another sample")
+        return head + (":\n  " + self.offenders() if self.files else "")
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def resolve_decoder(choice: str, device: Union[str, torch.device]) -> str:
+    """``auto`` -> ``dali`` when the device is CUDA and ``nvidia.dali`` imports, else ``pyav``."""
+    device = torch.device(device)
+    if choice == "pyav":
+        return "pyav"
+    has_dali = dali_available()
+    if choice == "dali":
+        if not has_dali:
+            raise RuntimeError("decoder 'dali' requested but nvidia.dali is not installed "
+                               "(pip install nvidia-dali-cuda130)")
+        if device.type != "cuda":
+            raise RuntimeError(f"decoder 'dali' needs a CUDA device, got {device}")
+        return "dali"
+    if device.type == "cuda" and has_dali:
+        return "dali"
+    return "pyav"
+
+
+def load_records(cfg: DataConfig, split: str) -> List[VideoRecord]:
+    """Parse the split's list (entries under ``cfg.root``); 3-column entries shorter than
+    ``min_frames`` are dropped at train/val, kept at test (spec 1.2)."""
+    list_file = cfg.list_for(split)
+    if not list_file:
+        raise ValueError(f"data config has no {split}_list")
+    if not os.path.isabs(list_file) and not os.path.exists(list_file) and cfg.root:
+        candidate = os.path.join(cfg.root, list_file)
+        if os.path.exists(candidate):
+            list_file = candidate
+    return parse_list(list_file, cfg.root, cfg.format, min_frames=cfg.min_frames if split != "test" else 0)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Workers already run in parallel; intra-op threads would oversubscribe the cores.
+    torch.set_num_threads(1)
+
+
+class VideoLoader:
+    """Iterable over ``(video, labels)`` batches on ``device``; see the module docstring."""
+
+    def __init__(self, dataset: VideoClipDataset, sampler: EpochSampler, loader: DataLoader,
+                 device: torch.device, cfg: DataConfig, split: str):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.loader = loader
+        self.device = device
+        self.cfg = cfg
+        self.split = split
+        self.decoder = "pyav"
+        self.epoch = 0
+        self.bad_samples = BadSampleReport(0, split, len(sampler))
+        self.history: List[BadSampleReport] = []
+        self._warned: set = set()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def _record_bad(self, bad: Sequence[Tuple[str, str]]) -> None:
+        report = self.bad_samples
+        for path, reason in bad:
+            report.attempts += 1
+            if path not in report.files:
+                report.files[path] = reason
+            if path not in self._warned:
+                self._warned.add(path)
+                logger.warning(f"bad sample replaced by another: {path}: {reason}")
+        limit = self.cfg.max_bad_fraction * report.num_samples
+        if report.num_bad > limit:
+            raise BadSampleError(
+                f"{report.num_bad} bad file(s) in {self.split} epoch {self.epoch}, more than "
+                f"max_bad_fraction={self.cfg.max_bad_fraction} of {report.num_samples} samples; "
+                f"first offenders:\n  {report.offenders()}")
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self.bad_samples = BadSampleReport(self.epoch, self.split, len(self.sampler))
+        non_blocking = self.device.type == "cuda"
+        for batch in self.loader:
+            if batch["bad"]:
+                self._record_bad(batch["bad"])
+            video = batch["video"].to(self.device, non_blocking=non_blocking)
+            video = normalize(video, self.cfg.mean, self.cfg.std)
+            yield video, batch["label"].to(self.device, non_blocking=non_blocking)
+        self.history.append(self.bad_samples)
+        if self.bad_samples.num_bad:
+            logger.warning(str(self.bad_samples))
+
+
+def build_loader(data_cfg, split: str, *, batch_size: int, device: Union[str, torch.device] = "cpu",
+                 num_workers: Optional[int] = None, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 views: Optional[Tuple[int, int]] = None):
+    """Build the loader of ``split`` ("train" | "val" | "test") from a ``data:`` section.
+
+    Args:
+        data_cfg: the ``data:`` mapping (or a :class:`DataConfig`).
+        batch_size: videos per batch on this rank (train yields ``num_sample`` x that many clips).
+        device: where batches are delivered (uint8 is copied, then normalised there).
+        num_workers: CPU workers (default: ``data.num_workers`` capped at the cores available).
+        rank, world_size: DDP sharding (DistributedSampler partition; train shuffled per epoch).
+        seed: base seed; item randomness depends only on (seed, rank, epoch, index).
+        views: ``(crops, clips)`` for test (default ``data.test_crops``, ``data.test_clips``).
+
+    Returns an iterable with ``__len__``, ``set_epoch(epoch)`` and ``bad_samples``.
+    The decoder (``data.decoder``: auto | dali | pyav) is chosen here and logged once.
+    """
+    cfg = DataConfig.from_dict(data_cfg)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    device = torch.device(device)
+    records = load_records(cfg, split)
+    decoder = resolve_decoder(cfg.decoder, device)
+    log_once(f"data-decoder-{decoder}",
+             f"data: decoding with {'DALI on the GPU' if decoder == 'dali' else 'PyAV/Pillow CPU workers'} "
+             f"(decoder={cfg.decoder!r}, device={device})")
+    if decoder == "dali":
+        from tdsk.data.dali import build_dali_loader
+
+        return build_dali_loader(cfg, split, records, batch_size=batch_size, device=device, rank=rank,
+                                 world_size=world_size, seed=seed, views=views, num_workers=num_workers)
+
+    dataset = VideoClipDataset(records, cfg, split, seed=seed, rank=rank, views=views)
+    sampler = EpochSampler(len(dataset), shuffle=split == "train", rank=rank, world_size=world_size, seed=seed)
+    if num_workers is None:
+        num_workers = cfg.num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    num_workers = max(0, min(int(num_workers), cores))
+    drop_last = split == "train" and cfg.drop_last and len(sampler) >= batch_size
+    if split == "train" and cfg.drop_last and not drop_last:
+        log_once(f"data-small-{split}", f"data: {len(sampler)} {split} samples on this rank is fewer than "
+                                        f"batch_size={batch_size}; keeping the partial batch", logging.WARNING)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_clips, pin_memory=device.type == "cuda", drop_last=drop_last,
+        persistent_workers=num_workers > 0, worker_init_fn=_worker_init if num_workers > 0 else None,
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+    return VideoLoader(dataset, sampler, loader, device, cfg, split)
+
+
+def load_video_clip(path: str, data_cfg=None, views: Optional[Tuple[int, int]] = None,
+                    device: Union[str, torch.device] = "cpu", threads: int = 0) -> torch.Tensor:
+    """Decode one video file (or JPEG frame folder) into normalised test views.
+
+    For the predict CLI: the test sampling of ``data.dataset`` with ``views = (crops,
+    clips)`` (default ``data.test_crops``, ``data.test_clips``) and the test crops.
+    Returns float32 ``Tensor[V, T, M, 3, H, W]`` on ``device``, V = crops*clips,
+    crop-major. Raises :class:`tdsk.data.DecodeError` when the file cannot be decoded.
+    """
+    from tdsk.data.decoders import DecodeError, count_jpeg_frames
+    from tdsk.data.dataset import decode_record
+
+    cfg = DataConfig.from_dict(data_cfg)
+    crops, clips = views if views is not None else (cfg.test_crops, cfg.test_clips)
+    if os.path.isdir(path):
+        num_frames = count_jpeg_frames(path, cfg.template)
+        if num_frames == 0:
+            raise DecodeError(path, f"no frame files matching template {cfg.template!r}")
+        record = VideoRecord(path, 0, num_frames)
+    else:
+        record = VideoRecord(path, 0, None)
+    dataset = VideoClipDataset([record], cfg, "test", views=(crops, clips))
+    frames, _ = decode_record(record, cfg, "test", num_clips=clips, threads=threads)
+    t, m = cfg.num_segments, cfg.num_local
+    views_list = [dataset.transform(c) for c in frames.reshape(clips, t * m, *frames.shape[1:])]
+    video = torch.stack(views_list, dim=1).reshape(crops * clips, t, m, 3, cfg.input_size, cfg.input_size)
+    return normalize(video.to(torch.device(device)), cfg.mean, cfg.std)

@@ -1,0 +1,69 @@
+"""Small shared pieces of the model layer: recompute segments and BatchNorm under them.
+
+Memory design (spec 12, "training memory"): the side network keeps, between forward
+and backward, only compact tensors. Cheap parts of a side layer run inside
+*recompute segments* (non-reentrant :func:`torch.utils.checkpoint.checkpoint`), which
+save only their inputs and re-run the forward during backward. A segment's BatchNorm
+must not update its running statistics a second time while being recomputed;
+:func:`batch_norm` takes care of that.
+"""
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["batch_norm", "recompute", "in_backward"]
+
+
+def in_backward() -> bool:
+    """True while autograd runs a backward pass (i.e. a checkpoint segment is being recomputed)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_graph_task_id() != -1
+
+
+def batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` for channel-first ``x`` (dim 1 = channels, any rank >= 2).
+
+    Identical to calling the module, except that when the forward is being re-run by a
+    recompute segment during backward, the running statistics are not updated again
+    (the batch statistics are, of course, still used).
+    """
+    use_batch_stats = bn.training or not bn.track_running_stats
+    running_mean, running_var = bn.running_mean, bn.running_var
+    if bn.training and bn.track_running_stats:
+        if in_backward():
+            # Recomputation: same op, same saved tensors, but the update goes to
+            # throw-away copies (the real update happened in the forward).
+            running_mean, running_var = running_mean.clone(), running_var.clone()
+        elif bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+    momentum = 0.0 if bn.momentum is None else bn.momentum  # tdsk's BNs all use momentum 0.1
+    return F.batch_norm(
+        x, running_mean, running_var, bn.weight, bn.bias, use_batch_stats, momentum, bn.eps
+    )
+
+
+def batch_norm_channels_last(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over the last dim of ``x`` (token layout ``[..., D]``).
+
+    A BatchNorm3d over ``(B, D, T, g, g)`` normalises each channel with statistics over
+    ``B, T, g, g``; on the token layout ``(B, T, N, D)`` that is a BatchNorm over the
+    rows of the ``(B*T*N, D)`` matrix: same statistics, same running-statistics update.
+    """
+    shape = x.shape
+    return batch_norm(bn, x.reshape(-1, shape[-1])).view(shape)
+
+
+def recompute(fn: Callable, *args, enabled: bool = True):
+    """Run ``fn(*args)`` as a recompute segment when autograd is recording, else plainly.
+
+    The segment saves only ``args`` for backward and re-runs ``fn`` in backward
+    (non-reentrant checkpoint: works with ``torch.compile`` and with inputs that do
+    not require grad, such as the frozen ViT taps).
+    """
+    if not enabled or not torch.is_grad_enabled():
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)

@@ -1,0 +1,164 @@
+"""``build_model``: model configs as data (``tdsk/configs/<name>.yaml``, section ``model:``).
+
+Keys of the ``model:`` section (defaults in :data:`MODEL_DEFAULTS`):
+
+===================  ==========================================================================
+``variant``          ``tds_clip`` (default) or ``baseline`` (frozen-CLIP mean-pool + linear head)
+``arch``             open_clip ViT name (``ViT-B-16``, ``ViT-L-14``, ``ViT-B-32`` ...) or a tdsk
+                     tiny ViT (``tdsk-ViT-Tiny-16``, ``tdsk-ViT-Demo-8``)
+``clip_pretrained``  open_clip tag (``openai``), local file path, or ``null`` (random init)
+``quick_gelu``       build the frozen blocks with QuickGELU (OpenAI weights)
+``num_classes``      ``K``
+``num_segments``     ``T`` (8 in the official recipes)
+``num_local``        ``M`` local frames per segment (5; 1 = SME-Adapter off; odd)
+``input_size``       crop size (224)
+``side_dim``         side width ``D`` (320 for B, 512 for L); ``D // 64`` heads
+``td_variant``       ``pool`` (paper) | ``conv`` | ``direct`` | ``none``
+``td_layers``        layers with a TD-Adapter: ``all``, ``"1-6"``, ``"7-12"``, or a list (1-based)
+``td_reduction``     TD-Adapter bottleneck ``R = D // td_reduction`` (16)
+``pool_kernel``      temporal max-pool window ``k`` (3; 5, 7 in the ablation)
+``td_channel_mix``   ``q = (1-a) delta + a mean_c(delta)`` (0.5)
+``fusion_alpha``     ``S0 = BN(Conv(V)) + alpha BN(Conv(Delta))`` (0.5)
+``sme_mode``         ``kernel`` | ``folded`` (same numbers and checkpoint keys)
+``side_checkpoint``  ``false`` | ``true`` (= 2 layers per segment) | layers per segment
+===================  ==========================================================================
+"""
+import copy
+import os
+from typing import Dict, List, Union
+
+import torch.nn as nn
+
+__all__ = ["MODEL_DEFAULTS", "build_model", "list_models", "model_config", "parse_td_layers"]
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+MODEL_DEFAULTS: Dict = {
+    "variant": "tds_clip",
+    "arch": "ViT-B-16",
+    "clip_pretrained": "openai",
+    "quick_gelu": True,
+    "num_classes": 174,
+    "num_segments": 8,
+    "num_local": 5,
+    "input_size": 224,
+    "side_dim": 320,
+    "td_variant": "pool",
+    "td_layers": "all",
+    "td_reduction": 16,
+    "pool_kernel": 3,
+    "td_channel_mix": 0.5,
+    "fusion_alpha": 0.5,
+    "sme_mode": "kernel",
+    "side_checkpoint": False,
+}
+
+
+def list_models() -> List[str]:
+    """Names of the shipped configs (``tdsk/configs/*.yaml``)."""
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+
+
+def _read_yaml(path: str) -> Dict:
+    import yaml  # noqa: PLC0415
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if "model" not in data:
+        raise ValueError(f"{path}: no 'model:' section")
+    return data["model"]
+
+
+def model_config(name_or_config: Union[str, Dict], **overrides) -> Dict:
+    """The complete, validated model section for a config name, a YAML path or a dict.
+
+    A dict may be the ``model:`` section itself or a whole config holding one.
+    """
+    if isinstance(name_or_config, dict):
+        section = name_or_config.get("model", name_or_config)
+        if not isinstance(section, dict):
+            raise TypeError("build_model: the 'model' entry of the config must be a mapping")
+        section = copy.deepcopy(section)
+    elif isinstance(name_or_config, str):
+        if os.path.isfile(name_or_config):
+            section = _read_yaml(name_or_config)
+        else:
+            path = os.path.join(CONFIG_DIR, f"{name_or_config}.yaml")
+            if not os.path.isfile(path):
+                raise ValueError(f"unknown model config {name_or_config!r}; known: {list_models()} "
+                                 "(or pass a YAML path / a dict)")
+            section = _read_yaml(path)
+    else:
+        raise TypeError(f"build_model: expected a config name, path or dict, got {type(name_or_config).__name__}")
+    section.update(overrides)
+    unknown = sorted(set(section) - set(MODEL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(MODEL_DEFAULTS)}")
+    cfg = {**MODEL_DEFAULTS, **section}
+    _validate(cfg)
+    return cfg
+
+
+def parse_td_layers(spec, layers: int) -> List[int]:
+    """``'all'`` | ``'1-6'`` | ``'1-3,7'`` | ``[1, 2]`` (1-based) -> sorted 0-based layer indices."""
+    if spec is None or spec == "all":
+        return list(range(layers))
+    if spec == "none" or spec == []:
+        return []
+    items = []
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    for part in parts:
+        if isinstance(part, str) and "-" in part:
+            lo, hi = (int(v) for v in part.split("-"))
+            items.extend(range(lo, hi + 1))
+        else:
+            items.append(int(part))
+    bad = [i for i in items if not 1 <= i <= layers]
+    if bad:
+        raise ValueError(f"td_layers {spec!r}: layers {bad} outside 1..{layers}")
+    return sorted({i - 1 for i in items})
+
+
+def _validate(cfg: Dict) -> None:
+    if cfg["variant"] not in ("tds_clip", "baseline"):
+        raise ValueError(f"model.variant must be 'tds_clip' or 'baseline', got {cfg['variant']!r}")
+    if cfg["td_variant"] not in ("pool", "conv", "direct", "none"):
+        raise ValueError(f"model.td_variant must be pool, conv, direct or none, got {cfg['td_variant']!r}")
+    if cfg["sme_mode"] not in ("kernel", "folded"):
+        raise ValueError(f"model.sme_mode must be 'kernel' or 'folded', got {cfg['sme_mode']!r}")
+    m = int(cfg["num_local"])
+    if m < 1 or m % 2 == 0:
+        raise ValueError(f"model.num_local (M) must be odd and >= 1, got {m}")
+    if int(cfg["num_classes"]) < 1 or int(cfg["side_dim"]) < 1 or int(cfg["num_segments"]) < 1:
+        raise ValueError("model.num_classes, side_dim and num_segments must be positive")
+    k = int(cfg["pool_kernel"])
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"model.pool_kernel must be odd, got {k}")
+    sc = cfg["side_checkpoint"]
+    if not isinstance(sc, bool) and (not isinstance(sc, int) or sc < 0):
+        raise ValueError(f"model.side_checkpoint must be a bool or a number of layers per segment, got {sc!r}")
+
+
+def build_model(name_or_config: Union[str, Dict], **overrides) -> nn.Module:
+    """Build a TDS-CLIP model (or the mean-pool baseline) from a config.
+
+    Args:
+        name_or_config: a config name (``ssv1_b16``, ``ssv1_l14``, ``ssv2_b16``,
+            ``ssv2_l14``, ``k400_b16``, ``k400_l14``, ``demo``, ``tiny``), a YAML path,
+            or a dict (the ``model:`` section or a whole config).
+        **overrides: model-section keys (see the module doc), e.g.
+            ``clip_pretrained=None``, ``side_checkpoint=True``, ``variant='baseline'``.
+
+    Returns:
+        :class:`~tdsk.models.tds_clip.TDSCLIP` or :class:`~tdsk.models.baseline.MeanPoolCLIP`,
+        in train mode, with the frozen tower's parameters ``requires_grad=False``.
+    """
+    from tdsk.models.baseline import MeanPoolCLIP  # noqa: PLC0415
+    from tdsk.models.clip_encoder import vision_config  # noqa: PLC0415
+    from tdsk.models.tds_clip import TDSCLIP  # noqa: PLC0415
+
+    cfg = model_config(name_or_config, **overrides)
+    if cfg["variant"] == "baseline":
+        return MeanPoolCLIP(cfg)
+    parse_td_layers(cfg["td_layers"], int(vision_config(cfg["arch"])["vision_cfg"]["layers"]))  # validate early
+    return TDSCLIP(cfg)

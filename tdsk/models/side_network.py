@@ -1,0 +1,115 @@
+"""Side network: SME stem, per-layer taps of the frozen ViT, TDS blocks, pooled output (spec 3-5).
+
+For side layer ``k = 0..L-1`` (spec 4.1), with ``z_{k+1}`` the output of frozen block ``k+1``::
+
+    u      = Linear_k(LN_k(z_{k+1}))            [B*T, N+1, D]   ("tap", SideTap)
+    cls_k  = u[:, 0];  u_p = u[:, 1:]
+    x      = 0.5 * x + 0.5 * u_p                x = S0 (SME-Adapter) for k = 0
+    x      = TDSBlock_k(x, cls_k, E_pos)
+
+then ``BN_post`` and a global average over ``T * g * g`` (spec 5.1-5.3). The side
+stream has no class token; ``E_pos`` (``[N, D]``) is shared by all blocks.
+
+Training memory (what autograd keeps between forward and backward):
+
+* the frozen taps ``z`` are produced without autograd and stored in the autocast dtype;
+* ``side_checkpoint=False``: each layer runs its tap + mix + temporal branch (a) and
+  its MLP (d) as recompute segments that save only their inputs (the tap ``z`` and
+  the side stream ``x``); the attention (c) saves ``q, k, v``, its output and the
+  log-sum-exp, never a probability matrix;
+* ``side_checkpoint=s`` (``True`` = 2): groups of ``s`` whole layers, and the SME
+  stem, are recompute segments: only the taps, one side-stream tensor per group and
+  the input video are referenced. Outputs and gradients are the same.
+"""
+from typing import List, Sequence
+
+import torch
+import torch.nn as nn
+
+from tdsk.models._common import batch_norm_channels_last, recompute
+from tdsk.models.sme_adapter import SMEAdapter
+from tdsk.models.tds_block import TDSBlock
+
+__all__ = ["SideNetwork", "SideTap"]
+
+
+class SideTap(nn.Module):
+    """``u = Linear(LN(z))``: frozen width ``C`` -> side width ``D`` (spec 4.1 step 1)."""
+
+    def __init__(self, clip_width: int, side_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(clip_width)
+        self.proj = nn.Linear(clip_width, side_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(z))
+
+
+class SideNetwork(nn.Module):
+    """``forward(video[B, T, M, 3, H, W], taps: L x [B*T, N+1, C]) -> features[B, D]``."""
+
+    def __init__(self, clip_width: int, layers: int, side_dim: int, patch_size: int, grid_size: int,
+                 num_local: int = 5, td_variant: str = "pool", td_layers: Sequence[int] = None,
+                 td_reduction: int = 16, pool_kernel: int = 3, td_channel_mix: float = 0.5,
+                 fusion_alpha: float = 0.5, sme_mode: str = "kernel", side_checkpoint=False,
+                 num_segments: int = 8):
+        super().__init__()
+        if td_layers is None:
+            td_layers = range(layers)
+        td_layers = set(td_layers)
+        self.side_dim = side_dim
+        self.grid_size = grid_size
+        self.side_checkpoint = int(side_checkpoint) * (2 if side_checkpoint is True else 1)
+        self.sme = SMEAdapter(side_dim, patch_size, num_local, fusion_alpha, sme_mode)
+        self.pos_embed = nn.Parameter(torch.empty(grid_size * grid_size, side_dim))
+        nn.init.normal_(self.pos_embed, std=0.01)
+        self.taps = nn.ModuleList([SideTap(clip_width, side_dim) for _ in range(layers)])
+        self.blocks = nn.ModuleList([
+            TDSBlock(side_dim, num_segments, td_variant if k in td_layers else "none", td_reduction,
+                     pool_kernel, td_channel_mix)
+            for k in range(layers)
+        ])
+        self.post_bn = nn.BatchNorm3d(side_dim)
+
+    def stem(self, video: torch.Tensor) -> torch.Tensor:
+        """S0 in token layout ``[B, T, N, D]``."""
+        s = self.sme(video)  # [B, D, T, g, g]
+        b, d, t = s.shape[:3]
+        return s.permute(0, 2, 3, 4, 1).reshape(b, t, -1, d)
+
+    def tap_and_mix(self, k: int, z: torch.Tensor, x: torch.Tensor):
+        b, t, n, d = x.shape
+        u = self.taps[k](z)
+        x = 0.5 * x + 0.5 * u[:, 1:].reshape(b, t, n, d)
+        return x, u[:, 0]
+
+    def _layer(self, k: int, x: torch.Tensor, z: torch.Tensor, recompute_cheap: bool) -> torch.Tensor:
+        block = self.blocks[k]
+
+        def tap_mix_temporal(z_, x_):
+            x_, cls_ = self.tap_and_mix(k, z_, x_)
+            return block.temporal_branch(x_), cls_
+
+        x, cls = recompute(tap_mix_temporal, z, x, enabled=recompute_cheap)
+        x = block.attention_branch(x, cls, self.pos_embed)
+        return recompute(block.mlp_branch, x, enabled=recompute_cheap)
+
+    def _layers(self, start: int, x: torch.Tensor, *zs: torch.Tensor) -> torch.Tensor:
+        for i, z in enumerate(zs):
+            x = self._layer(start + i, x, z, recompute_cheap=False)
+        return x
+
+    def forward(self, video: torch.Tensor, taps: List[torch.Tensor]) -> torch.Tensor:
+        if len(taps) != len(self.blocks):
+            raise ValueError(f"side network has {len(self.blocks)} layers but got {len(taps)} frozen taps")
+        group = self.side_checkpoint
+        if group:
+            x = recompute(self.stem, video)
+            for start in range(0, len(taps), group):
+                x = recompute(self._layers, start, x, *taps[start:start + group])
+        else:
+            x = self.stem(video)
+            for k, z in enumerate(taps):
+                x = self._layer(k, x, z, recompute_cheap=True)
+        x = batch_norm_channels_last(self.post_bn, x)
+        return x.mean(dim=(1, 2))
