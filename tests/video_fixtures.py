@@ -67,7 +67,8 @@ def decode_all(path: str, limit: Optional[int] = None) -> np.ndarray:
     frames = []
     with av.open(path) as container:
         for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            # threads=1: an swscale thread pool left in this process would hang forked loader workers
+            frames.append(frame.reformat(format="rgb24", threads=1).to_ndarray())
             if limit is not None and len(frames) >= limit:
                 break
     return np.stack(frames)

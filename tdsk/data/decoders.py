@@ -33,20 +33,25 @@ class DecodeError(RuntimeError):
 
 
 _REFORMATTER = None
+_REFORMATTER_PID = None
 
 
 def _to_rgb(frame) -> np.ndarray:
     """``uint8[H, W, 3]``; same pixels as ``frame.to_ndarray(format="rgb24")``.
 
     One reformatter per process keeps its swscale context between frames (a fresh one
-    per frame costs ~20x more on small frames).
+    per frame costs ~20x more on small frames). swscale runs single-threaded: its
+    default thread pool, once started in a parent process, makes swscale hang in
+    forked loader workers (seen with PyAV 18 / FFmpeg 8.1). The reformatter is
+    re-created after a fork all the same.
     """
-    global _REFORMATTER
-    if _REFORMATTER is None:
+    global _REFORMATTER, _REFORMATTER_PID
+    if _REFORMATTER is None or _REFORMATTER_PID != os.getpid():
         from av.video.reformatter import VideoReformatter
 
         _REFORMATTER = VideoReformatter()
-    return _REFORMATTER.reformat(frame, format="rgb24").to_ndarray()
+        _REFORMATTER_PID = os.getpid()
+    return _REFORMATTER.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
 class PyAVVideo:
