@@ -22,6 +22,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -32,45 +33,60 @@ namespace {
 
 using detail::divup;
 
-// m[s] = max over frames lo..hi of row r_j = xc + j * sT (NaN propagates, as max_pool3d).
-template <typename scalar_t, typename acc_t>
-inline void window_max(const scalar_t* __restrict__ xc, int64_t sT, int64_t lo, int64_t hi, int64_t len,
-                       acc_t* __restrict__ m) {
-  const scalar_t* r = xc + lo * sT;
-  for (int64_t s = 0; s < len; ++s) m[s] = static_cast<acc_t>(r[s]);
-  for (int64_t j = lo + 1; j <= hi; ++j) {
-    r = xc + j * sT;
-    for (int64_t s = 0; s < len; ++s) {
-      const acc_t v = static_cast<acc_t>(r[s]);
-      const acc_t cur = m[s];
-      m[s] = ((v > cur) | (v != v)) ? v : cur;
-    }
+// Window sizes up to kMaxUnroll frames are compile-time constants (the frame loop
+// unrolls inside the vectorised spatial loop); larger windows (k > 15, or k > 8 at the
+// clip ends) take the same code with a runtime count.
+constexpr int kMaxUnroll = 8;
+
+template <typename Fn>
+inline void dispatch_window(int64_t w, Fn&& fn) {
+  switch (w) {
+    case 1: fn(std::integral_constant<int, 1>{}); break;
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    case 3: fn(std::integral_constant<int, 3>{}); break;
+    case 4: fn(std::integral_constant<int, 4>{}); break;
+    case 5: fn(std::integral_constant<int, 5>{}); break;
+    case 6: fn(std::integral_constant<int, 6>{}); break;
+    case 7: fn(std::integral_constant<int, 7>{}); break;
+    case 8: fn(std::integral_constant<int, 8>{}); break;
+    default: fn(std::integral_constant<int, 0>{}); break;  // runtime count
   }
+  static_assert(kMaxUnroll == 8, "dispatch_window cases");
 }
 
-// idx[s] = the earliest frame j in lo..hi holding the window maximum (strict '>' from the
-// left; the first NaN, if any, as torch.argmax). Frame numbers are stored as acc_t so the
-// compare/select loops stay one lane width.
-template <typename scalar_t, typename acc_t>
-inline void window_argmax(const scalar_t* __restrict__ xc, int64_t sT, int64_t lo, int64_t hi, int64_t len,
-                          acc_t* __restrict__ m, acc_t* __restrict__ idx) {
-  const scalar_t* r = xc + lo * sT;
-  const acc_t flo = static_cast<acc_t>(lo);
-  for (int64_t s = 0; s < len; ++s) {
-    m[s] = static_cast<acc_t>(r[s]);
-    idx[s] = flo;
+// max over the rows xl[j * sT], j = 0..w-1, at position s. NaN propagates (max_pool3d).
+template <int W, typename scalar_t, typename acc_t>
+inline acc_t window_max_at(const scalar_t* xl, int64_t sT, int64_t w, int64_t s) {
+  const int64_t n = W > 0 ? W : w;
+  acc_t m = static_cast<acc_t>(xl[s]);
+  for (int64_t j = 1; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(xl[j * sT + s]);
+    m = ((v > m) | (v != v)) ? v : m;  // bitwise: no branch, the loop vectorises
   }
-  for (int64_t j = lo + 1; j <= hi; ++j) {
-    r = xc + j * sT;
-    const acc_t fj = static_cast<acc_t>(j);
+  return m;
+}
+
+// id[s] = lo + the earliest row j < w holding the maximum of xl[j * sT] at s: strict '>'
+// from the left; the first NaN, if any, wins (as torch.argmax). Frame numbers are kept
+// as acc_t so that every loop is one lane width. One pass per row over small L1-resident
+// arrays: this form vectorises (a fused per-position frame loop did not, with GCC 12).
+template <typename scalar_t, typename acc_t>
+inline void window_argmax_rows(const scalar_t* __restrict__ xl, int64_t sT, int64_t w, int64_t len, acc_t lo,
+                               acc_t* __restrict__ m, acc_t* __restrict__ id) {
+  for (int64_t s = 0; s < len; ++s) {
+    m[s] = static_cast<acc_t>(xl[s]);
+    id[s] = lo;
+  }
+  for (int64_t j = 1; j < w; ++j) {
+    const scalar_t* __restrict__ r = xl + j * sT;
+    const acc_t fj = lo + static_cast<acc_t>(j);
     for (int64_t s = 0; s < len; ++s) {
-      // Branch-free (bitwise, all loads unconditional) so that the loop vectorises.
       const acc_t v = static_cast<acc_t>(r[s]);
       const acc_t cur = m[s];
-      const acc_t prev = idx[s];
-      const bool take = (v > cur) | ((v != v) & (cur == cur));
+      const acc_t prev = id[s];
+      const bool take = (v > cur) | ((v != v) & (cur == cur));  // bitwise: no branch
       m[s] = take ? v : cur;
-      idx[s] = take ? fj : prev;
+      id[s] = take ? fj : prev;
     }
   }
 }
@@ -84,18 +100,17 @@ void pool_forward_kernel(const scalar_t* x, scalar_t* out, int64_t N, int64_t C,
   const acc_t keep = static_cast<acc_t>(1.0 - mix);
   const acc_t a = static_cast<acc_t>(mix);
   const acc_t fC = static_cast<acc_t>(C);
-  // Scratch per spatial position: running max, and with the mix the channel sum plus d of
-  // every channel (the mean needs all channels before any output can be written).
-  const int64_t per_s = (use_mix ? C + 2 : 1) * static_cast<int64_t>(sizeof(acc_t));
+  // Scratch per spatial position with the mix: the channel sum and d of every channel
+  // (the mean needs all channels before any output can be written).
+  const int64_t per_s = (use_mix ? C + 1 : 1) * static_cast<int64_t>(sizeof(acc_t));
   const int64_t BS = detail::spatial_block(S, per_s, N * T);
   const int64_t nSB = divup(S, BS);
   const int64_t items = N * T * nSB;
   const int64_t grain = std::max<int64_t>(1, detail::kGrainElems / std::max<int64_t>(1, C * BS));
 
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf((use_mix ? C + 2 : 1) * BS);
-    acc_t* mrow = buf.data();
-    acc_t* sum = use_mix ? mrow + BS : nullptr;
+    std::vector<acc_t> buf(use_mix ? (C + 1) * BS : 0);
+    acc_t* sum = buf.data();
     acc_t* dbuf = use_mix ? sum + BS : nullptr;
     for (int64_t it = begin; it < end; ++it) {
       const int64_t sb = it % nSB;
@@ -104,24 +119,32 @@ void pool_forward_kernel(const scalar_t* x, scalar_t* out, int64_t N, int64_t C,
       const int64_t s0 = sb * BS;
       const int64_t len = std::min(BS, S - s0);
       const int64_t lo = std::max<int64_t>(0, t - pad);
-      const int64_t hi = std::min<int64_t>(T - 1, t + pad);
+      const int64_t w = std::min<int64_t>(T - 1, t + pad) - lo + 1;
       if (use_mix) std::fill(sum, sum + len, acc_t(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* xc = x + n * sN + c * sC + s0;
-        const scalar_t* __restrict__ xt = xc + t * sT;
-        window_max(xc, sT, lo, hi, len, mrow);
-        if (!use_mix) {
-          scalar_t* __restrict__ o = out + ((n * C + c) * T + t) * S + s0;
-          for (int64_t s = 0; s < len; ++s) o[s] = static_cast<scalar_t>(static_cast<acc_t>(xt[s]) - mrow[s]);
-        } else {
-          acc_t* __restrict__ d = dbuf + c * BS;
-          for (int64_t s = 0; s < len; ++s) {
-            const acc_t v = static_cast<acc_t>(xt[s]) - mrow[s];
-            d[s] = v;
-            sum[s] += v;
+      dispatch_window(w, [&](auto wc) {
+        constexpr int W = decltype(wc)::value;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xc = x + n * sN + c * sC + s0;
+          const scalar_t* xl = xc + lo * sT;
+          const scalar_t* xt = xc + t * sT;
+          if (!use_mix) {
+            scalar_t* o = out + ((n * C + c) * T + t) * S + s0;
+#pragma GCC ivdep
+            for (int64_t s = 0; s < len; ++s) {
+              const acc_t m = window_max_at<W, scalar_t, acc_t>(xl, sT, w, s);
+              o[s] = static_cast<scalar_t>(static_cast<acc_t>(xt[s]) - m);
+            }
+          } else {
+            acc_t* d = dbuf + c * BS;
+#pragma GCC ivdep
+            for (int64_t s = 0; s < len; ++s) {
+              const acc_t v = static_cast<acc_t>(xt[s]) - window_max_at<W, scalar_t, acc_t>(xl, sT, w, s);
+              d[s] = v;
+              sum[s] += v;
+            }
           }
         }
-      }
+      });
       if (use_mix) {
         for (int64_t s = 0; s < len; ++s) sum[s] = a * (sum[s] / fC);  // a * mean_c(d)
         for (int64_t c = 0; c < C; ++c) {
@@ -143,9 +166,9 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
   const bool use_mix = mix != 0.0;
   const acc_t keep = static_cast<acc_t>(1.0 - mix);
   const acc_t coef = static_cast<acc_t>(mix / static_cast<double>(C));
-  // Scratch per spatial position: g_d and the scattered sums for every frame (+ the
-  // channel sum of g per frame with the mix), the running max and argmax.
-  const int64_t rows = T * (use_mix ? 3 : 2) + 2;
+  // Scratch per spatial position and frame: g_d and the window argmax of the current
+  // channel, and with the mix the channel sum of g.
+  const int64_t rows = T * (use_mix ? 3 : 2) + 1;
   const int64_t BS = detail::spatial_block(S, rows * static_cast<int64_t>(sizeof(acc_t)), N);
   const int64_t nSB = divup(S, BS);
   const int64_t items = N * nSB;
@@ -153,11 +176,10 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
 
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(rows * BS);
-    acc_t* gd = buf.data();        // [T][BS]  g_d of the current channel
-    acc_t* acc = gd + T * BS;      // [T][BS]  -sum of g_d routed to each frame
-    acc_t* mrow = acc + T * BS;    // [BS]
-    acc_t* idx = mrow + BS;        // [BS]
-    acc_t* csum = idx + BS;        // [T][BS]  sum_c g (mix only)
+    acc_t* gd = buf.data();       // [T][BS]  g_d of the current channel
+    acc_t* idx = gd + T * BS;     // [T][BS]  argmax frame of each window (absolute, as acc_t)
+    acc_t* mrow = idx + T * BS;   // [BS]     running window max
+    acc_t* csum = mrow + BS;      // [T][BS]  sum_c g (mix only)
     for (int64_t it = begin; it < end; ++it) {
       const int64_t sb = it % nSB;
       const int64_t n = it / nSB;
@@ -175,6 +197,7 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
       }
       for (int64_t c = 0; c < C; ++c) {
         const scalar_t* xc = x + n * sN + c * sC + s0;
+        // g_d of every frame.
         for (int64_t t = 0; t < T; ++t) {
           const scalar_t* __restrict__ gr = g + n * gN + c * gC + t * gT + s0;
           acc_t* __restrict__ gdt = gd + t * BS;
@@ -184,36 +207,38 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
           } else {
             for (int64_t s = 0; s < len; ++s) gdt[s] = static_cast<acc_t>(gr[s]);
           }
-          std::fill(acc + t * BS, acc + t * BS + len, acc_t(0));
         }
+        // Argmax frame of every output frame's window.
         for (int64_t tp = 0; tp < T; ++tp) {
           const int64_t lo = std::max<int64_t>(0, tp - pad);
-          const int64_t hi = std::min<int64_t>(T - 1, tp + pad);
-          const acc_t* __restrict__ gdt = gd + tp * BS;
-          if (lo == hi) {
-            acc_t* __restrict__ a = acc + lo * BS;
-            for (int64_t s = 0; s < len; ++s) a[s] -= gdt[s];
-            continue;
-          }
-          window_argmax(xc, sT, lo, hi, len, mrow, idx);
-          for (int64_t j = lo; j <= hi; ++j) {
-            acc_t* __restrict__ a = acc + j * BS;
-            const acc_t fj = static_cast<acc_t>(j);
-            // Subtract g_d or -0 (not +0: with x - 0 == x GCC turns the select into a
-            // branch around the subtraction, and the loop would not vectorise). x - (-0)
-            // equals x (only a -0 becomes +0, as in the reference's 0 + ... sums).
-            for (int64_t s = 0; s < len; ++s) {
-              const acc_t gv = gdt[s];
-              const acc_t take = (idx[s] == fj) ? gv : acc_t(-0.0);
-              a[s] = a[s] - take;
-            }
-          }
+          const int64_t w = std::min<int64_t>(T - 1, tp + pad) - lo + 1;
+          window_argmax_rows(xc + lo * sT, sT, w, len, static_cast<acc_t>(lo), mrow, idx + tp * BS);
         }
+        // grad_x[t] = g_d[t] + (0 - g_d[t'] - g_d[t''] ...) over the windows t' (in
+        // increasing order, as the reference's scatter_add) whose argmax is t. A window
+        // not routed to t subtracts -0, which leaves the sum unchanged (and keeps the
+        // select branch-free, so the loop vectorises).
         for (int64_t t = 0; t < T; ++t) {
-          const acc_t* __restrict__ gdt = gd + t * BS;
-          const acc_t* __restrict__ a = acc + t * BS;
-          scalar_t* __restrict__ o = gx + ((n * C + c) * T + t) * S + s0;
-          for (int64_t s = 0; s < len; ++s) o[s] = static_cast<scalar_t>(gdt[s] + a[s]);
+          const int64_t tlo = std::max<int64_t>(0, t - pad);
+          const int64_t nw = std::min<int64_t>(T - 1, t + pad) - tlo + 1;
+          const acc_t ft = static_cast<acc_t>(t);
+          const acc_t* gl = gd + tlo * BS;
+          const acc_t* il = idx + tlo * BS;
+          const acc_t* gdt = gd + t * BS;
+          scalar_t* o = gx + ((n * C + c) * T + t) * S + s0;
+          dispatch_window(nw, [&](auto wc) {
+            constexpr int W = decltype(wc)::value;
+            const int64_t cnt = W > 0 ? W : nw;
+#pragma GCC ivdep
+            for (int64_t s = 0; s < len; ++s) {
+              acc_t routed = acc_t(0);
+              for (int64_t q = 0; q < cnt; ++q) {
+                const acc_t gv = gl[q * BS + s];
+                routed = routed - ((il[q * BS + s] == ft) ? gv : acc_t(-0.0));
+              }
+              o[s] = static_cast<scalar_t>(gdt[s] + routed);
+            }
+          });
         }
       }
     }

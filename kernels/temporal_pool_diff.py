@@ -82,28 +82,40 @@ def _channels(c0, C, BLOCK_C: tl.constexpr, USE_INT64: tl.constexpr):
 
 
 @triton.jit
+def _frame_bounds(t, T, BLOCK_HW: tl.constexpr):
+    """Offsets ``j`` with an existing frame ``t + j`` are ``lo <= j <= hi``, as [BLOCK_HW] vectors.
+
+    Vectors rather than scalars because the interpreter rejects
+    ``tensor_mask & scalar_bool``: broadcast first, then combine.
+    """
+    lo = tl.zeros([BLOCK_HW], dtype=tl.int32) - t
+    hi = lo + (T - 1)
+    return lo, hi
+
+
+@triton.jit
 def _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
                     PAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
                     ACC: tl.constexpr):
     """``d = x[t] - max(x[t-PAD .. t+PAD])`` on a [BLOCK_C, BLOCK_HW] tile (0 where masked)."""
     m2 = c_mask[:, None] & hw_mask[None, :]
-    ptrs = x_n_ptr + (cc * sxc)[:, None] + x_hw[None, :]
+    lo, hi = _frame_bounds(t, T, BLOCK_HW)
+    q = x_n_ptr + (cc * sxc)[:, None] + x_hw[None, :] + (t - PAD) * sxt
     # -inf where the tile is valid; 0 in masked-off lanes so that they compute
     # 0 - 0 rather than -inf - (-inf) (NaN; harmless, but numpy warns about it)
     p = tl.where(m2, float("-inf"), 0.0).to(ACC)
     xt = p
-    # Frame validity as a [BLOCK_HW] vector: broadcast *before* combining with
-    # tensor masks (the interpreter rejects ``tensor_mask & scalar_bool``).
-    t_vec = tl.zeros([BLOCK_HW], dtype=tl.int32) + t
-    # Left-to-right scan with strict ">" (max_pool3d's loop): padding frames load
-    # -inf and never win; a NaN wins unless one already did (NaN propagates).
+    # Left-to-right scan with strict ">" (max_pool3d's loop): missing frames load
+    # -inf and never win; a NaN wins unless one already did (NaN propagates). The
+    # scan order also decides which of -0.0 / +0.0 is the max, as in the reference.
     for j in tl.static_range(-PAD, PAD + 1):
-        ok = ((t_vec + j >= 0) & (t_vec + j < T))[None, :]
-        v = tl.load(ptrs + (t + j) * sxt, mask=m2 & ok, other=float("-inf")).to(ACC)
+        ok = ((lo <= j) & (hi >= j))[None, :]
+        v = tl.load(q, mask=m2 & ok, other=float("-inf")).to(ACC)
         take = (v > p) | ((v != v) & (p == p))
         p = tl.where(take, v, p)
         if j == 0:
             xt = v
+        q += sxt
     return tl.where(m2, xt - p, 0.0)
 
 
@@ -116,50 +128,53 @@ def _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
 
     Frame ``t`` is the argmax of the window of output frame ``t + i`` iff it beats
     every *earlier* frame of that window strictly and is not beaten by any *later*
-    one (earliest maximum wins). Both conditions are monotone in ``i``, so instead
-    of scanning all 2P+1 windows we find, per element,
+    one (the earliest maximum wins). Both conditions are monotone in ``i``, so
+    instead of scanning all 2P+1 windows we find, per element,
 
-    * ``j_lo``: the latest earlier frame offset (in -2P..-1) that x[t] does not
-      strictly beat -> the windows with ``i - P > j_lo`` are fine on the left;
-    * ``j_hi``: the earliest later frame offset (in 1..2P) that beats x[t]
-      -> the windows with ``i + P < j_hi`` are fine on the right;
+    * ``j_lo``: the latest earlier offset (in -2P..-1) whose frame x[t] does not
+      strictly beat: the windows with ``i - P > j_lo`` are fine on the left;
+    * ``j_hi``: the earliest later offset (in 1..2P) whose frame beats x[t]:
+      the windows with ``i + P < j_hi`` are fine on the right;
 
-    i.e. ``t`` wins the windows ``i_lo <= i <= i_hi``: 4P loads of x and 2P+1 of g.
+    so ``t`` is the argmax of the windows ``i_lo <= i <= i_hi``: 4P + 1 loads of x
+    and 2P + 1 of g per tile, instead of (2P + 1)**2 comparisons.
     """
     m2 = c_mask[:, None] & hw_mask[None, :]
+    lo, hi = _frame_bounds(t, T, BLOCK_HW)
     xp = x_n_ptr + (cc * sxc)[:, None] + x_hw[None, :]
-    gp = g_n_ptr + (cc * sgc)[:, None] + g_hw[None, :]
     xt = tl.load(xp + t * sxt, mask=m2, other=0.0).to(ACC)
     xt_nan = xt != xt
-    t_vec = tl.zeros([BLOCK_HW], dtype=tl.int32) + t  # broadcast before masking (interpreter)
-
-    j_hi = tl.full([BLOCK_C, BLOCK_HW], 2 * PAD + 1, tl.int32)
-    for j in tl.static_range(2 * PAD, 0, -1):  # descending: the last write is the earliest
-        ok = ((t_vec + j >= 0) & (t_vec + j < T))[None, :]
-        v = tl.load(xp + (t + j) * sxt, mask=m2 & ok, other=0.0).to(ACC)
-        # a later frame beats x[t] unless x[t] >= it (or x[t] is NaN, which wins first)
-        beaten = ok & ~((xt >= v) | xt_nan)
-        j_hi = tl.where(beaten, j, j_hi)
 
     j_lo = tl.full([BLOCK_C, BLOCK_HW], -2 * PAD - 1, tl.int32)
-    for j in tl.static_range(-2 * PAD, 0):  # ascending: the last write is the latest
-        ok = ((t_vec + j >= 0) & (t_vec + j < T))[None, :]
-        v = tl.load(xp + (t + j) * sxt, mask=m2 & ok, other=0.0).to(ACC)
-        # x[t] must strictly beat an earlier frame (a tie goes to the earlier one);
-        # a NaN x[t] beats any non-NaN earlier frame
-        not_beaten = ok & ~((xt > v) | (xt_nan & (v == v)))
-        j_lo = tl.where(not_beaten, j, j_lo)
-
-    i_hi = j_hi - (PAD + 1)
+    j_hi = tl.full([BLOCK_C, BLOCK_HW], 2 * PAD + 1, tl.int32)
+    q = xp + (t - 2 * PAD) * sxt
+    for j in tl.static_range(-2 * PAD, 2 * PAD + 1):
+        if j != 0:
+            ok = ((lo <= j) & (hi >= j))[None, :]
+            v = tl.load(q, mask=m2 & ok, other=0.0).to(ACC)
+            if j < 0:
+                # x[t] must strictly beat an earlier frame (a tie goes to the
+                # earlier one); a NaN x[t] beats any non-NaN earlier frame.
+                # Ascending j: the last write is the latest such frame.
+                lost = ok & ~((xt > v) | (xt_nan & (v == v)))
+                j_lo = tl.where(lost, j, j_lo)
+            else:
+                # a later frame beats x[t] unless x[t] >= it (or x[t] is NaN).
+                # Ascending j: keep the first (earliest) such frame.
+                lost = ok & ~((xt >= v) | xt_nan)
+                j_hi = tl.where(lost & (j_hi > j), j, j_hi)
+        q += sxt
     i_lo = j_lo + (PAD + 1)
+    i_hi = j_hi - (PAD + 1)
 
     acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     gd_t = acc
+    gq = g_n_ptr + (cc * sgc)[:, None] + g_hw[None, :] + (t - PAD) * sgt
     # Ascending t' and accumulation from 0: with a == 0 this sums in the same
     # order as the reference's scatter_add, so float32 results are bit-exact.
     for i in tl.static_range(-PAD, PAD + 1):
-        ok = ((t_vec + i >= 0) & (t_vec + i < T))[None, :]
-        g = tl.load(gp + (t + i) * sgt, mask=m2 & ok, other=0.0).to(ACC)
+        ok = ((lo <= i) & (hi >= i))[None, :]
+        g = tl.load(gq, mask=m2 & ok, other=0.0).to(ACC)
         if MIX:
             if SINGLE_C:
                 s_i = tl.sum(g, axis=0)  # all channels are in this tile
@@ -172,6 +187,7 @@ def _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
             gd_t = gd
         wins = ok & (i_lo <= i) & (i_hi >= i)
         acc += tl.where(wins, gd, 0.0)
+        gq += sgt
     return gd_t - acc
 
 
@@ -295,15 +311,16 @@ def _temporal_pool_diff_bwd_kernel(
         else:
             # pass 1: channel sums of g for the 2P+1 frames t-P..t+P (a [KP, BLOCK_HW] tile)
             S2d = tl.zeros([KP, BLOCK_HW], ACC)
-            t_vec = tl.zeros([BLOCK_HW], dtype=tl.int32) + t  # broadcast before masking (interpreter)
+            lo, hi = _frame_bounds(t, T, BLOCK_HW)
             for c0 in range(0, C, BLOCK_C):
                 cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
                 m2 = c_mask[:, None] & hw_mask[None, :]
-                gp = g_n_ptr + (cc * sgc)[:, None] + g_hw[None, :]
+                gq = g_n_ptr + (cc * sgc)[:, None] + g_hw[None, :] + (t - PAD) * sgt
                 for i in tl.static_range(-PAD, PAD + 1):
-                    ok = ((t_vec + i >= 0) & (t_vec + i < T))[None, :]
-                    g = tl.load(gp + (t + i) * sgt, mask=m2 & ok, other=0.0).to(ACC)
+                    ok = ((lo <= i) & (hi >= i))[None, :]
+                    g = tl.load(gq, mask=m2 & ok, other=0.0).to(ACC)
                     S2d += tl.where(kk[:, None] == i + PAD, tl.sum(g, axis=0)[None, :], 0.0)
+                    gq += sgt
             # pass 2: gradients, channel block by channel block
             for c0 in range(0, C, BLOCK_C):
                 cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
@@ -325,22 +342,37 @@ def _temporal_pool_diff_bwd_kernel(
 # launchers
 # ---------------------------------------------------------------------------
 
-def _blocks(C: int, HW: int, mix: bool, interp: bool, block_c: Optional[int], block_hw: Optional[int]):
-    """``(BLOCK_C, BLOCK_HW, num_warps)``.
+def _blocks(C: int, HW: int, mix: bool, backward: bool, elem_bytes: int, interp: bool,
+            block_c: Optional[int], block_hw: Optional[int]):
+    """``(BLOCK_C, BLOCK_HW, num_warps)`` for one launch.
 
-    GPU (H100 class; these kernels are memory bound): tiles of 2048 elements
-    (4 warps, 16 per thread = four 16-byte fp32 vectors per row segment) when
-    ``a == 0``, where channel blocks are separate programs and parallelism is
-    plentiful; 4096 (8 warps) with a channel mix, so that up to 32 channels
-    fit one tile and the mean needs no second pass. The HW block is shrunk (down
-    to 64, still >= 128-byte contiguous rows in fp16) before channels are split.
-    Under the interpreter the cost is per program, so tiles are as large as
-    practical (up to 16384 elements).
+    GPU (H100 class; both kernels are memory bound, so the aim is many bytes in
+    flight with no register spills and 16-byte vector accesses along ``H*W``):
+
+    * forward: 2048-element tiles, 4 warps (16 values per thread, 4 fp32 vectors
+      per frame load) when ``a == 0``: channel blocks are separate programs, so
+      there is parallelism to spare; 4096 elements, 8 warps with a channel mix, so
+      that up to 32 channels (the TD-Adapter's R = 20) share one tile and the mean
+      needs no second pass.
+    * backward: 2048-element tiles, 8 warps (8 values per thread): it keeps ~7
+      tiles live (x[t], two argmax bounds, g, g_d[t], the sum, a load), and 16 per
+      thread cost 110-185 registers in the sm_90 build (2-3 blocks per SM) where 8
+      per thread stay near 60-70.
+    * float64 halves the tile (twice the registers per value).
+    * with a mix, the HW block shrinks (down to 64: still >= 128-byte rows) before
+      channels are split over several blocks.
+
+    Under the interpreter the cost is per program, not per value, so tiles are as
+    large as practical (up to 16384 values).
     """
     if interp:
-        tile, max_hw = 16384, 4096
+        tile, max_hw, warps = 16384, 4096, 4
+    elif backward:
+        tile, max_hw, warps = 2048, 1024, 8
     else:
-        tile, max_hw = (4096 if mix else 2048), 1024
+        tile, max_hw, warps = (4096, 1024, 8) if mix else (2048, 1024, 4)
+    if elem_bytes == 8 and not interp:
+        tile //= 2
     bhw = min(next_pow2(HW), max_hw)
     if mix:
         bhw = min(bhw, max(64, tile // next_pow2(C)))
@@ -349,18 +381,19 @@ def _blocks(C: int, HW: int, mix: bool, interp: bool, block_c: Optional[int], bl
     bc = min(next_pow2(C), max(1, tile // bhw))
     if block_c is not None:
         bc = check_block("block_c", block_c)
-    warps = 4 if bc * bhw <= 2048 else 8
+    if block_c is not None or block_hw is not None:
+        warps = 4 if bc * bhw <= 2048 else 8
     return bc, bhw, warps
 
 
-def _common_args(x: torch.Tensor, kernel_size: int, channel_mix: float, block_c, block_hw):
+def _common_args(x: torch.Tensor, kernel_size: int, channel_mix: float, backward: bool, block_c, block_hw):
     N, C, T, H, W = x.shape
     HW = H * W
     # Frames further than T-1 away never exist: clamping P changes no result and
     # bounds the unrolled loops (and compiled variants) by the clip length.
     pad = min(int(kernel_size) // 2, T - 1)
     mix = float(channel_mix) != 0.0
-    bc, bhw, warps = _blocks(C, HW, mix, interpreting(x), block_c, block_hw)
+    bc, bhw, warps = _blocks(C, HW, mix, backward, x.element_size(), interpreting(x), block_c, block_hw)
     n_hw = triton.cdiv(HW, bhw)
     n_cb = 1 if mix else triton.cdiv(C, bc)
     grid = n_hw * T * n_cb * N
@@ -395,7 +428,7 @@ def temporal_pool_diff_forward(
     Returns:
         A new contiguous ``Tensor[N, C, T, H, W]`` of ``x.dtype``.
     """
-    a = _common_args(x, kernel_size, channel_mix, block_c, block_hw)
+    a = _common_args(x, kernel_size, channel_mix, False, block_c, block_hw)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     sxn, sxc, sxt, sxh, sxw = x.stride()
     flat, s_plane = hw_layout(x.shape[3], x.shape[4], sxh, sxw)
@@ -436,7 +469,7 @@ def temporal_pool_diff_backward(
         A new contiguous ``Tensor[N, C, T, H, W]`` of ``x.dtype``. Computed in float32
         (float64 when ``x`` is float64) in one fused pass.
     """
-    a = _common_args(x, kernel_size, channel_mix, block_c, block_hw)
+    a = _common_args(x, kernel_size, channel_mix, True, block_c, block_hw)
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     sxn, sxc, sxt, sxh, sxw = x.stride()
     sgn, sgc, sgt, sgh, sgw = grad_out.stride()

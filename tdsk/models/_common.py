@@ -14,7 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["batch_norm", "recompute", "in_backward"]
+__all__ = ["batch_norm", "recompute", "in_backward", "autocast_dtype"]
+
+
+def autocast_dtype(device: torch.device):
+    """The autocast dtype active for ``device``'s type, or ``None`` (also for meta tensors)."""
+    dev = torch.device(device).type
+    try:
+        return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    except RuntimeError:  # a device type without autocast (meta)
+        return None
 
 
 def in_backward() -> bool:

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tdsk._logging import log_once, logger
+from tdsk.models._common import autocast_dtype
 from tdsk.ops.attention import attention
 
 __all__ = ["FrozenCLIPEncoder", "TDSK_VIT_CONFIGS", "register_vit_config", "vision_config", "load_clip_visual_state_dict"]
@@ -298,8 +299,7 @@ class FrozenCLIPEncoder(nn.Module):
         autocast is on for ``frames``' device, else ``frames.dtype``.
         """
         if tap_dtype is None:
-            dev = frames.device.type
-            tap_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else frames.dtype
+            tap_dtype = autocast_dtype(frames.device) or frames.dtype
         taps = []
         with torch.no_grad():
             x = self.embed(frames)

@@ -20,7 +20,7 @@ Keys of the ``model:`` section (defaults in :data:`MODEL_DEFAULTS`):
 ``td_channel_mix``   ``q = (1-a) delta + a mean_c(delta)`` (0.5)
 ``fusion_alpha``     ``S0 = BN(Conv(V)) + alpha BN(Conv(Delta))`` (0.5)
 ``sme_mode``         ``kernel`` | ``folded`` (same numbers and checkpoint keys)
-``side_checkpoint``  ``false`` | ``true`` (= 2 layers per segment) | layers per segment
+``side_checkpoint``  ``false`` | ``true`` (= 4 layers per segment) | layers per segment
 ===================  ==========================================================================
 """
 import copy

@@ -17,7 +17,7 @@ Training memory (what autograd keeps between forward and backward):
   its MLP (d) as recompute segments that save only their inputs (the tap ``z`` and
   the side stream ``x``); the attention (c) saves ``q, k, v``, its output and the
   log-sum-exp, never a probability matrix;
-* ``side_checkpoint=s`` (``True`` = 2): groups of ``s`` whole layers, and the SME
+* ``side_checkpoint=s`` (``True`` = 4): groups of ``s`` whole layers, and the SME
   stem, are recompute segments: only the taps, one side-stream tensor per group and
   the input video are referenced. Outputs and gradients are the same.
 """
@@ -26,7 +26,7 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 
-from tdsk.models._common import batch_norm_channels_last, recompute
+from tdsk.models._common import autocast_dtype, batch_norm_channels_last, recompute
 from tdsk.models.sme_adapter import SMEAdapter
 from tdsk.models.tds_block import TDSBlock
 
@@ -59,7 +59,7 @@ class SideNetwork(nn.Module):
         td_layers = set(td_layers)
         self.side_dim = side_dim
         self.grid_size = grid_size
-        self.side_checkpoint = int(side_checkpoint) * (2 if side_checkpoint is True else 1)
+        self.side_checkpoint = int(side_checkpoint) * (4 if side_checkpoint is True else 1)
         self.sme = SMEAdapter(side_dim, patch_size, num_local, fusion_alpha, sme_mode)
         self.pos_embed = nn.Parameter(torch.empty(grid_size * grid_size, side_dim))
         nn.init.normal_(self.pos_embed, std=0.01)
@@ -104,6 +104,11 @@ class SideNetwork(nn.Module):
             raise ValueError(f"side network has {len(self.blocks)} layers but got {len(taps)} frozen taps")
         group = self.side_checkpoint
         if group:
+            # The stem segment keeps its input: hand it the frames already in the
+            # autocast dtype (half the bytes of fp32; the convs would cast them anyway).
+            low = autocast_dtype(video.device)
+            if low is not None and torch.is_grad_enabled():
+                video = video.to(low)
             x = recompute(self.stem, video)
             for start in range(0, len(taps), group):
                 x = recompute(self._layers, start, x, *taps[start:start + group])
@@ -111,5 +116,8 @@ class SideNetwork(nn.Module):
             x = self.stem(video)
             for k, z in enumerate(taps):
                 x = self._layer(k, x, z, recompute_cheap=True)
-        x = batch_norm_channels_last(self.post_bn, x)
-        return x.mean(dim=(1, 2))
+        return recompute(self.pool, x, enabled=bool(group))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``BN_post`` then the global average over ``T * g * g`` (spec 5.2-5.3): ``[B, D]``."""
+        return batch_norm_channels_last(self.post_bn, x).mean(dim=(1, 2))

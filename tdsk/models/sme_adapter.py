@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tdsk.models._common import batch_norm
+from tdsk.models._common import autocast_dtype, batch_norm
 from tdsk.ops.temporal_diff import frame_diff_concat
 
 __all__ = ["SMEAdapter", "fold_difference_weight"]
@@ -74,8 +74,7 @@ class SMEAdapter(nn.Module):
             raw = video.permute(0, 2, 3, 1, 4, 5).reshape(b, m * c, t, h, w)
             weight = fold_difference_weight(conv.weight, m, c)
             return F.conv3d(raw, weight, conv.bias, conv.stride, conv.padding)
-        dev = video.device.type
-        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        out_dtype = autocast_dtype(video.device)
         delta = frame_diff_concat(video, out_dtype=out_dtype)  # [B, (M-1)*3, T, H, W]
         return conv(delta)
 
