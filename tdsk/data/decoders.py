@@ -105,6 +105,10 @@ class PyAVVideo:
                 key_pts.append(packet.pts)
         if not pts:
             raise DecodeError(self.path, "video stream has no frames")
+        declared = int(self.stream.frames or 0)  # mp4/avi index; 0 (unknown) for webm/mkv
+        if declared > len(pts):
+            raise DecodeError(self.path, f"truncated: the container declares {declared} frames, "
+                                         f"only {len(pts)} are in the file")
         pts.sort()
         self._pts = pts
         self._pts_to_index: Dict[int, int] = {p: i for i, p in enumerate(pts)}
