@@ -99,28 +99,34 @@ class VideoClipDataset(Dataset):
     def _load(self, index: int, epoch: int, attempt: int):
         record = self.records[index]
         py_rng, np_rng = self._rngs(index, epoch, attempt)
+        frames, _ = decode_record(record, self.cfg, self.split, num_clips=self.clips, rng=np_rng,
+                                  threads=self.cfg.decode_threads)
+        return self.augment(frames, record.label, py_rng)
+
+    def augment(self, frames, label: int, py_rng: random.Random):
+        """Decoded frames (numpy ``uint8[F, H, W, 3]`` or a tensor ``uint8[F, 3, H, W]`` on any
+        device; F = K*T*M in (clip, segment, local) order) -> ``(video, label)`` of this split."""
         cfg = self.cfg
         t, m = cfg.num_segments, cfg.num_local
         mode = self.split
-        frames, _ = decode_record(record, cfg, mode, num_clips=self.clips, rng=np_rng,
-                                  threads=cfg.decode_threads)
+        record_label = label
         if mode == "train":
             clips, labels = [], []
             for _ in range(cfg.num_sample):
                 clip, flipped = self.transform(frames, py_rng)
                 clips.append(clip.view(t, m, *clip.shape[1:]))
-                labels.append(self._swap.get(record.label, record.label) if flipped else record.label)
+                labels.append(self._swap.get(record_label, record_label) if flipped else record_label)
             return torch.stack(clips), torch.tensor(labels, dtype=torch.int64)
         if mode == "val":
             clip = self.transform(frames)[0]
-            return clip.view(t, m, *clip.shape[1:]), torch.tensor(record.label, dtype=torch.int64)
+            return clip.view(t, m, *clip.shape[1:]), torch.tensor(record_label, dtype=torch.int64)
         k = self.clips
         views = []
-        for clip in frames.reshape(k, t * m, *frames.shape[1:]):
+        for clip in frames.reshape(k, t * m, *frames.shape[1:]):  # numpy [H,W,3] or tensor [3,H,W] frames
             views.append(self.transform(clip))  # [crops, T*M, 3, S, S]
         video = torch.stack(views, dim=1)  # [crops, clips, T*M, 3, S, S]: crop-major, then clip
         video = video.reshape(self.crops * k, t, m, *video.shape[-3:])
-        return video, torch.tensor(record.label, dtype=torch.int64)
+        return video, torch.tensor(record_label, dtype=torch.int64)
 
     def __getitem__(self, item) -> dict:
         index, epoch = item if isinstance(item, tuple) else (int(item), 0)

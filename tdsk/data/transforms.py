@@ -54,8 +54,12 @@ def _resize(clip: torch.Tensor, hw: Tuple[int, int], mode: str) -> torch.Tensor:
         return clip
     if mode == "nearest":
         return F.interpolate(clip, size=hw, mode="nearest")
-    return F.interpolate(clip.contiguous(memory_format=torch.channels_last), size=hw, mode=mode,
-                         align_corners=False, antialias=True)
+    if clip.device.type == "cpu":
+        return F.interpolate(clip.contiguous(memory_format=torch.channels_last), size=hw, mode=mode,
+                             align_corners=False, antialias=True)
+    # GPU (DALI path): antialiased kernels take float there.
+    out = F.interpolate(clip.float(), size=hw, mode=mode, align_corners=False, antialias=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def resize_clip(clip: torch.Tensor, size: Size, mode: str = "bicubic") -> torch.Tensor:
@@ -179,7 +183,13 @@ class ClipRandAugment:
         return out
 
 
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+Frames = Union[np.ndarray, torch.Tensor]
+
+
+def _to_tensor(frames: Frames) -> torch.Tensor:
+    """numpy ``uint8[N, H, W, 3]`` -> ``uint8[N, 3, H, W]``; a tensor is taken as already ``[N, 3, H, W]``."""
+    if isinstance(frames, torch.Tensor):
+        return frames
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -201,9 +211,15 @@ class TrainTransform:
         self.flip = flip
         self.grayscale_p = float(grayscale_p)
 
-    def __call__(self, frames: np.ndarray, rng: random.Random) -> Tuple[torch.Tensor, bool]:
+    def __call__(self, frames: Frames, rng: random.Random) -> Tuple[torch.Tensor, bool]:
+        """``frames``: numpy ``uint8[N, H, W, 3]`` or a tensor ``uint8[N, 3, H, W]`` on any device."""
         if self.rand_augment is not None:
-            frames = self.rand_augment(frames, rng)
+            if isinstance(frames, torch.Tensor):  # PIL ops: a round trip through the host
+                device = frames.device
+                frames = self.rand_augment(frames.permute(0, 2, 3, 1).cpu().numpy(), rng)
+                frames = _to_tensor(frames).to(device)
+            else:
+                frames = self.rand_augment(frames, rng)
         clip = resize_clip(_to_tensor(frames), self.resize, "bicubic")
         clip = random_resized_crop(clip, self.input_size, rng)
         flipped = False
@@ -233,7 +249,8 @@ class EvalTransform:
             return [center_crop_box(height, width, self.input_size)]
         return three_crop_boxes(height, width, self.input_size)
 
-    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+    def __call__(self, frames: Frames) -> torch.Tensor:
+        """``frames``: numpy ``uint8[N, H, W, 3]`` or a tensor ``uint8[N, 3, H, W]`` on any device."""
         clip = resize_clip(_to_tensor(frames), self.resize, "bicubic")
         height, width = clip.shape[-2:]
         s = self.input_size
