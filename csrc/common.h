@@ -1,11 +1,14 @@
 // Small helpers shared by the tdsk CPU kernels.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 namespace tdsk {
 namespace detail {
@@ -36,6 +39,74 @@ inline int64_t spatial_block(int64_t S, int64_t per_s_bytes, int64_t outer_items
   }
   bs = divup(bs, 16) * 16;
   return std::max<int64_t>(1, std::min(bs, S));
+}
+
+// ---- Portable SIMD (GCC/Clang vector extensions) ---------------------------------
+// The hot loops are written once as a body(s, tag) that uses only ld/st/splat and
+// arithmetic, comparisons and `mask ? a : b`; simd_for runs it on 16-byte vectors of
+// float/double (SSE2 on any x86-64, NEON on arm64; wider targets split or fuse them),
+// then on single elements for the tail and for half/bfloat16 (converted to float).
+// This does not depend on the auto-vectoriser, which leaves such select-heavy loops
+// scalar (with unpredictable branches) more often than not.
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+template <typename T>
+struct SimdOf;
+template <>
+struct SimdOf<float> {
+  typedef float type __attribute__((vector_size(16)));
+};
+template <>
+struct SimdOf<double> {
+  typedef double type __attribute__((vector_size(16)));
+};
+
+template <typename V, typename T>
+inline V ld(const T* p) {
+  if constexpr (std::is_arithmetic_v<V>) {
+    return static_cast<V>(*p);
+  } else {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+}
+
+template <typename V, typename T>
+inline void st(T* p, V v) {
+  if constexpr (std::is_arithmetic_v<V>) {
+    *p = static_cast<T>(v);
+  } else {
+    std::memcpy(p, &v, sizeof(V));
+  }
+}
+
+template <typename V, typename A>
+inline V splat(A a) {
+  if constexpr (std::is_arithmetic_v<V>) {
+    return static_cast<V>(a);
+  } else {
+    return V{} + a;  // scalar operand is broadcast
+  }
+}
+
+template <typename scalar_t, typename Body>
+inline void simd_for(int64_t len, Body&& body) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t s = 0;
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    using V = typename SimdOf<scalar_t>::type;
+    constexpr int64_t L = static_cast<int64_t>(sizeof(V) / sizeof(scalar_t));
+    for (; s + 2 * L <= len; s += 2 * L) {
+      body(s, Tag<V>{});
+      body(s + L, Tag<V>{});
+    }
+    for (; s + L <= len; s += L) body(s, Tag<V>{});
+  }
+  for (; s < len; ++s) body(s, Tag<acc_t>{});
 }
 
 }  // namespace detail

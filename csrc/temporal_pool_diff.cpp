@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <vector>
 
+
 #include "common.h"
 #include "tdsk_cpu.h"
 
@@ -34,12 +35,13 @@ namespace {
 using detail::divup;
 
 // Window sizes up to kMaxUnroll frames are compile-time constants (the frame loop
-// unrolls inside the vectorised spatial loop); larger windows (k > 15, or k > 8 at the
-// clip ends) take the same code with a runtime count.
+// unrolls inside the spatial loop); larger windows (k > 15, or k > 8 at the clip ends)
+// take the same code with a runtime count.
 constexpr int kMaxUnroll = 8;
 
 template <typename Fn>
 inline void dispatch_window(int64_t w, Fn&& fn) {
+  static_assert(kMaxUnroll == 8, "dispatch_window cases");
   switch (w) {
     case 1: fn(std::integral_constant<int, 1>{}); break;
     case 2: fn(std::integral_constant<int, 2>{}); break;
@@ -51,50 +53,48 @@ inline void dispatch_window(int64_t w, Fn&& fn) {
     case 8: fn(std::integral_constant<int, 8>{}); break;
     default: fn(std::integral_constant<int, 0>{}); break;  // runtime count
   }
-  static_assert(kMaxUnroll == 8, "dispatch_window cases");
 }
 
-// max over the rows xl[j * sT], j = 0..w-1, at position s. NaN propagates (max_pool3d).
-template <int W, typename scalar_t, typename acc_t>
-inline acc_t window_max_at(const scalar_t* xl, int64_t sT, int64_t w, int64_t s) {
+// max over rows xl[j * sT + s], j < n (n = W, or w when W == 0). NaN propagates, as in
+// max_pool3d. V is acc_t (one position) or a SIMD vector of acc_t (detail::simd_for).
+template <int W, typename V, typename scalar_t>
+inline V window_max_at(const scalar_t* xl, int64_t sT, int64_t w, int64_t s) {
+  using detail::ld;
   const int64_t n = W > 0 ? W : w;
-  acc_t m = static_cast<acc_t>(xl[s]);
+  V m = ld<V>(xl + s);
   for (int64_t j = 1; j < n; ++j) {
-    const acc_t v = static_cast<acc_t>(xl[j * sT + s]);
-    m = ((v > m) | (v != v)) ? v : m;  // bitwise: no branch, the loop vectorises
+    const V v = ld<V>(xl + j * sT + s);
+    m = ((v > m) | (v != v)) ? v : m;
   }
   return m;
 }
 
-// id[s] = lo + the earliest row j < w holding the maximum of xl[j * sT] at s: strict '>'
-// from the left; the first NaN, if any, wins (as torch.argmax). Frame numbers are kept
-// as acc_t so that every loop is one lane width. One pass per row over small L1-resident
-// arrays: this form vectorises (a fused per-position frame loop did not, with GCC 12).
-template <typename scalar_t, typename acc_t>
-inline void window_argmax_rows(const scalar_t* __restrict__ xl, int64_t sT, int64_t w, int64_t len, acc_t lo,
-                               acc_t* __restrict__ m, acc_t* __restrict__ id) {
-  for (int64_t s = 0; s < len; ++s) {
-    m[s] = static_cast<acc_t>(xl[s]);
-    id[s] = lo;
+// lo + the earliest row j < n holding the maximum of xl[j * sT + s]: strict '>' from the
+// left; the first NaN, if any, wins (as torch.argmax). Frame numbers are kept as acc_t
+// values so that every lane has one width.
+template <int W, typename V, typename scalar_t, typename acc_t>
+inline V window_argmax_at(const scalar_t* xl, int64_t sT, int64_t w, int64_t s, acc_t lo) {
+  using detail::ld;
+  using detail::splat;
+  const int64_t n = W > 0 ? W : w;
+  V m = ld<V>(xl + s);
+  V id = splat<V>(lo);
+  for (int64_t j = 1; j < n; ++j) {
+    const V v = ld<V>(xl + j * sT + s);
+    const auto take = (v > m) | ((v != v) & (m == m));
+    m = take ? v : m;
+    id = take ? splat<V>(lo + static_cast<acc_t>(j)) : id;
   }
-  for (int64_t j = 1; j < w; ++j) {
-    const scalar_t* __restrict__ r = xl + j * sT;
-    const acc_t fj = lo + static_cast<acc_t>(j);
-    for (int64_t s = 0; s < len; ++s) {
-      const acc_t v = static_cast<acc_t>(r[s]);
-      const acc_t cur = m[s];
-      const acc_t prev = id[s];
-      const bool take = (v > cur) | ((v != v) & (cur == cur));  // bitwise: no branch
-      m[s] = take ? v : cur;
-      id[s] = take ? fj : prev;
-    }
-  }
+  return id;
 }
 
 template <typename scalar_t>
 void pool_forward_kernel(const scalar_t* x, scalar_t* out, int64_t N, int64_t C, int64_t T, int64_t S,
                          int64_t sN, int64_t sC, int64_t sT, int64_t k, double mix) {
   using acc_t = at::opmath_type<scalar_t>;
+  using detail::ld;
+  using detail::splat;
+  using detail::st;
   const int64_t pad = k / 2;
   const bool use_mix = mix != 0.0;
   const acc_t keep = static_cast<acc_t>(1.0 - mix);
@@ -129,28 +129,30 @@ void pool_forward_kernel(const scalar_t* x, scalar_t* out, int64_t N, int64_t C,
           const scalar_t* xt = xc + t * sT;
           if (!use_mix) {
             scalar_t* o = out + ((n * C + c) * T + t) * S + s0;
-#pragma GCC ivdep
-            for (int64_t s = 0; s < len; ++s) {
-              const acc_t m = window_max_at<W, scalar_t, acc_t>(xl, sT, w, s);
-              o[s] = static_cast<scalar_t>(static_cast<acc_t>(xt[s]) - m);
-            }
+            detail::simd_for<scalar_t>(len, [&](int64_t s, auto tag) {
+              using V = typename decltype(tag)::type;
+              st(o + s, ld<V>(xt + s) - window_max_at<W, V>(xl, sT, w, s));
+            });
           } else {
             acc_t* d = dbuf + c * BS;
-#pragma GCC ivdep
-            for (int64_t s = 0; s < len; ++s) {
-              const acc_t v = static_cast<acc_t>(xt[s]) - window_max_at<W, scalar_t, acc_t>(xl, sT, w, s);
-              d[s] = v;
-              sum[s] += v;
-            }
+            detail::simd_for<scalar_t>(len, [&](int64_t s, auto tag) {
+              using V = typename decltype(tag)::type;
+              const V v = ld<V>(xt + s) - window_max_at<W, V>(xl, sT, w, s);
+              st(d + s, v);
+              st(sum + s, ld<V>(sum + s) + v);
+            });
           }
         }
       });
       if (use_mix) {
         for (int64_t s = 0; s < len; ++s) sum[s] = a * (sum[s] / fC);  // a * mean_c(d)
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t* __restrict__ d = dbuf + c * BS;
-          scalar_t* __restrict__ o = out + ((n * C + c) * T + t) * S + s0;
-          for (int64_t s = 0; s < len; ++s) o[s] = static_cast<scalar_t>(keep * d[s] + sum[s]);
+          const acc_t* d = dbuf + c * BS;
+          scalar_t* o = out + ((n * C + c) * T + t) * S + s0;
+          detail::simd_for<scalar_t>(len, [&](int64_t s, auto tag) {
+            using V = typename decltype(tag)::type;
+            st(o + s, splat<V>(keep) * ld<V>(d + s) + ld<V>(sum + s));
+          });
         }
       }
     }
@@ -162,13 +164,16 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
                           int64_t sC, int64_t sT, scalar_t* gx, int64_t N, int64_t C, int64_t T, int64_t S,
                           int64_t k, double mix) {
   using acc_t = at::opmath_type<scalar_t>;
+  using detail::ld;
+  using detail::splat;
+  using detail::st;
   const int64_t pad = k / 2;
   const bool use_mix = mix != 0.0;
   const acc_t keep = static_cast<acc_t>(1.0 - mix);
   const acc_t coef = static_cast<acc_t>(mix / static_cast<double>(C));
   // Scratch per spatial position and frame: g_d and the window argmax of the current
   // channel, and with the mix the channel sum of g.
-  const int64_t rows = T * (use_mix ? 3 : 2) + 1;
+  const int64_t rows = T * (use_mix ? 3 : 2);
   const int64_t BS = detail::spatial_block(S, rows * static_cast<int64_t>(sizeof(acc_t)), N);
   const int64_t nSB = divup(S, BS);
   const int64_t items = N * nSB;
@@ -178,8 +183,7 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
     std::vector<acc_t> buf(rows * BS);
     acc_t* gd = buf.data();       // [T][BS]  g_d of the current channel
     acc_t* idx = gd + T * BS;     // [T][BS]  argmax frame of each window (absolute, as acc_t)
-    acc_t* mrow = idx + T * BS;   // [BS]     running window max
-    acc_t* csum = mrow + BS;      // [T][BS]  sum_c g (mix only)
+    acc_t* csum = idx + T * BS;   // [T][BS]  sum_c g (mix only)
     for (int64_t it = begin; it < end; ++it) {
       const int64_t sb = it % nSB;
       const int64_t n = it / nSB;
@@ -189,9 +193,12 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
         std::fill(csum, csum + T * BS, acc_t(0));
         for (int64_t c = 0; c < C; ++c) {
           for (int64_t t = 0; t < T; ++t) {
-            const scalar_t* __restrict__ gr = g + n * gN + c * gC + t * gT + s0;
-            acc_t* __restrict__ cs = csum + t * BS;
-            for (int64_t s = 0; s < len; ++s) cs[s] += static_cast<acc_t>(gr[s]);
+            const scalar_t* gr = g + n * gN + c * gC + t * gT + s0;
+            acc_t* cs = csum + t * BS;
+            detail::simd_for<scalar_t>(len, [&](int64_t s, auto tag) {
+              using V = typename decltype(tag)::type;
+              st(cs + s, ld<V>(cs + s) + ld<V>(gr + s));
+            });
           }
         }
       }
@@ -199,25 +206,40 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
         const scalar_t* xc = x + n * sN + c * sC + s0;
         // g_d of every frame.
         for (int64_t t = 0; t < T; ++t) {
-          const scalar_t* __restrict__ gr = g + n * gN + c * gC + t * gT + s0;
-          acc_t* __restrict__ gdt = gd + t * BS;
+          const scalar_t* gr = g + n * gN + c * gC + t * gT + s0;
+          acc_t* gdt = gd + t * BS;
+          const acc_t* cs = csum + t * BS;
           if (use_mix) {
-            const acc_t* __restrict__ cs = csum + t * BS;
-            for (int64_t s = 0; s < len; ++s) gdt[s] = keep * static_cast<acc_t>(gr[s]) + coef * cs[s];
+            detail::simd_for<scalar_t>(len, [&](int64_t s, auto tag) {
+              using V = typename decltype(tag)::type;
+              st(gdt + s, splat<V>(keep) * ld<V>(gr + s) + splat<V>(coef) * ld<V>(cs + s));
+            });
           } else {
-            for (int64_t s = 0; s < len; ++s) gdt[s] = static_cast<acc_t>(gr[s]);
+            detail::simd_for<scalar_t>(len, [&](int64_t s, auto tag) {
+              using V = typename decltype(tag)::type;
+              st(gdt + s, ld<V>(gr + s));
+            });
           }
         }
         // Argmax frame of every output frame's window.
         for (int64_t tp = 0; tp < T; ++tp) {
           const int64_t lo = std::max<int64_t>(0, tp - pad);
           const int64_t w = std::min<int64_t>(T - 1, tp + pad) - lo + 1;
-          window_argmax_rows(xc + lo * sT, sT, w, len, static_cast<acc_t>(lo), mrow, idx + tp * BS);
+          const scalar_t* xl = xc + lo * sT;
+          acc_t* id = idx + tp * BS;
+          const acc_t flo = static_cast<acc_t>(lo);
+          dispatch_window(w, [&](auto wc) {
+            constexpr int W = decltype(wc)::value;
+            detail::simd_for<scalar_t>(len, [&](int64_t s, auto tag) {
+              using V = typename decltype(tag)::type;
+              st(id + s, window_argmax_at<W, V>(xl, sT, w, s, flo));
+            });
+          });
         }
         // grad_x[t] = g_d[t] + (0 - g_d[t'] - g_d[t''] ...) over the windows t' (in
         // increasing order, as the reference's scatter_add) whose argmax is t. A window
-        // not routed to t subtracts -0, which leaves the sum unchanged (and keeps the
-        // select branch-free, so the loop vectorises).
+        // not routed to t subtracts -0, which leaves the sum unchanged and keeps the
+        // select branch-free.
         for (int64_t t = 0; t < T; ++t) {
           const int64_t tlo = std::max<int64_t>(0, t - pad);
           const int64_t nw = std::min<int64_t>(T - 1, t + pad) - tlo + 1;
@@ -229,15 +251,15 @@ void pool_backward_kernel(const scalar_t* g, int64_t gN, int64_t gC, int64_t gT,
           dispatch_window(nw, [&](auto wc) {
             constexpr int W = decltype(wc)::value;
             const int64_t cnt = W > 0 ? W : nw;
-#pragma GCC ivdep
-            for (int64_t s = 0; s < len; ++s) {
-              acc_t routed = acc_t(0);
+            detail::simd_for<scalar_t>(len, [&](int64_t s, auto tag) {
+              using V = typename decltype(tag)::type;
+              V routed = splat<V>(acc_t(0));
               for (int64_t q = 0; q < cnt; ++q) {
-                const acc_t gv = gl[q * BS + s];
-                routed = routed - ((il[q * BS + s] == ft) ? gv : acc_t(-0.0));
+                const V gv = ld<V>(gl + q * BS + s);
+                routed = routed - ((ld<V>(il + q * BS + s) == splat<V>(ft)) ? gv : splat<V>(acc_t(-0.0)));
               }
-              o[s] = static_cast<scalar_t>(gdt[s] + routed);
-            }
+              st(o + s, ld<V>(gdt + s) + routed);
+            });
           });
         }
       }

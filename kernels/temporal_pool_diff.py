@@ -73,33 +73,19 @@ __all__ = ["temporal_pool_diff_forward", "temporal_pool_diff_backward"]
 # ---------------------------------------------------------------------------
 
 @triton.jit
-def _channels(c0, C, BLOCK_C: tl.constexpr, USE_INT64: tl.constexpr):
+def _pool_diff_tile(x_n_ptr, c0, C, x_hw, hw_mask, t, lo, hi, sxc, sxt,
+                    PAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+                    USE_INT64: tl.constexpr, ACC: tl.constexpr):
+    """``d = x[t] - max(x[t-PAD .. t+PAD])`` for channels ``c0 .. c0+BLOCK_C``.
+
+    Returns ``(d, cc, m2)``: the [BLOCK_C, BLOCK_HW] tile (0 where masked), the
+    channel indices and the tile mask. ``lo <= j <= hi`` are the offsets ``j``
+    whose frame ``t + j`` exists.
+    """
     cc = c0 + tl.arange(0, BLOCK_C)
-    c_mask = cc < C
+    m2 = (cc < C)[:, None] & hw_mask[None, :]
     if USE_INT64:
         cc = cc.to(tl.int64)
-    return cc, c_mask
-
-
-@triton.jit
-def _frame_bounds(t, T, BLOCK_HW: tl.constexpr):
-    """Offsets ``j`` with an existing frame ``t + j`` are ``lo <= j <= hi``, as [BLOCK_HW] vectors.
-
-    Vectors rather than scalars because the interpreter rejects
-    ``tensor_mask & scalar_bool``: broadcast first, then combine.
-    """
-    lo = tl.zeros([BLOCK_HW], dtype=tl.int32) - t
-    hi = lo + (T - 1)
-    return lo, hi
-
-
-@triton.jit
-def _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
-                    PAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-                    ACC: tl.constexpr):
-    """``d = x[t] - max(x[t-PAD .. t+PAD])`` on a [BLOCK_C, BLOCK_HW] tile (0 where masked)."""
-    m2 = c_mask[:, None] & hw_mask[None, :]
-    lo, hi = _frame_bounds(t, T, BLOCK_HW)
     q = x_n_ptr + (cc * sxc)[:, None] + x_hw[None, :] + (t - PAD) * sxt
     # -inf where the tile is valid; 0 in masked-off lanes so that they compute
     # 0 - 0 rather than -inf - (-inf) (NaN; harmless, but numpy warns about it)
@@ -116,15 +102,16 @@ def _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
         if j == 0:
             xt = v
         q += sxt
-    return tl.where(m2, xt - p, 0.0)
+    return tl.where(m2, xt - p, 0.0), cc, m2
 
 
 @triton.jit
-def _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
+def _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, c0, C, x_hw, g_hw, hw_mask, t, lo, hi,
                         sxc, sxt, sgc, sgt, w1, w2, S2d, kk,
                         PAD: tl.constexpr, MIX: tl.constexpr, SINGLE_C: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
-    """``grad_x[t]`` on a [BLOCK_C, BLOCK_HW] tile.
+                        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+                        USE_INT64: tl.constexpr, ACC: tl.constexpr):
+    """``grad_x[t]`` for channels ``c0 .. c0+BLOCK_C``; returns ``(grad, cc, m2)``.
 
     Frame ``t`` is the argmax of the window of output frame ``t + i`` iff it beats
     every *earlier* frame of that window strictly and is not beaten by any *later*
@@ -138,9 +125,14 @@ def _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
 
     so ``t`` is the argmax of the windows ``i_lo <= i <= i_hi``: 4P + 1 loads of x
     and 2P + 1 of g per tile, instead of (2P + 1)**2 comparisons.
+
+    With a channel mix, ``g_d = w1 * g + w2 * sum_c g``; the channel sums come
+    from this tile (``SINGLE_C``) or from row ``i + PAD`` of ``S2d``.
     """
-    m2 = c_mask[:, None] & hw_mask[None, :]
-    lo, hi = _frame_bounds(t, T, BLOCK_HW)
+    cc = c0 + tl.arange(0, BLOCK_C)
+    m2 = (cc < C)[:, None] & hw_mask[None, :]
+    if USE_INT64:
+        cc = cc.to(tl.int64)
     xp = x_n_ptr + (cc * sxc)[:, None] + x_hw[None, :]
     xt = tl.load(xp + t * sxt, mask=m2, other=0.0).to(ACC)
     xt_nan = xt != xt
@@ -188,7 +180,7 @@ def _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
         wins = ok & (i_lo <= i) & (i_hi >= i)
         acc += tl.where(wins, gd, 0.0)
         gq += sgt
-    return gd_t - acc
+    return gd_t - acc, cc, m2
 
 
 # ---------------------------------------------------------------------------
@@ -224,42 +216,39 @@ def _temporal_pool_diff_fwd_kernel(
     x_hw = plane_offsets(hw, W, sxh, sxw, X_HW_FLAT, USE_INT64)
     if USE_INT64:
         hw = hw.to(tl.int64)
+    # frame t + j exists iff lo <= j <= hi; [BLOCK_HW] vectors rather than scalars
+    # because the interpreter rejects ``tensor_mask & scalar_bool``
+    lo = tl.zeros([BLOCK_HW], dtype=tl.int32) - t
+    hi = lo + (T - 1)
     x_n_ptr = x_ptr + n * sxn
-    out_nt_ptr = out_ptr + n * C * T * HW + t * HW  # out is contiguous
+    out_nt_ptr = out_ptr + n * C * T * HW + t * HW + hw[None, :]  # out is contiguous
     w1 = tl.full([], one_minus_a, ACC)  # (a Python float under the interpreter)
     w2 = tl.full([], a_over_c, ACC)
     ty = out_ptr.dtype.element_ty
 
     if MIX:
         if SINGLE_C:
-            cc, c_mask = _channels(0, C, BLOCK_C, USE_INT64)
-            d = _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
-                                PAD, BLOCK_C, BLOCK_HW, ACC)
+            d, cc, m2 = _pool_diff_tile(x_n_ptr, 0, C, x_hw, hw_mask, t, lo, hi, sxc, sxt,
+                                        PAD, BLOCK_C, BLOCK_HW, USE_INT64, ACC)
             s = tl.sum(d, axis=0)
             o = w1 * d + w2 * s[None, :]
-            m2 = c_mask[:, None] & hw_mask[None, :]
-            tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], o.to(ty), mask=m2)
+            tl.store(out_nt_ptr + (cc * T * HW)[:, None], o.to(ty), mask=m2)
         else:
             # pass 1: channel sum of d; pass 2: recompute d (L1/L2 hits) and write.
             s = tl.zeros([BLOCK_HW], ACC)
             for c0 in range(0, C, BLOCK_C):
-                cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
-                d = _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
-                                    PAD, BLOCK_C, BLOCK_HW, ACC)
+                d, cc, m2 = _pool_diff_tile(x_n_ptr, c0, C, x_hw, hw_mask, t, lo, hi, sxc, sxt,
+                                            PAD, BLOCK_C, BLOCK_HW, USE_INT64, ACC)
                 s += tl.sum(d, axis=0)
             for c0 in range(0, C, BLOCK_C):
-                cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
-                d = _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
-                                    PAD, BLOCK_C, BLOCK_HW, ACC)
+                d, cc, m2 = _pool_diff_tile(x_n_ptr, c0, C, x_hw, hw_mask, t, lo, hi, sxc, sxt,
+                                            PAD, BLOCK_C, BLOCK_HW, USE_INT64, ACC)
                 o = w1 * d + w2 * s[None, :]
-                m2 = c_mask[:, None] & hw_mask[None, :]
-                tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], o.to(ty), mask=m2)
+                tl.store(out_nt_ptr + (cc * T * HW)[:, None], o.to(ty), mask=m2)
     else:
-        cc, c_mask = _channels(cb * BLOCK_C, C, BLOCK_C, USE_INT64)
-        d = _pool_diff_tile(x_n_ptr, cc, c_mask, x_hw, hw_mask, t, T, sxc, sxt,
-                            PAD, BLOCK_C, BLOCK_HW, ACC)
-        m2 = c_mask[:, None] & hw_mask[None, :]
-        tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], d.to(ty), mask=m2)
+        d, cc, m2 = _pool_diff_tile(x_n_ptr, cb * BLOCK_C, C, x_hw, hw_mask, t, lo, hi, sxc, sxt,
+                                    PAD, BLOCK_C, BLOCK_HW, USE_INT64, ACC)
+        tl.store(out_nt_ptr + (cc * T * HW)[:, None], d.to(ty), mask=m2)
 
 
 @triton.jit
@@ -292,9 +281,11 @@ def _temporal_pool_diff_bwd_kernel(
     g_hw = plane_offsets(hw, W, sgh, sgw, G_HW_FLAT, USE_INT64)
     if USE_INT64:
         hw = hw.to(tl.int64)
+    lo = tl.zeros([BLOCK_HW], dtype=tl.int32) - t  # frame t + j exists iff lo <= j <= hi
+    hi = lo + (T - 1)
     x_n_ptr = x_ptr + n * sxn
     g_n_ptr = g_ptr + n * sgn
-    out_nt_ptr = gx_ptr + n * C * T * HW + t * HW
+    out_nt_ptr = gx_ptr + n * C * T * HW + t * HW + hw[None, :]
     w1 = tl.full([], one_minus_a, ACC)  # (a Python float under the interpreter)
     w2 = tl.full([], a_over_c, ACC)
     kk = tl.arange(0, KP)  # row i + PAD of S2d holds sum_c g[t + i]
@@ -302,19 +293,18 @@ def _temporal_pool_diff_bwd_kernel(
 
     if MIX:
         if SINGLE_C:
-            cc, c_mask = _channels(0, C, BLOCK_C, USE_INT64)
-            r = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
-                                    sxc, sxt, sgc, sgt, w1, w2, tl.zeros([KP, BLOCK_HW], ACC), kk,
-                                    PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, ACC)
-            m2 = c_mask[:, None] & hw_mask[None, :]
-            tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], r.to(ty), mask=m2)
+            r, cc, m2 = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, 0, C, x_hw, g_hw, hw_mask, t, lo, hi,
+                                            sxc, sxt, sgc, sgt, w1, w2, tl.zeros([KP, BLOCK_HW], ACC), kk,
+                                            PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, USE_INT64, ACC)
+            tl.store(out_nt_ptr + (cc * T * HW)[:, None], r.to(ty), mask=m2)
         else:
             # pass 1: channel sums of g for the 2P+1 frames t-P..t+P (a [KP, BLOCK_HW] tile)
             S2d = tl.zeros([KP, BLOCK_HW], ACC)
-            lo, hi = _frame_bounds(t, T, BLOCK_HW)
             for c0 in range(0, C, BLOCK_C):
-                cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
-                m2 = c_mask[:, None] & hw_mask[None, :]
+                cc = c0 + tl.arange(0, BLOCK_C)
+                m2 = (cc < C)[:, None] & hw_mask[None, :]
+                if USE_INT64:
+                    cc = cc.to(tl.int64)
                 gq = g_n_ptr + (cc * sgc)[:, None] + g_hw[None, :] + (t - PAD) * sgt
                 for i in tl.static_range(-PAD, PAD + 1):
                     ok = ((lo <= i) & (hi >= i))[None, :]
@@ -323,19 +313,15 @@ def _temporal_pool_diff_bwd_kernel(
                     gq += sgt
             # pass 2: gradients, channel block by channel block
             for c0 in range(0, C, BLOCK_C):
-                cc, c_mask = _channels(c0, C, BLOCK_C, USE_INT64)
-                r = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
-                                        sxc, sxt, sgc, sgt, w1, w2, S2d, kk,
-                                        PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, ACC)
-                m2 = c_mask[:, None] & hw_mask[None, :]
-                tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], r.to(ty), mask=m2)
+                r, cc, m2 = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, c0, C, x_hw, g_hw, hw_mask, t, lo, hi,
+                                                sxc, sxt, sgc, sgt, w1, w2, S2d, kk,
+                                                PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, USE_INT64, ACC)
+                tl.store(out_nt_ptr + (cc * T * HW)[:, None], r.to(ty), mask=m2)
     else:
-        cc, c_mask = _channels(cb * BLOCK_C, C, BLOCK_C, USE_INT64)
-        r = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cc, c_mask, x_hw, g_hw, hw_mask, t, T,
-                                sxc, sxt, sgc, sgt, w1, w2, tl.zeros([KP, BLOCK_HW], ACC), kk,
-                                PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, ACC)
-        m2 = c_mask[:, None] & hw_mask[None, :]
-        tl.store(out_nt_ptr + (cc * T * HW)[:, None] + hw[None, :], r.to(ty), mask=m2)
+        r, cc, m2 = _pool_diff_bwd_tile(x_n_ptr, g_n_ptr, cb * BLOCK_C, C, x_hw, g_hw, hw_mask, t, lo, hi,
+                                        sxc, sxt, sgc, sgt, w1, w2, tl.zeros([KP, BLOCK_HW], ACC), kk,
+                                        PAD, MIX, SINGLE_C, BLOCK_C, BLOCK_HW, USE_INT64, ACC)
+        tl.store(out_nt_ptr + (cc * T * HW)[:, None], r.to(ty), mask=m2)
 
 
 # ---------------------------------------------------------------------------

@@ -78,7 +78,8 @@ def demo_config(root: str, overrides: Sequence[str] = ()) -> dict:
     data = cfg.setdefault("data", {})
     for key, value in DEMO_DATA_DEFAULTS.items():
         data.setdefault(key, value)
-    data.update(root=root, train_list=os.path.join(root, "train.txt"), val_list=os.path.join(root, "val.txt"))
+    data.update(root=root, train_list=os.path.join(root, "train.txt"), val_list=os.path.join(root, "val.txt"),
+                test_list=os.path.join(root, "val.txt"))
     cfg["model"]["num_classes"] = len(demo.CLASSES)
     data.setdefault("num_segments", cfg["model"].get("num_segments", 8))
     data.setdefault("num_local", cfg["model"].get("num_local", 5))

@@ -20,7 +20,10 @@ Keys of the ``model:`` section (defaults in :data:`MODEL_DEFAULTS`):
 ``td_channel_mix``   ``q = (1-a) delta + a mean_c(delta)`` (0.5)
 ``fusion_alpha``     ``S0 = BN(Conv(V)) + alpha BN(Conv(Delta))`` (0.5)
 ``sme_mode``         ``kernel`` | ``folded`` (same numbers and checkpoint keys)
-``side_checkpoint``  ``false`` | ``true`` (= 4 layers per segment) | layers per segment
+``side_checkpoint``  ``false`` | ``true`` (two segments of L/2 layers) | layers per segment
+``recompute_cheap``  with ``side_checkpoint`` off: run each side layer's tap + temporal branch and
+                     its MLP as recompute segments (``true``, default: ~0.38x the official
+                     training memory); ``false`` saves their activations (faster for tiny models)
 ===================  ==========================================================================
 """
 import copy
@@ -51,6 +54,7 @@ MODEL_DEFAULTS: Dict = {
     "fusion_alpha": 0.5,
     "sme_mode": "kernel",
     "side_checkpoint": False,
+    "recompute_cheap": True,
 }
 
 

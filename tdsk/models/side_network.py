@@ -13,11 +13,11 @@ stream has no class token; ``E_pos`` (``[N, D]``) is shared by all blocks.
 Training memory (what autograd keeps between forward and backward):
 
 * the frozen taps ``z`` are produced without autograd and stored in the autocast dtype;
-* ``side_checkpoint=False``: each layer runs its tap + mix + temporal branch (a) and
+* ``side_checkpoint=False`` (and ``recompute_cheap=True``, the default): each layer runs its tap + mix + temporal branch (a) and
   its MLP (d) as recompute segments that save only their inputs (the tap ``z`` and
   the side stream ``x``); the attention (c) saves ``q, k, v``, its output and the
   log-sum-exp, never a probability matrix;
-* ``side_checkpoint=s`` (``True`` = 4): groups of ``s`` whole layers, and the SME
+* ``side_checkpoint=s`` (``True``: two segments of ``L/2``): groups of ``s`` whole layers, and the SME
   stem, are recompute segments: only the taps, one side-stream tensor per group and
   the input video are referenced. Outputs and gradients are the same.
 """
@@ -52,14 +52,17 @@ class SideNetwork(nn.Module):
                  num_local: int = 5, td_variant: str = "pool", td_layers: Sequence[int] = None,
                  td_reduction: int = 16, pool_kernel: int = 3, td_channel_mix: float = 0.5,
                  fusion_alpha: float = 0.5, sme_mode: str = "kernel", side_checkpoint=False,
-                 num_segments: int = 8):
+                 num_segments: int = 8, recompute_cheap: bool = True):
         super().__init__()
         if td_layers is None:
             td_layers = range(layers)
         td_layers = set(td_layers)
         self.side_dim = side_dim
         self.grid_size = grid_size
-        self.side_checkpoint = int(side_checkpoint) * (4 if side_checkpoint is True else 1)
+        # True: two segments of L/2 layers (the recompute cost is one extra side forward
+        # whatever the segment size; fewer segments keep fewer side-stream tensors).
+        self.side_checkpoint = -(-layers // 2) if side_checkpoint is True else int(side_checkpoint)
+        self.recompute_cheap = bool(recompute_cheap)
         self.sme = SMEAdapter(side_dim, patch_size, num_local, fusion_alpha, sme_mode)
         self.pos_embed = nn.Parameter(torch.empty(grid_size * grid_size, side_dim))
         nn.init.normal_(self.pos_embed, std=0.01)
@@ -115,7 +118,7 @@ class SideNetwork(nn.Module):
         else:
             x = self.stem(video)
             for k, z in enumerate(taps):
-                x = self._layer(k, x, z, recompute_cheap=True)
+                x = self._layer(k, x, z, recompute_cheap=self.recompute_cheap)
         return recompute(self.pool, x, enabled=bool(group))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

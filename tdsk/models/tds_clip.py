@@ -65,6 +65,7 @@ class TDSCLIP(nn.Module):
             td_layers=parse_td_layers(c["td_layers"], enc.layers), td_reduction=int(c["td_reduction"]), pool_kernel=int(c["pool_kernel"]),
             td_channel_mix=float(c["td_channel_mix"]), fusion_alpha=float(c["fusion_alpha"]),
             sme_mode=c["sme_mode"], side_checkpoint=c["side_checkpoint"], num_segments=self.num_segments,
+            recompute_cheap=bool(c["recompute_cheap"]),
         )
         self.head = nn.Linear(int(c["side_dim"]), self.num_classes)
 
