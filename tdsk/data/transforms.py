@@ -187,10 +187,14 @@ Frames = Union[np.ndarray, torch.Tensor]
 
 
 def _to_tensor(frames: Frames) -> torch.Tensor:
-    """numpy ``uint8[N, H, W, 3]`` -> ``uint8[N, 3, H, W]``; a tensor is taken as already ``[N, 3, H, W]``."""
+    """numpy ``uint8[N, H, W, 3]`` -> ``uint8[N, 3, H, W]``; a tensor is taken as already ``[N, 3, H, W]``.
+
+    No copy: the permuted view of NHWC memory is exactly the channels-last layout the
+    uint8 resize kernels want.
+    """
     if isinstance(frames, torch.Tensor):
         return frames
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
 
 
 def _grayscale(clip: torch.Tensor) -> torch.Tensor:
