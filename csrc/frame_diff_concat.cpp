@@ -14,7 +14,8 @@
 // (channels-last, sliced H/W, expanded) are read in place element by element, never
 // copied. Arithmetic is in float (double when an input or output is double), in the
 // reference's operation order, then rounded once to the output dtype.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 

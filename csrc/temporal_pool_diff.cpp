@@ -16,7 +16,8 @@
 // expanded) is first copied with .contiguous(). Outputs are contiguous, x's dtype.
 // Arithmetic is in at::opmath_type (float for half/bfloat16/float, double for double),
 // with the same operation order as the reference, so float32 with a == 0 is bit-exact.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -27,6 +27,19 @@ def interpreting(t: torch.Tensor) -> bool:
     return t.device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def check_launchable(kernel, t: torch.Tensor, op: str) -> None:
+    """A clear error instead of a Triton crash for a non-CUDA tensor outside the interpreter."""
+    if t.device.type == "cuda":
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(kernel, InterpretedFunction):
+        raise ValueError(
+            f"{op}: the Triton kernels take CUDA tensors (or CPU tensors when TRITON_INTERPRET=1 "
+            f"was set before tdsk.kernels was imported); got a tensor on {t.device}"
+        )
+
+
 def max_offset(sizes: Sequence[int], strides: Sequence[int]) -> int:
     """Largest element offset of a strided tensor, ``sum((size - 1) * |stride|)``."""
     return sum((s - 1) * abs(st) for s, st in zip(sizes, strides) if s > 0)

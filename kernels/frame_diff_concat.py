@@ -39,6 +39,7 @@ import triton.language as tl
 from ._common import (
     acc_dtype,
     check_block,
+    check_launchable,
     device_guard,
     hw_layout,
     interpreting,
@@ -189,6 +190,7 @@ def frame_diff_concat_forward(
     Returns:
         A new contiguous ``Tensor[N, (M-1)*C, T, H, W]`` of ``out_dtype``.
     """
+    check_launchable(_frame_diff_concat_fwd_kernel, frames, "frame_diff_concat_forward")
     N, T, M, C, H, W = frames.shape
     HW = H * W
     out = torch.empty((N, (M - 1) * C, T, H, W), dtype=out_dtype, device=frames.device)
@@ -211,6 +213,7 @@ def frame_diff_concat_forward(
             HAS_SCALE=scale is not None, BLOCK_C=bc, BLOCK_HW=bhw,
             HW_FLAT=flat, USE_INT64=use64, ACC=acc_dtype(frames.dtype, out_dtype),
             num_warps=warps,
+            enable_fp_fusion=False,  # no FMA contraction: round each op as the reference does
         )
     return out
 
@@ -236,6 +239,7 @@ def frame_diff_concat_backward(
     Returns:
         A new contiguous ``Tensor[N, T, M, C, H, W]`` of ``frames_dtype``.
     """
+    check_launchable(_frame_diff_concat_bwd_kernel, grad_out, "frame_diff_concat_backward")
     N, MC, T, H, W = grad_out.shape
     M = int(num_local)
     C = MC // (M - 1)
@@ -261,5 +265,6 @@ def frame_diff_concat_backward(
             HAS_SCALE=scale is not None, BLOCK_C=bc, BLOCK_HW=bhw,
             HW_FLAT=flat, USE_INT64=use64, ACC=acc_dtype(grad_out.dtype, frames_dtype),
             num_warps=warps,
+            enable_fp_fusion=False,  # no FMA contraction: round each op as the reference does
         )
     return gf

@@ -57,6 +57,7 @@ import triton.language as tl
 from ._common import (
     acc_dtype,
     check_block,
+    check_launchable,
     device_guard,
     hw_layout,
     interpreting,
@@ -341,10 +342,14 @@ def _blocks(C: int, HW: int, mix: bool, backward: bool, elem_bytes: int, interp:
       that up to 32 channels (the TD-Adapter's R = 20) share one tile and the mean
       needs no second pass.
     * backward: 2048-element tiles, 8 warps (8 values per thread): it keeps ~7
-      tiles live (x[t], two argmax bounds, g, g_d[t], the sum, a load), and 16 per
-      thread cost 110-185 registers in the sm_90 build (2-3 blocks per SM) where 8
-      per thread stay near 60-70.
+      tiles live (x[t], two argmax bounds, g, g_d[t], the sum, a load); 16 values
+      per thread cost 110-185 registers in an sm_90 build, 8 per thread 44-97
+      (139 at k = 7 with a mix), no spills.
     * float64 halves the tile (twice the registers per value).
+
+    (Register counts: ``triton.compile`` for sm_90 + cuobjdump, at the TD-Adapter
+    training shape and (8, 320, 16, 28, 28); forward 38-92 registers, no spills.
+    Not timed: no GPU was available when these were chosen.)
     * with a mix, the HW block shrinks (down to 64: still >= 128-byte rows) before
       channels are split over several blocks.
 
@@ -414,6 +419,7 @@ def temporal_pool_diff_forward(
     Returns:
         A new contiguous ``Tensor[N, C, T, H, W]`` of ``x.dtype``.
     """
+    check_launchable(_temporal_pool_diff_fwd_kernel, x, "temporal_pool_diff_forward")
     a = _common_args(x, kernel_size, channel_mix, False, block_c, block_hw)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     sxn, sxc, sxt, sxh, sxw = x.stride()
@@ -430,6 +436,7 @@ def temporal_pool_diff_forward(
             BLOCK_C=a["bc"], BLOCK_HW=a["bhw"],
             X_HW_FLAT=flat, USE_INT64=use64, ACC=acc_dtype(x.dtype),
             num_warps=a["warps"],
+            enable_fp_fusion=False,  # no FMA contraction: round each op as the reference does
         )
     return out
 
@@ -455,6 +462,7 @@ def temporal_pool_diff_backward(
         A new contiguous ``Tensor[N, C, T, H, W]`` of ``x.dtype``. Computed in float32
         (float64 when ``x`` is float64) in one fused pass.
     """
+    check_launchable(_temporal_pool_diff_bwd_kernel, x, "temporal_pool_diff_backward")
     a = _common_args(x, kernel_size, channel_mix, True, block_c, block_hw)
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     sxn, sxc, sxt, sxh, sxw = x.stride()
@@ -475,5 +483,6 @@ def temporal_pool_diff_backward(
             X_HW_FLAT=x_flat, G_HW_FLAT=g_flat, USE_INT64=use64,
             ACC=acc_dtype(x.dtype),
             num_warps=a["warps"],
+            enable_fp_fusion=False,  # no FMA contraction: round each op as the reference does
         )
     return gx

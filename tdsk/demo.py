@@ -37,7 +37,7 @@ CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach",
 REVERSED_PAIRS = (("left", "right"), ("up", "down"), ("rotate_cw", "rotate_ccw"), ("approach", "recede"))
 
 _SOURCE_CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _textured_crop(rng, sources, side, out, tries=8):
 
 def _render(spec: DemoSpec, label: int, rng: np.random.Generator, sources) -> np.ndarray:
     """Frames [F, S, S, 3] uint8 of one video of class ``label``."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     S, F = spec.size, spec.frames
     bg_frame = sources[int(rng.integers(len(sources)))]
@@ -144,8 +144,9 @@ def _render(spec: DemoSpec, label: int, rng: np.random.Generator, sources) -> np
     name = CLASSES[label]
     big = 2 * spec.patch_max  # texture resolution, so zooming never upsamples much
     texture = _textured_crop(rng, sources, int(rng.integers(24, 80)), big, tries=16)
-    mask = Image.new("L", (big, big), 0)
-    ImageDraw.Draw(mask).ellipse((0, 0, big - 1, big - 1), fill=255)
+    # A square patch: its corners and edges make rotation and scaling visible as local
+    # motion (a textured disk would hide both behind the aperture problem).
+    mask = Image.new("L", (big, big), 255)
 
     frames = np.empty((F, S, S, 3), np.uint8)
     t = np.arange(F, dtype=np.float64)
@@ -159,32 +160,33 @@ def _render(spec: DemoSpec, label: int, rng: np.random.Generator, sources) -> np
         along = start + speed * t if name in ("right", "down") else start + travel - speed * t
         across = np.full(F, rng.uniform(margin, S - p - margin))
         xs, ys = (along, across) if name in ("left", "right") else (across, along)
+        cxs, cys = xs + p / 2, ys + p / 2
         sizes = np.full(F, float(p))
         angles = np.zeros(F)
     else:
-        cx, cy = (rng.uniform(S * 0.35, S * 0.65) for _ in range(2))
+        cxs, cys = (np.full(F, rng.uniform(S * 0.4, S * 0.6)) for _ in range(2))
         angles = np.zeros(F)
         if name in ("approach", "recede"):
-            small, large = p * 0.55, p * 1.45
+            small, large = p * 0.5, p * 1.9
             grow = small + (large - small) * t / (F - 1)
             sizes = grow if name == "approach" else grow[::-1]
         else:
-            sizes = np.full(F, float(p) * 1.2)
+            sizes = np.full(F, float(p) * 1.1)
         if name in ("rotate_cw", "rotate_ccw"):
-            omega = rng.uniform(14.0, 22.0)  # degrees per frame
+            omega = rng.uniform(12.0, 18.0)  # degrees per frame
             theta0 = rng.uniform(0, 360)
             # PIL rotates counter-clockwise for positive angles.
             angles = theta0 - omega * t if name == "rotate_cw" else theta0 + omega * t
-        xs, ys = cx - sizes / 2, cy - sizes / 2
     for f in range(F):
         canvas = background.copy()
-        tex, msk = texture, mask
-        if angles[f]:
-            tex = tex.rotate(float(angles[f]), resample=Image.BILINEAR)
         side = max(2, int(round(sizes[f])))
-        tex = tex.resize((side, side), Image.BILINEAR)
-        msk = msk.resize((side, side), Image.BILINEAR)
-        canvas.paste(tex, (int(round(xs[f])), int(round(ys[f]))), msk)
+        tex = texture.resize((side, side), Image.BILINEAR)
+        msk = mask.resize((side, side), Image.BILINEAR)
+        if angles[f]:
+            tex = tex.rotate(float(angles[f]), resample=Image.BILINEAR, expand=True)
+            msk = msk.rotate(float(angles[f]), resample=Image.BILINEAR, expand=True)
+        w, h = tex.size
+        canvas.paste(tex, (int(round(cxs[f] - w / 2)), int(round(cys[f] - h / 2))), msk)
         frames[f] = np.asarray(canvas)
     return frames
 

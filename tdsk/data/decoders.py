@@ -97,15 +97,20 @@ class PyAVVideo:
     def _build_index(self) -> None:
         pts: List[int] = []
         key_pts: List[int] = []
+        discarded = 0
         for packet in self.container.demux(self.stream):
-            if packet.pts is None or packet.size == 0:
+            if packet.is_discard:
+                discarded += 1
+            # Discard-flagged packets (before an mp4 edit list's start) are decoded but never
+            # output: they are not frames of the video.
+            if packet.pts is None or packet.size == 0 or packet.is_discard:
                 continue
             pts.append(packet.pts)
             if packet.is_keyframe:
                 key_pts.append(packet.pts)
         if not pts:
             raise DecodeError(self.path, "video stream has no frames")
-        declared = int(self.stream.frames or 0)  # mp4/avi index; 0 (unknown) for webm/mkv
+        declared = int(self.stream.frames or 0) - discarded  # mp4/avi index; 0 (unknown) for webm/mkv
         if declared > len(pts):
             raise DecodeError(self.path, f"truncated: the container declares {declared} frames, "
                                          f"only {len(pts)} are in the file")

@@ -162,7 +162,10 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     out_dir = os.path.expanduser(output_dir) if output_dir else _format_output_dir(cfg)
     start_time = time.time()
     seed = int(train.get("seed", 1024))
-    _seed_everything(seed + info.rank)  # official: 1024 + rank (torch and numpy)
+    # The model is built from the same seed on every rank (a randomly initialised frozen
+    # tower must be identical everywhere: DDP only synchronises what it trains); the
+    # official per-rank seed 1024 + rank is set after that.
+    _seed_everything(seed)
     if train.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -201,6 +204,7 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     if model is None:
         model = build_model(cfg, variant=variant)
     model.to(device)
+    _seed_everything(seed + info.rank)  # official: 1024 + rank (torch and numpy)
     raw_model = model
     clip_pretrained = (cfg.get("model") or {}).get("clip_pretrained")
     frozen_info = C.frozen_identity(raw_model, clip_pretrained)

@@ -19,7 +19,9 @@ Training memory (what autograd keeps between forward and backward):
   log-sum-exp, never a probability matrix;
 * ``side_checkpoint=s`` (``True``: two segments of ``L/2``): groups of ``s`` whole layers, and the SME
   stem, are recompute segments: only the taps, one side-stream tensor per group and
-  the input video are referenced. Outputs and gradients are the same.
+  the input video (cast to the autocast dtype under autocast) are referenced.
+  Outputs and gradients are the same (bit-identical in fp32; under autocast the
+  difference stem then sees bf16/fp16-rounded frames).
 """
 from typing import List, Sequence
 
@@ -97,10 +99,10 @@ class SideNetwork(nn.Module):
         x = block.attention_branch(x, cls, self.pos_embed)
         return recompute(block.mlp_branch, x, enabled=recompute_cheap)
 
-    def _layers(self, start: int, x: torch.Tensor, *zs: torch.Tensor) -> torch.Tensor:
+    def _layers(self, start: int, last: bool, x: torch.Tensor, *zs: torch.Tensor) -> torch.Tensor:
         for i, z in enumerate(zs):
             x = self._layer(start + i, x, z, recompute_cheap=False)
-        return x
+        return self.pool(x) if last else x  # the last segment ends with the pooling head
 
     def forward(self, video: torch.Tensor, taps: List[torch.Tensor]) -> torch.Tensor:
         if len(taps) != len(self.blocks):
@@ -114,12 +116,13 @@ class SideNetwork(nn.Module):
                 video = video.to(low)
             x = recompute(self.stem, video)
             for start in range(0, len(taps), group):
-                x = recompute(self._layers, start, x, *taps[start:start + group])
-        else:
-            x = self.stem(video)
-            for k, z in enumerate(taps):
-                x = self._layer(k, x, z, recompute_cheap=self.recompute_cheap)
-        return recompute(self.pool, x, enabled=bool(group))
+                last = start + group >= len(taps)
+                x = recompute(self._layers, start, last, x, *taps[start:start + group])
+            return x
+        x = self.stem(video)
+        for k, z in enumerate(taps):
+            x = self._layer(k, x, z, recompute_cheap=self.recompute_cheap)
+        return self.pool(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """``BN_post`` then the global average over ``T * g * g`` (spec 5.2-5.3): ``[B, D]``."""

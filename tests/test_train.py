@@ -1,0 +1,243 @@
+"""Training end to end on real (generated) video, on the CPU: the demo command, exact
+resume after SIGKILL, 2-process DDP with gloo via torch.distributed.run, NaN handling."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+import yaml
+
+from tdsk import demo
+from tdsk.engine import checkpoint as C
+from tdsk.engine.trainer import NonFiniteLossError, build_model, fit
+from tdsk.train import demo_config
+
+# A small, fast setting of the demo recipe (32 px, few videos) for the tests.
+FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
+        "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9", "solver.epochs=3",
+        "solver.warmup_epochs=1", "output.keep_last=10", "train.log_every=2"]
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    spec = demo.DemoSpec(seed=7, train_per_class=4, val_per_class=1)
+    return demo.generate(spec, str(tmp_path_factory.mktemp("demo-cache")), progress=False)
+
+
+def _cfg(root, *extra):
+    return demo_config(root, FAST + list(extra))
+
+
+def _write_cfg(cfg, path):
+    with open(path, "w") as f:
+        yaml.safe_dump(C.plain({k: v for k, v in cfg.items() if k != "_meta"}), f)
+    return str(path)
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _train_cmd(cfg_path, out, *extra):
+    return [sys.executable, "-m", "tdsk.train", "--cfg", cfg_path, "--output", str(out), "--no-progress", *extra]
+
+
+def _tensors(ckpt):
+    """Every tensor a checkpoint carries for training: weights, buffers, optimizer moments."""
+    out = {f"model/{k}": v for k, v in ckpt["model_state_dict"].items()}
+    for pid, st in ckpt["optimizer_state_dict"]["state"].items():
+        for k, v in st.items():
+            out[f"opt/{pid}/{k}"] = v
+    return out
+
+
+def assert_bit_identical(a, b):
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys()
+    diff = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:5]}"
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+
+
+# ----------------------------------------------------------------------------- demo
+
+def test_demo_dataset_is_real_video_and_deterministic(tmp_path):
+    import av
+
+    spec = demo.DemoSpec(seed=3, train_per_class=1, val_per_class=1)
+    a = demo.generate(spec, str(tmp_path / "a"), progress=False)
+    b = demo.generate(spec, str(tmp_path / "b"), progress=False)
+    lines = open(os.path.join(a, "train.txt")).read().split("\n")
+    assert len([x for x in lines if x]) == len(demo.CLASSES)
+    rel, label = lines[0].split()
+    assert demo.CLASSES[int(label)] in rel
+    with av.open(os.path.join(a, rel)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert c.streams.video[0].codec_context.name == "h264"
+    assert len(frames) == spec.frames and frames[0].shape == (spec.size, spec.size, 3)
+    with av.open(os.path.join(b, rel)) as c:
+        again = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert all((x == y).all() for x, y in zip(frames, again))  # same seed, same video
+    assert open(os.path.join(a, "labels.txt")).read().split() == list(demo.CLASSES)
+    assert demo.generate(spec, str(tmp_path / "a"), progress=False) == a  # cached
+
+
+def test_demo_command_smoke(tmp_path):
+    """`python -m tdsk.train --demo` (what no arguments runs), cut to a few steps."""
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tdsk.train", "--demo", "--demo-cache", str(tmp_path / "cache"), "--output", str(out),
+         "--no-progress", "solver.epochs=1", "train.limit_train_batches=2", "eval.limit_val_batches=1",
+         "train.tensorboard=false"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert "tdsk demo results" in text and "TDS-CLIP" in text and "mean-pool baseline" in text
+    for a, b in demo.REVERSED_PAIRS:
+        assert f"{a} vs {b}" in text
+    summary = json.load(open(out / "demo_summary.json"))
+    for variant in ("tds_clip", "baseline"):
+        run = summary["runs"][variant]
+        assert os.path.isfile(run["checkpoint"]) and os.path.isfile(run["metrics"]) and os.path.isfile(run["curves"])
+        assert run["checkpoint"] in text and run["curves"] in text
+        records = [json.loads(x) for x in open(run["metrics"])]
+        assert any(r["kind"] == "train" for r in records) and any(r["kind"] == "epoch" for r in records)
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resume_after_sigkill_is_bit_identical(small_root, tmp_path):
+    cfg_path = _write_cfg(_cfg(small_root), tmp_path / "cfg.yaml")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    # The uninterrupted reference and the run to be killed, side by side.
+    ref = subprocess.Popen(_train_cmd(cfg_path, straight), env=_env(), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(_train_cmd(cfg_path, killed), env=_env(), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "epoch_0001.pt").exists():
+        assert victim.poll() is None, "the run finished or died before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.6))  # somewhere inside epoch 2
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = sorted(e for e, _ in C.epoch_checkpoints(str(killed)))
+    assert done and done[-1] < 3, f"killed too late: {done}"
+    resumed = subprocess.run(_train_cmd(cfg_path, killed, "--resume", "auto"), env=_env(), stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {killed}/epoch_{done[-1]:04d}.pt" in resumed.stderr
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-3000:]
+    for epoch in range(done[-1] + 1, 4):  # every epoch boundary after the kill
+        name = C.EPOCH_PATTERN.format(epoch)
+        assert_bit_identical(C.load(str(straight / name)), C.load(str(killed / name)))
+    records = [json.loads(x) for x in open(killed / "metrics.jsonl")]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1, 2]  # no duplicates after resume
+
+
+def test_resume_refuses_a_different_frozen_tower(small_root, tmp_path):
+    cfg = _cfg(small_root, "solver.epochs=1", "train.limit_train_batches=1", "eval.validate=false")
+    fit(cfg, output_dir=str(tmp_path), progress=False)
+    ckpt = C.load(str(tmp_path / "epoch_0001.pt"))
+    assert ckpt["frozen"]["weights_included"] and len(ckpt["frozen"]["weights_sha256"]) == 64
+    assert {"optimizer_state_dict", "scheduler", "scaler", "rng", "epoch", "step", "config"} <= set(ckpt)
+    ckpt["model_state_dict"] = C.trainable_state_dict(build_model(cfg))  # as if the CLIP weights were not saved
+    for k in list(ckpt["model_state_dict"]):
+        if k.startswith("encoder."):
+            del ckpt["model_state_dict"][k]
+    torch.manual_seed(123)
+    other = build_model(cfg)  # another random CLIP
+    with pytest.raises(RuntimeError, match="frozen CLIP weights differ"):
+        C.load_model_state(other, ckpt)
+    with pytest.raises(FileExistsError, match="--resume auto"):
+        fit(cfg, output_dir=str(tmp_path), progress=False)
+
+
+# ----------------------------------------------------------------------------- DDP
+
+DDP_WORKER = textwrap.dedent("""
+    import os, sys, torch, yaml
+    from tdsk.config import load_config
+    from tdsk.engine import checkpoint as C
+    from tdsk.engine.trainer import fit
+    cfg = load_config(sys.argv[1])
+    import tdsk.engine.distributed as D
+    info = D.init("cpu")
+    holder = {}
+    from tdsk.engine import trainer
+    build = trainer.build_model
+    def keep(*a, **k):
+        holder["m"] = build(*a, **k)
+        return holder["m"]
+    trainer.build_model = keep
+    res = fit(cfg, output_dir=sys.argv[2], progress=False, dist_info=info)
+    torch.save({k: v.clone() for k, v in holder["m"].state_dict().items()},
+               os.path.join(sys.argv[2], f"rank{info.rank}.pt"))
+    D.shutdown(info)
+""")
+
+
+def test_ddp_two_processes_gloo_weights_equal(small_root, tmp_path):
+    cfg = _cfg(small_root, "solver.epochs=1", "train.limit_train_batches=2", "solver.warmup_epochs=0",
+               "train.batch_size=3")
+    cfg_path = _write_cfg(cfg, tmp_path / "cfg.yaml")
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), cfg_path, str(out)], env=_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert r0.keys() == r1.keys()
+    diff = [k for k in r0 if not torch.equal(r0[k], r1[k])]
+    assert not diff, f"ranks disagree on {diff[:5]}"
+    ckpt = C.load(str(out / "epoch_0001.pt"))  # written by rank 0 only, once
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 2 and "rng_rank1" in ckpt
+    init = build_model(cfg)  # the step changed the weights
+    assert not torch.equal(init.state_dict()["head.weight"], r0["head.weight"])
+    assert sorted(os.listdir(out)).count("metrics.jsonl") == 1
+
+
+# ----------------------------------------------------------------------------- NaN
+
+class NaNAfter(torch.nn.Module):
+    def __init__(self, model, calls):
+        super().__init__()
+        self.model, self.calls, self.seen = model, calls, 0
+
+    def forward(self, video):
+        out = self.model(video)
+        self.seen += 1 if self.training else 0
+        return out * float("nan") if self.training and self.seen > self.calls else out
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(small_root, tmp_path):
+    cfg = _cfg(small_root)
+    per_epoch = len(open(os.path.join(small_root, "train.txt")).read().split()) // 2 // 6
+    model = NaNAfter(build_model(cfg), calls=per_epoch + 1)  # second iteration of epoch 2
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2 iteration 2 \(global step %d\)" % (per_epoch + 2)):
+        fit(cfg, output_dir=str(tmp_path), model=model, progress=False)
+    assert [e for e, _ in C.epoch_checkpoints(str(tmp_path))] == [1]
+    good = C.load(str(tmp_path / "epoch_0001.pt"))
+    assert all(torch.isfinite(v).all() for v in good["model_state_dict"].values() if v.is_floating_point())
+
+
+def test_nan_cli_exit_code_and_message(small_root, tmp_path):
+    cfg_path = _write_cfg(_cfg(small_root, "solver.lr=1e30", "solver.warmup_epochs=0"), tmp_path / "cfg.yaml")
+    proc = subprocess.run(_train_cmd(cfg_path, tmp_path / "out"), env=_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "loss is nan" in proc.stderr.lower() and "global step" in proc.stderr
+    assert "last good checkpoint" in proc.stderr
