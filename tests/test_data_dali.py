@@ -1,6 +1,7 @@
 """The DALI path: same indices as sample_indices, frames close to PyAV's, same loader output,
 corrupt files do not abort. DALI's CPU decoder (VP9 webm, JPEG) runs here; NVDEC tests
 need a GPU (``@pytest.mark.gpu``)."""
+import os
 import subprocess
 import sys
 
@@ -121,3 +122,24 @@ def test_dali_gpu_nvdec_frames(video_fixtures):
     diff = np.abs(got - ref[idx]).mean(axis=(1, 2, 3))
     print("NVDEC vs PyAV mean abs diff per frame:", diff.round(3).tolist())
     assert diff.max() < 3.0
+
+
+def test_dali_loader_frame_folders_match_cpu_loader(video_fixtures):
+    fx = video_fixtures
+    good = fx.write_list("frames_dali.txt", ["frames/carphone 40 86", "frames/bikes 40 3", "frames/tiny 5 93"])
+    cfg = DataConfig.from_dict(dict(SMALL, root=fx.root, test_list=good, template="{:05d}.jpg"))
+    dl = build_dali_loader(cfg, "test", load_records(cfg, "test"), batch_size=3, device=torch.device("cpu"),
+                           views=(3, 1))
+    cl = build_loader(cfg, "test", batch_size=3, device="cpu", views=(3, 1))
+    (a, la), = list(dl)
+    (b, lb), = list(cl)
+    assert a.shape == b.shape == (3, 3, 8, 5, 3, 64, 64) and torch.equal(la, lb)
+    assert (a - b).abs().mean() < 0.02  # nvJPEG/DALI CPU JPEG vs Pillow: same libjpeg-class decode
+
+    # an unreadable JPEG makes DALI fail the batch: the CPU path redoes it and replaces the folder
+    bad = fx.write_list("frames_dali_bad.txt", ["frames/carphone 40 86", "frames/bikes 40 3", "bad_frames/carphone 40 9"])
+    cfg = DataConfig.from_dict(dict(SMALL, root=fx.root, val_list=bad, max_bad_fraction=0.5))
+    dl = build_dali_loader(cfg, "val", load_records(cfg, "val"), batch_size=3, device=torch.device("cpu"))
+    (a, la), = list(dl)
+    assert a.shape == (3, 8, 5, 3, 64, 64) and 9 not in la.tolist()
+    assert list(dl.bad_samples.files) == [os.path.join(fx.root, "bad_frames/carphone")]
