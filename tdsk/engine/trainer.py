@@ -390,12 +390,8 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
                 }
                 for r in range(1, len(rng_states)):
                     state[f"rng_rank{r}"] = rng_states[r]
-                last_path = os.path.join(out_dir, C.EPOCH_PATTERN.format(epoch + 1))
-                C.atomic_save(state, last_path)
-                if improved and outc.get("save_best", True):
-                    C.atomic_save(state, os.path.join(out_dir, C.BEST_NAME))
-                C.prune(out_dir, int(outc.get("keep_last", 3)))
-                del state
+                # The epoch record goes first: a kill between the two leaves a record that
+                # resuming drops (it keeps only epochs < the checkpoint's), never a gap.
                 rec = dict(epoch=epoch, train_loss=train_loss, train_top1=train_top1, lr=schedule.lr,
                            epoch_seconds=epoch_time, clips_per_s=float(sums[2]) / max(epoch_time, 1e-9))
                 if val_res is not None:
@@ -408,6 +404,14 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
                     rec["bad_samples"] = int(bad.num_bad)
                 metrics.log("epoch", global_step, **rec)
                 result.history.append(rec)
+                # best.pt before the epoch file: after a kill in between, resuming re-runs
+                # this epoch and rewrites best.pt with identical contents.
+                if improved and outc.get("save_best", True):
+                    C.atomic_save(state, os.path.join(out_dir, C.BEST_NAME))
+                last_path = os.path.join(out_dir, C.EPOCH_PATTERN.format(epoch + 1))
+                C.atomic_save(state, last_path)
+                C.prune(out_dir, int(outc.get("keep_last", 3)))
+                del state
                 msg = f"epoch {epoch + 1}/{epochs}: loss {train_loss:.4f}, train top-1 {100 * train_top1:.1f}%"
                 if val_res is not None:
                     msg += f", val top-1 {100 * val_res.top1:.2f}% top-5 {100 * val_res.top5:.2f}%"
