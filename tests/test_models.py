@@ -297,7 +297,6 @@ def test_compile_fullgraph_no_graph_break():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("TDSK_SLOW_TESTS") != "1", reason="slow (~16 s): set TDSK_SLOW_TESTS=1")
 def test_compile_fullgraph_training_step():
     """Training forward + backward (recompute segments, custom ops, SDPA) in one graph."""
     model = tiny()
