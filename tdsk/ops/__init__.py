@@ -5,7 +5,7 @@
 * :mod:`tdsk.ops.reference`: their pure-PyTorch references (test oracle, fallback).
 * :mod:`tdsk.ops.attention`: side-network attention (xformers on CUDA, SDPA otherwise).
 """
-from tdsk.ops import reference, temporal_diff
+from tdsk.ops import attention, reference, temporal_diff
 from tdsk.ops._backends import backend_report
 from tdsk.ops.temporal_diff import frame_diff_concat, official_frames_view, temporal_pool_diff
 
@@ -16,4 +16,5 @@ __all__ = [
     "backend_report",
     "reference",
     "temporal_diff",
+    "attention",
 ]
