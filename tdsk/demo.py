@@ -47,8 +47,8 @@ class DemoSpec:
     seed: int = 0
     size: int = 64  # frame side, pixels
     frames: int = 16  # frames per video
-    train_per_class: int = 40
-    val_per_class: int = 12
+    train_per_class: int = 60
+    val_per_class: int = 16
     patch_min: int = 18
     patch_max: int = 26
     speed_min: float = 1.6  # pixels per frame (translation)

@@ -245,3 +245,16 @@ def test_nan_cli_exit_code_and_message(small_root, tmp_path):
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "loss is nan" in proc.stderr.lower() and "global step" in proc.stderr
     assert "last good checkpoint" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- precision
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_and_accumulation_on_cpu(small_root, tmp_path, precision):
+    cfg = _cfg(small_root, f"train.precision={precision}", "solver.epochs=1", "train.limit_train_batches=2",
+               "solver.grad_accumulation=2", "solver.warmup_epochs=0", "eval.limit_val_batches=1")
+    res = fit(cfg, output_dir=str(tmp_path), progress=False)
+    ckpt = C.load(res.last_checkpoint)
+    assert ckpt["precision"] == precision and ckpt["step"] == 2
+    assert (ckpt["scaler"] is not None) == (precision == "fp16")  # GradScaler only for fp16
+    assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values() if v.is_floating_point())

@@ -89,7 +89,7 @@ def plot_curves(metrics_path: str, out_path: str, title: str | None = None) -> s
         ax_loss.plot(xs, [r.get("train_loss") for r in epochs], "o-", label="train (epoch mean)")
         val_loss = [(r["epoch"] + 1, r["val_loss"]) for r in epochs if r.get("val_loss") is not None]
         if val_loss:
-            ax_loss.plot(*zip(*val_loss), "s-", label="val")
+            ax_loss.plot(*zip(*val_loss), "s-", label="val (NLL, no smoothing)")
         ax_acc.plot(xs, [100 * r.get("train_top1", float("nan")) for r in epochs], "o-", label="train top-1")
         val = [(r["epoch"] + 1, 100 * r["val_top1"]) for r in epochs if r.get("val_top1") is not None]
         if val:
