@@ -316,10 +316,14 @@ class MemoryClipLoader:
         self.views = views
         self.epoch = 0
         self.bad_samples = None
-        swap = {}
-        for a, b in (("left", "right"), ("rotate_cw", "rotate_ccw")):
-            swap[CLASSES.index(a)], swap[CLASSES.index(b)] = CLASSES.index(b), CLASSES.index(a)
-        self.swap = swap
+        # Horizontal flip swaps the mirrored classes (data.flip_label_pairs), as
+        # Something-Something's flip swaps its left/right labels; flip: none disables it.
+        self.flip = self.cfg.get("flip", "sth") != "none"
+        pairs = self.cfg.get("flip_label_pairs") or [(CLASSES.index("left"), CLASSES.index("right")),
+                                                     (CLASSES.index("rotate_cw"), CLASSES.index("rotate_ccw"))]
+        self.swap = {}
+        for a, b in pairs:
+            self.swap[int(a)], self.swap[int(b)] = int(b), int(a)
         self.per_rank = -(-len(self.labels) // self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -356,7 +360,7 @@ class MemoryClipLoader:
             idx = sample_indices(len(frames), self.num_segments, self.num_local, mode, rng=rng)
             clip = frames[torch.from_numpy(np.asarray(idx).reshape(-1))]
             label = int(self.labels[index])
-            if self.split == "train" and rng.random() < 0.5:
+            if self.split == "train" and self.flip and rng.random() < 0.5:
                 clip = clip.flip(-1)
                 label = self.swap.get(label, label)
             clips.append(clip.view(self.num_segments, self.num_local, *clip.shape[1:]))

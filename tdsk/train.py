@@ -50,44 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- the demo
 
-# What the demo data needs when the recipe's data: section does not say otherwise: the
-# generated 64x64 clips are used as they are (no RandAugment), and a horizontal flip
-# swaps left<->right and rotate_cw<->rotate_ccw exactly like Something-Something's
-# flip swaps its left/right label pairs.
-DEMO_DATA_DEFAULTS = {
-    "dataset": "sth",
-    "format": "video",
-    "input_size": 64,
-    "resize": 64,
-    "rand_augment": None,
-    "flip": "sth",
-    "flip_label_pairs": [[0, 1], [4, 5]],
-    "num_sample": 2,
-    "min_frames": 8,
-    "test_crops": 1,
-    "test_clips": 1,
-}
-
-
-DEMO_INPUT_SIZE = 32
-
-
 def demo_config(root: str, overrides: Sequence[str] = ()) -> dict:
     """The ``demo`` recipe pointed at a generated demo dataset."""
     from tdsk import demo
     from tdsk.config import apply_overrides, load_config
 
     cfg = load_config("demo")
-    data = cfg.setdefault("data", {})
-    for key, value in DEMO_DATA_DEFAULTS.items():
-        data.setdefault(key, value)
+    data = cfg["data"]
     data.update(root=root, train_list=os.path.join(root, "train.txt"), val_list=os.path.join(root, "val.txt"),
                 test_list=os.path.join(root, "val.txt"))
-    cfg["model"]["num_classes"] = len(demo.CLASSES)
-    # 32 px frames: on 2 CPU cores the 64 px model is ~3.5x slower per clip, too slow
-    # for a 3-minute demo; the motion stays visible (the clips are generated at 64 px).
-    cfg["model"]["input_size"] = data["input_size"] = DEMO_INPUT_SIZE
-    data["resize"] = DEMO_INPUT_SIZE
+    if cfg["model"]["num_classes"] != len(demo.CLASSES):
+        raise ValueError(f"demo.yaml: model.num_classes must be {len(demo.CLASSES)} (tdsk.demo.CLASSES)")
     data.setdefault("num_segments", cfg["model"].get("num_segments", 8))
     data.setdefault("num_local", cfg["model"].get("num_local", 5))
     meta = cfg.pop("_meta")

@@ -106,3 +106,22 @@ def test_predict_text_labels_file_and_bad_file(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "class-" in proc.stdout and "%" in proc.stdout
     assert f"{bad}: error" in proc.stdout
+
+
+def test_models_load_checkpoint_reads_training_checkpoints(trained):
+    """tdsk.models.load_checkpoint accepts what python -m tdsk.train writes, strictly."""
+    import torch
+
+    from tdsk.models import build_model, load_checkpoint
+
+    cfg = trained["cfg_dict"]
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    model = build_model(cfg["model"])
+    report = load_checkpoint(model, trained["ckpt"])
+    assert report.format == "tdsk.train"
+    own = model.state_dict()
+    for key, value in ckpt["model_state_dict"].items():
+        assert torch.equal(own[key], value), key
+    wrong = build_model(cfg["model"], num_classes=len(demo.CLASSES) + 1)
+    with pytest.raises(ValueError, match="tdsk training format"):
+        load_checkpoint(wrong, trained["ckpt"])

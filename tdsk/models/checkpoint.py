@@ -107,21 +107,24 @@ def export_official(model: nn.Module, path: str, epoch: int = 0) -> None:
 
 
 class LoadReport(NamedTuple):
-    format: str  # 'official' or 'tdsk'
+    format: str  # "official", "tdsk" (a state dict) or "tdsk.train" (a training checkpoint)
     num_tensors: int
     path: str
 
 
-def _read(path: str) -> Dict[str, torch.Tensor]:
+def _load_file(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(
             f"cannot read checkpoint {path!r} ({os.path.getsize(path)} bytes): {type(exc).__name__}: {exc}. "
             "The file is truncated, corrupt, or not a torch.save file."
         ) from exc
+
+
+def _state_dict_of(obj, path: str) -> Dict[str, torch.Tensor]:
     sd = obj
     if isinstance(obj, dict):
         for key in ("model_state_dict", "state_dict", "model"):
@@ -133,6 +136,10 @@ def _read(path: str) -> Dict[str, torch.Tensor]:
                          f"{list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})")
     # DDP prefix: the official test script strips every 'module.' substring.
     return {k.replace("module.", ""): v for k, v in sd.items()}
+
+
+def _read(path: str) -> Dict[str, torch.Tensor]:
+    return _state_dict_of(_load_file(path), path)
 
 
 def _diagnose(model: nn.Module, bad: List) -> str:
@@ -149,15 +156,35 @@ def _diagnose(model: nn.Module, bad: List) -> str:
     return (" Likely cause: " + "; ".join(dict.fromkeys(hints)) + ".") if hints else ""
 
 
+# ``format`` tag of the checkpoints written by ``python -m tdsk.train`` (tdsk.engine.checkpoint).
+TRAINING_FORMAT = "tdsk.train/1"
+
+
 def load_checkpoint(model: nn.Module, path: str, strict: bool = True) -> LoadReport:
     """Load an official TDS-CLIP checkpoint or a tdsk one into ``model`` (in place).
+
+    Accepted: official training checkpoints (``{'model_state_dict': ...}`` with
+    ``visual.*``/``fc.*`` keys, optional ``module.``), a tdsk ``model.state_dict()``
+    (bare or under ``model_state_dict``), and tdsk training checkpoints
+    (``format == 'tdsk.train/1'``, whose frozen CLIP must match the model's).
 
     Every tensor of the model must be in the file with the same shape and the file
     must hold nothing else (``strict=False`` tolerates extra keys only); otherwise a
     ``ValueError`` lists what differs. Frozen CLIP weights in the file replace the
     model's.
     """
-    sd = _read(path)
+    obj = _load_file(path)
+    if isinstance(obj, dict) and obj.get("format") == TRAINING_FORMAT:
+        # A tdsk training checkpoint (python -m tdsk.train): trainable weights, plus the
+        # frozen CLIP's identity (its weights only when they were randomly initialised).
+        from tdsk.engine.checkpoint import load_model_state  # noqa: PLC0415  (engine imports models)
+
+        try:
+            load_model_state(model, obj)
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {path!r} (tdsk training format) does not fit this model: {exc}") from exc
+        return LoadReport("tdsk.train", len(obj["model_state_dict"]), path)
+    sd = _state_dict_of(obj, path)
     own = model.state_dict()
     if any(k.startswith(("visual.", "fc.")) for k in sd):
         fmt = "official"
