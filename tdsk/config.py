@@ -174,8 +174,23 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
         raise ConfigError(f"{path}: a recipe must be a YAML mapping with sections model/data/solver/train/...")
     overrides = list(overrides)
     cfg = apply_overrides(cfg, overrides)
+    check_consistency(cfg, source=path)
     cfg["_meta"] = {"source": os.path.abspath(path), "name": os.path.basename(path)[:-5], "overrides": overrides}
     return cfg
+
+
+# data.<key> that must equal model.<key>: the loader's clips are the model's input.
+_SHARED_KEYS = ("input_size", "num_segments", "num_local")
+
+
+def check_consistency(cfg: Mapping, source: str = "config") -> None:
+    """Raise :class:`ConfigError` when the data and model sections disagree on the clip shape."""
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    bad = [f"data.{k}={data[k]!r} but model.{k}={model[k]!r}" for k in _SHARED_KEYS
+           if k in model and k in data and data[k] != model[k]]
+    if bad:
+        raise ConfigError(f"{source}: the data and model sections disagree: " + "; ".join(bad)
+                          + " (override both, e.g. model.num_segments=16 data.num_segments=16)")
 
 
 # --------------------------------------------------------------------------------------

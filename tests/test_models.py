@@ -4,6 +4,7 @@ Numerical parity with the independent official re-statement is in
 ``test_models_parity.py``. Everything here runs on CPU with the tiny config unless
 it is about the B/16 or L/14 sizes (built on the meta device: no memory, no time).
 """
+import copy
 import os
 import subprocess
 import sys
@@ -386,3 +387,41 @@ def test_xformers_matches_sdpa_on_cuda():
             os.environ.pop("TDSK_DISABLE_XFORMERS")
             attn_mod._xformers_ops.cache_clear()
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_video_input_is_validated_before_the_model_runs():
+    model = tiny()
+    size = model.encoder.image_size
+    with pytest.raises(ValueError, match=f"{size}x{size}"):
+        model(torch.zeros(1, model.num_segments, model.num_local, 3, size - 16, size - 16))
+    with pytest.raises(TypeError, match="normalise"):
+        model(torch.zeros(1, model.num_segments, model.num_local, 3, size, size, dtype=torch.uint8))
+
+
+def test_sync_batchnorm_goes_through_the_module_forward():
+    """train.sync_bn converts BNs to SyncBatchNorm: their forward (which syncs across ranks)
+    must actually run; in one process it equals plain BatchNorm."""
+    torch.manual_seed(0)
+    model = build_model("tiny", clip_pretrained=None, recompute_cheap=False).train()
+    v = video()
+    expected = model(v)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).train()
+    calls = []
+    for m in synced.modules():
+        if isinstance(m, torch.nn.SyncBatchNorm):
+            m.register_forward_hook(lambda *a: calls.append(1))
+    torch.testing.assert_close(synced(v), expected)
+    n_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    assert n_bn > 0 and len(calls) >= n_bn
+
+
+def test_batch_norm_momentum_none_is_cumulative_average():
+    from tdsk.models._common import batch_norm
+
+    bn_ref, bn = torch.nn.BatchNorm1d(4, momentum=None), torch.nn.BatchNorm1d(4, momentum=None)
+    for _ in range(3):
+        x = torch.randn(16, 4)
+        bn_ref(x)
+        batch_norm(bn, x)
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var)

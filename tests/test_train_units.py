@@ -234,3 +234,12 @@ def test_trainable_state_and_frozen_identity(tmp_path):
     other.visual.conv1.load_state_dict(model.visual.conv1.state_dict())
     C.load_model_state(other, {"model_state_dict": state, "frozen": ident})
     assert torch.equal(other.fc.weight, model.fc.weight)
+
+
+def test_data_and_model_sections_must_agree():
+    from tdsk.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.num_segments=4 but model.num_segments=8"):
+        load_config("ssv1_b16", ["data.num_segments=4"])
+    cfg = load_config("ssv1_b16", ["data.num_segments=16", "model.num_segments=16"])
+    assert cfg["data"]["num_segments"] == cfg["model"]["num_segments"] == 16

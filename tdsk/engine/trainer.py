@@ -156,6 +156,9 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     Raises :class:`NonFiniteLossError` when the loss turns NaN/inf (all ranks stop at the
     same step; nothing is written for that epoch, earlier checkpoints stay).
     """
+    from tdsk.config import check_consistency
+
+    check_consistency(cfg)
     solver, train, evalc, outc = (dict(cfg.get(k) or {}) for k in ("solver", "train", "eval", "output"))
     info = dist_info or D.init(train.get("device", "auto"))
     device = info.device
@@ -209,6 +212,12 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     clip_pretrained = (cfg.get("model") or {}).get("clip_pretrained")
     frozen_info = C.frozen_identity(raw_model, clip_pretrained)
     if train.get("sync_bn") and info.enabled:
+        mcfg = cfg.get("model") or {}
+        if mcfg.get("recompute_cheap", True) or mcfg.get("side_checkpoint"):
+            raise ValueError(
+                "train.sync_bn=true needs model.recompute_cheap=false and model.side_checkpoint=false: "
+                "a recompute segment would all-reduce and update the BatchNorm statistics again in backward"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         raw_model = model
     n_train = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)

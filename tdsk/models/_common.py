@@ -39,7 +39,19 @@ def batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Te
     Identical to calling the module, except that when the forward is being re-run by a
     recompute segment during backward, the running statistics are not updated again
     (the batch statistics are, of course, still used).
+
+    A :class:`~torch.nn.SyncBatchNorm` (``train.sync_bn=true``) runs through its own
+    forward so that batch statistics are reduced across ranks; the trainer refuses
+    ``sync_bn`` together with recompute segments, whose backward re-run would sync and
+    update the running statistics a second time.
     """
+    if isinstance(bn, nn.SyncBatchNorm):
+        if bn.training and in_backward():
+            raise RuntimeError(
+                "SyncBatchNorm inside a recompute segment: set model.recompute_cheap=false and "
+                "model.side_checkpoint=false when train.sync_bn=true"
+            )
+        return bn(x)
     use_batch_stats = bn.training or not bn.track_running_stats
     running_mean, running_var = bn.running_mean, bn.running_var
     if bn.training and bn.track_running_stats:
@@ -49,7 +61,9 @@ def batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Te
             running_mean, running_var = running_mean.clone(), running_var.clone()
         elif bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
-    momentum = 0.0 if bn.momentum is None else bn.momentum  # tdsk's BNs all use momentum 0.1
+    momentum = bn.momentum
+    if momentum is None:  # cumulative moving average, as nn.BatchNorm does
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.num_batches_tracked else 0.0
     return F.batch_norm(
         x, running_mean, running_var, bn.weight, bn.bias, use_batch_stats, momentum, bn.eps
     )

@@ -38,7 +38,7 @@ class MeanPoolCLIP(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        video = as_video(video, self.num_segments, self.num_local)
+        video = as_video(video, self.num_segments, self.num_local, self.encoder.image_size)
         b, t, m = video.shape[:3]
         centre = video[:, :, m // 2].reshape(b * t, *video.shape[3:])
         return self.encoder.image_features(centre).float().view(b, t, -1).mean(dim=1)

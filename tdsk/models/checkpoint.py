@@ -102,8 +102,13 @@ def official_state_dict(model: nn.Module) -> "collections.OrderedDict[str, torch
 
 
 def export_official(model: nn.Module, path: str, epoch: int = 0) -> None:
-    """Write ``{'epoch', 'model_state_dict'}`` in the official TDS-CLIP format (no ``module.``)."""
-    torch.save({"epoch": epoch, "model_state_dict": official_state_dict(model)}, path)
+    """Write ``{'epoch', 'model_state_dict'}`` in the official TDS-CLIP format (no ``module.``).
+
+    Written atomically (temporary file, fsync, rename): a crash never leaves a torn file.
+    """
+    from tdsk.engine.checkpoint import atomic_save  # noqa: PLC0415  (engine imports models)
+
+    atomic_save({"epoch": epoch, "model_state_dict": official_state_dict(model)}, path)
 
 
 class LoadReport(NamedTuple):

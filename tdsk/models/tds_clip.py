@@ -13,7 +13,7 @@
 Inputs: ``video: Tensor[B, T, M, 3, H, W]`` normalised with CLIP's mean/std, or the
 official ``Tensor[B*T, M*3, H, W]`` layout (``T = model.num_segments``).
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -26,8 +26,23 @@ from tdsk.ops.temporal_diff import official_frames_view
 __all__ = ["TDSCLIP", "as_video"]
 
 
-def as_video(x: torch.Tensor, num_segments: int, num_local: int) -> torch.Tensor:
-    """``[B, T, M, 3, H, W]`` as is, or the official ``[B*T, M*3, H, W]`` viewed as it."""
+def as_video(x: torch.Tensor, num_segments: int, num_local: int, image_size: Optional[int] = None) -> torch.Tensor:
+    """``[B, T, M, 3, H, W]`` as is, or the official ``[B*T, M*3, H, W]`` viewed as it.
+
+    Raises ``TypeError`` for non-floating input (frames must be CLIP-normalised floats)
+    and ``ValueError`` for a layout, or an ``H x W`` other than ``image_size``, that the
+    model cannot take.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(
+            f"video must be a floating tensor of CLIP-normalised frames, got "
+            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__} (normalise uint8 frames first, "
+            "e.g. tdsk.data.normalize)"
+        )
+    if image_size is not None and x.dim() in (4, 6) and tuple(x.shape[-2:]) != (image_size, image_size):
+        raise ValueError(
+            f"video frames must be {image_size}x{image_size} (model.input_size), got {tuple(x.shape[-2:])}"
+        )
     if x.dim() == 6:
         if x.shape[2] != num_local or x.shape[3] != 3:
             raise ValueError(
@@ -75,7 +90,7 @@ class TDSCLIP(nn.Module):
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
         """Pooled side features ``[B, D]`` (before ``fc``)."""
-        video = as_video(video, self.num_segments, self.num_local)
+        video = as_video(video, self.num_segments, self.num_local, self.encoder.image_size)
         b, t, m = video.shape[:3]
         centre = video[:, :, m // 2].reshape(b * t, *video.shape[3:])
         taps = self.encoder(centre)
