@@ -284,3 +284,9 @@ def test_train_compile_matches_eager(small_root, tmp_path):
     for key in ("head.weight", "head.bias"):
         torch.testing.assert_close(compiled["model_state_dict"][key], eager["model_state_dict"][key],
                                    atol=2e-4, rtol=1e-3)
+
+
+def test_labels_beyond_num_classes_are_reported_with_the_list_line(small_root, tmp_path):
+    cfg = _cfg(small_root, "model.num_classes=3", "solver.epochs=1")
+    with pytest.raises(ValueError, match=r"train\.txt:\d+: label \d+ but model.num_classes=3"):
+        fit(cfg, output_dir=str(tmp_path), progress=False)

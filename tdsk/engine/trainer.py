@@ -136,6 +136,21 @@ def _truncate_metrics(path: str, epoch: int, step: int) -> None:
 
 # ----------------------------------------------------------------------------- the loop
 
+def _check_labels(model: nn.Module, data_cfg: Mapping, loaders) -> None:
+    """A list label >= model.num_classes would fail deep in the loss (or as a CUDA assert): say so now."""
+    num_classes = getattr(model, "num_classes", None)
+    for split, loader in loaders:
+        records = getattr(getattr(loader, "dataset", None), "records", None)
+        if not num_classes or not records:
+            continue
+        worst = max(records, key=lambda r: r.label)
+        if worst.label >= num_classes:
+            raise ValueError(
+                f"{data_cfg.get(f'{split}_list')}:{worst.line}: label {worst.label} but model.num_classes="
+                f"{num_classes} (labels must be 0..{num_classes - 1}); is this the list of another dataset?"
+            )
+
+
 def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = None, overwrite: bool = False,
         model: nn.Module | None = None, variant: str | None = None, classes: Sequence[str] | None = None,
         progress: bool = True, dist_info: D.DistInfo | None = None,
@@ -275,6 +290,7 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     if evalc.get("validate", True) and (cfg["data"].get("val_list") is not None):
         val_loader = loader_factory(cfg["data"], "val", batch_size=int(evalc.get("batch_size", batch_size)),
                                     **loader_kwargs)
+    _check_labels(raw_model, cfg["data"], (("train", train_loader), ("val", val_loader)))
     skip = {int(e) for e in (evalc.get("skip_epochs") or [])}
     limit_train = train.get("limit_train_batches")
     limit_val = evalc.get("limit_val_batches")
