@@ -110,3 +110,20 @@ def plane_offsets(hw, W, stride_h, stride_w, FLAT: tl.constexpr, USE_INT64: tl.c
             w = w.to(tl.int64)
         off = h * stride_h + w * stride_w
     return off
+
+
+@triton.jit
+def program_coords(n_hw_blocks, T, n_c_blocks, USE_INT64: tl.constexpr):
+    """This program's ``(n, channel block, t, hw block)``; hw block fastest, so the
+    programs of neighbouring frames (which share window frames) run together."""
+    pid = tl.program_id(0)
+    hw_blk = pid % n_hw_blocks
+    rest = pid // n_hw_blocks
+    t = rest % T
+    rest = rest // T
+    cb = rest % n_c_blocks
+    n = rest // n_c_blocks
+    if USE_INT64:
+        n = n.to(tl.int64)
+        t = t.to(tl.int64)
+    return n, cb, t, hw_blk

@@ -64,6 +64,7 @@ from ._common import (
     needs_int64,
     next_pow2,
     plane_offsets,
+    program_coords,
 )
 
 __all__ = ["temporal_pool_diff_forward", "temporal_pool_diff_backward"]
@@ -199,18 +200,7 @@ def _temporal_pool_diff_fwd_kernel(
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     X_HW_FLAT: tl.constexpr, USE_INT64: tl.constexpr, ACC: tl.constexpr,
 ):
-    # program -> (n, channel block, t, hw block), hw block fastest so that the
-    # programs of neighbouring frames (which share window frames) run together.
-    pid = tl.program_id(0)
-    hw_blk = pid % n_hw_blocks
-    rest = pid // n_hw_blocks
-    t = rest % T
-    rest = rest // T
-    cb = rest % n_c_blocks
-    n = rest // n_c_blocks
-    if USE_INT64:
-        n = n.to(tl.int64)
-        t = t.to(tl.int64)
+    n, cb, t, hw_blk = program_coords(n_hw_blocks, T, n_c_blocks, USE_INT64)
 
     hw = hw_blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
     hw_mask = hw < HW
@@ -265,16 +255,7 @@ def _temporal_pool_diff_bwd_kernel(
     X_HW_FLAT: tl.constexpr, G_HW_FLAT: tl.constexpr,
     USE_INT64: tl.constexpr, ACC: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    hw_blk = pid % n_hw_blocks
-    rest = pid // n_hw_blocks
-    t = rest % T
-    rest = rest // T
-    cb = rest % n_c_blocks
-    n = rest // n_c_blocks
-    if USE_INT64:
-        n = n.to(tl.int64)
-        t = t.to(tl.int64)
+    n, cb, t, hw_blk = program_coords(n_hw_blocks, T, n_c_blocks, USE_INT64)
 
     hw = hw_blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
     hw_mask = hw < HW

@@ -6,36 +6,29 @@ embedding of the class token), the ``T`` embeddings are averaged, and a trainabl
 ``Linear(embed_dim -> K)`` gives the logits. No temporal modelling, no side network:
 only the head trains.
 """
-from typing import Dict, List
+from typing import Dict
 
 import torch
 import torch.nn as nn
 
 from tdsk.models.clip_encoder import FrozenCLIPEncoder
-from tdsk.models.tds_clip import as_video
+from tdsk.models.tds_clip import VideoClassifier, as_video
 
 __all__ = ["MeanPoolCLIP"]
 
 
-class MeanPoolCLIP(nn.Module):
+class MeanPoolCLIP(VideoClassifier):
     """``forward(video[B, T, M, 3, H, W]) -> logits[B, K]``; only ``head`` is trainable."""
 
     variant = "baseline"
 
     def __init__(self, config: Dict):
-        super().__init__()
-        self.config = dict(config)
+        super().__init__(config)
         c = self.config
-        self.num_segments = int(c["num_segments"])
-        self.num_local = int(c["num_local"])
-        self.num_classes = int(c["num_classes"])
         self.encoder = FrozenCLIPEncoder(c["arch"], c["clip_pretrained"], c["quick_gelu"], c["input_size"],
                                          keep_head=True)
         dim = self.encoder.embed_dim if self.encoder.proj is not None else self.encoder.width
         self.head = nn.Linear(dim, self.num_classes)
-
-    def trainable_parameters(self) -> List[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
         video = as_video(video, self.num_segments, self.num_local, self.encoder.image_size)

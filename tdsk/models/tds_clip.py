@@ -23,7 +23,7 @@ from tdsk.models.factory import parse_td_layers
 from tdsk.models.side_network import SideNetwork
 from tdsk.ops.temporal_diff import official_frames_view
 
-__all__ = ["TDSCLIP", "as_video"]
+__all__ = ["TDSCLIP", "VideoClassifier", "as_video"]
 
 
 def as_video(x: torch.Tensor, num_segments: int, num_local: int, image_size: Optional[int] = None) -> torch.Tensor:
@@ -56,7 +56,23 @@ def as_video(x: torch.Tensor, num_segments: int, num_local: int, image_size: Opt
     )
 
 
-class TDSCLIP(nn.Module):
+class VideoClassifier(nn.Module):
+    """What every tdsk video model shares: its model section and clip shape, and the
+    optimiser's view of it (the frozen CLIP tower has ``requires_grad=False``)."""
+
+    def __init__(self, config: Dict):
+        super().__init__()
+        self.config = dict(config)
+        self.num_segments = int(self.config["num_segments"])
+        self.num_local = int(self.config["num_local"])
+        self.num_classes = int(self.config["num_classes"])
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        """The parameters an optimiser should see (everything but the frozen tower)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class TDSCLIP(VideoClassifier):
     """The TDS-CLIP classifier. Build it with :func:`tdsk.models.build_model`.
 
     Attributes: ``encoder`` (frozen), ``side`` (trainable), ``head`` (trainable, ``fc``),
@@ -66,12 +82,8 @@ class TDSCLIP(nn.Module):
     variant = "tds_clip"
 
     def __init__(self, config: Dict):
-        super().__init__()
-        self.config = dict(config)
+        super().__init__(config)
         c = self.config
-        self.num_segments = int(c["num_segments"])
-        self.num_local = int(c["num_local"])
-        self.num_classes = int(c["num_classes"])
         self.encoder = FrozenCLIPEncoder(c["arch"], c["clip_pretrained"], c["quick_gelu"], c["input_size"])
         enc = self.encoder
         self.side = SideNetwork(
@@ -83,10 +95,6 @@ class TDSCLIP(nn.Module):
             recompute_cheap=bool(c["recompute_cheap"]),
         )
         self.head = nn.Linear(int(c["side_dim"]), self.num_classes)
-
-    def trainable_parameters(self) -> List[nn.Parameter]:
-        """The parameters an optimiser should see (the side network and the head)."""
-        return [p for p in self.parameters() if p.requires_grad]
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
         """Pooled side features ``[B, D]`` (before ``fc``)."""
