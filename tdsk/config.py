@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from tdsk.schema import SECTIONS, ConfigError, Recipe, closest_keys, section_keys, validate_recipe
+
 __all__ = [
     "ConfigError",
     "DataNotFoundError",
@@ -29,13 +31,11 @@ __all__ = [
     "apply_overrides",
     "flatten",
     "check_data_paths",
+    "validate_recipe",
+    "Recipe",
 ]
 
 _CONFIG_PACKAGE = "tdsk.configs"
-
-
-class ConfigError(ValueError):
-    """A recipe name, file or override that cannot be used."""
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -60,7 +60,10 @@ def _resolve(name_or_path: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     names = available_configs()
-    close = difflib.get_close_matches(os.path.basename(name_or_path).removesuffix(".yaml"), names, n=3, cutoff=0.4)
+    stem = os.path.basename(name_or_path).removesuffix(".yaml")
+    prefixed = [n for n in names if n.startswith(stem)] if stem else []
+    close = prefixed + [n for n in difflib.get_close_matches(stem, names, n=3, cutoff=0.4) if n not in prefixed]
+    close = close[:max(3, len(prefixed))]
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     what = "file" if looks_like_path else "recipe"
     raise ConfigError(
@@ -96,16 +99,7 @@ def _parse_value(text: str) -> Any:
 
 def _schema_keys(section: str) -> set[str]:
     """Keys a section accepts even when the recipe file does not spell them out."""
-    if section == "data":
-        try:
-            import dataclasses
-
-            from tdsk.data.config import DataConfig
-
-            return {f.name for f in dataclasses.fields(DataConfig)}
-        except Exception:  # the data package is optional for config handling
-            return set()
-    return set()
+    return set(section_keys(section)) if section in SECTIONS else set()
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
@@ -143,28 +137,40 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
 
 def _unknown_key(cfg: Mapping, key: str, item: str) -> None:
     valid = set(flatten(cfg))
-    for section in {k.split(".", 1)[0] for k in valid} | {"data"}:
+    for section in {k.split(".", 1)[0] for k in valid} | set(SECTIONS):
         valid |= {f"{section}.{leaf}" for leaf in _schema_keys(section)}
-    valid = sorted(valid)
-    leaf = key.rsplit(".", 1)[-1]
-    same_leaf = [k for k in valid if k.rsplit(".", 1)[-1] == leaf and k != key]  # e.g. train.lr -> solver.lr
-    close = same_leaf + [k for k in difflib.get_close_matches(key, valid, n=4, cutoff=0.6) if k not in same_leaf]
-    if not close:
-        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.3)
-    hint = f" Closest valid keys: {', '.join(close[:4])}." if close else ""
+    close = closest_keys(key, sorted(valid), n=4)
+    hint = f" Closest valid keys: {', '.join(close)}." if close else ""
     raise ConfigError(
         f"unknown config key {key!r} in override {item!r}.{hint} "
         f"(prefix the key with '+' to add a new key on purpose)"
     )
 
 
-def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
-    """Load a recipe by name (``ssv1_b16``, ``demo``, ...) or path and apply overrides.
+BASE_KEY = "_base_"
 
-    The returned dict has a ``_meta`` entry with the resolved source file and the
-    overrides (recorded in checkpoints and the run directory).
+
+def _merge(base: dict, child: Mapping) -> dict:
+    """``child`` over ``base``: mappings merge key by key, everything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_recipe(path: str, _chain: tuple = ()) -> dict:
+    """Read a recipe file and resolve its ``_base_`` chain (no overrides, no validation).
+
+    ``_base_: ssv1_b16`` (a shipped recipe name, or a path relative to this file; a list
+    of them merges left to right) makes this file state only its differences: its
+    sections are merged key by key over the base's, lists and scalars replace.
     """
-    path = _resolve(name_or_path)
+    path = os.path.abspath(path)
+    if path in _chain:
+        raise ConfigError(f"{path}: recipe inheritance loops: " + " -> ".join(map(os.path.basename, _chain + (path,))))
     with open(path) as f:
         try:
             cfg = yaml.safe_load(f) or {}
@@ -172,25 +178,34 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping with sections model/data/solver/train/...")
+    bases = cfg.pop(BASE_KEY, None)
+    if bases is None:
+        return cfg
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: {BASE_KEY} must be a recipe name or path (or a list of them), got {base!r}")
+        local = os.path.join(os.path.dirname(path), base)
+        base_path = local if os.path.isfile(local) else _resolve(base)
+        merged = _merge(merged, read_recipe(base_path, _chain + (path,)))
+    return _merge(merged, cfg)
+
+
+def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
+    """Load a recipe by name (``ssv1_b16``, ``demo``, ...) or path and apply overrides.
+
+    The recipe's ``_base_`` chain is resolved, then the overrides applied, then every
+    section is validated against :mod:`tdsk.schema` (unknown keys, types, ranges; the
+    key is named in the error). The returned dict has a ``_meta`` entry with the
+    resolved source file and the overrides (recorded in checkpoints and the run directory).
+    """
+    path = _resolve(name_or_path)
+    cfg = read_recipe(path)
     overrides = list(overrides)
     cfg = apply_overrides(cfg, overrides)
-    check_consistency(cfg, source=path)
+    validate_recipe(cfg, source=path)
     cfg["_meta"] = {"source": os.path.abspath(path), "name": os.path.basename(path)[:-5], "overrides": overrides}
     return cfg
-
-
-# data.<key> that must equal model.<key>: the loader's clips are the model's input.
-_SHARED_KEYS = ("input_size", "num_segments", "num_local")
-
-
-def check_consistency(cfg: Mapping, source: str = "config") -> None:
-    """Raise :class:`ConfigError` when the data and model sections disagree on the clip shape."""
-    model, data = cfg.get("model") or {}, cfg.get("data") or {}
-    bad = [f"data.{k}={data[k]!r} but model.{k}={model[k]!r}" for k in _SHARED_KEYS
-           if k in model and k in data and data[k] != model[k]]
-    if bad:
-        raise ConfigError(f"{source}: the data and model sections disagree: " + "; ".join(bad)
-                          + " (override both, e.g. model.num_segments=16 data.num_segments=16)")
 
 
 # --------------------------------------------------------------------------------------

@@ -38,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="auto|PATH",
                    help="continue a run: 'auto' = newest checkpoint in the run directory, or a checkpoint file")
     p.add_argument("--output", metavar="DIR", help="run directory (default: output.dir of the recipe, runs/<name>)")
-    p.add_argument("--overwrite", action="store_true", help="start over in a run directory that has checkpoints")
+    p.add_argument("--resume-force", action="store_true",
+                   help="resume even though the recipe changed in a way that alters the run (model, data, solver, "
+                        "batch size, seed, precision); the changed keys are logged")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run directory that holds an earlier run (deletes its checkpoints and metrics)")
     p.add_argument("--variant", choices=["tds_clip", "baseline"], help="model.variant (baseline = frozen-CLIP mean-pool)")
     p.add_argument("--demo", action="store_true", help="run the embedded demo (what no arguments does)")
     p.add_argument("--demo-cache", metavar="DIR", help="where the demo dataset is generated (default ~/.cache/tdsk/demo)")
@@ -142,29 +146,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from tdsk.config import ConfigError, DataNotFoundError, check_data_paths, load_config
-    from tdsk.engine.trainer import NonFiniteLossError, fit
+    from tdsk.data.lists import ListFormatError
+    from tdsk.data.loader import BadSampleError
+    from tdsk.engine.rundir import RunDirError
+    from tdsk.engine.trainer import NonFiniteLossError, RunInterrupted, fit
 
     try:
         if args.demo or not args.cfg:
-            if args.cfg is None and (args.resume or args.variant):
-                parser.error("--resume/--variant need --cfg (the demo always starts fresh)")
+            if args.cfg is None and (args.resume or args.variant or args.resume_force):
+                parser.error("--resume/--resume-force/--variant need --cfg (the demo always starts fresh)")
             run_demo(args.overrides, cache=args.demo_cache, output=args.output, baseline=not args.no_baseline,
                      progress=not args.no_progress)
             return 0
         cfg = load_config(args.cfg, args.overrides)
         check_data_paths(cfg, ("train", "val") if (cfg.get("eval") or {}).get("validate", True) else ("train",))
         result = fit(cfg, resume=args.resume, output_dir=args.output, overwrite=args.overwrite,
-                     variant=args.variant, progress=not args.no_progress)
-    except (ConfigError, DataNotFoundError) as exc:
+                     resume_force=args.resume_force, variant=args.variant, progress=not args.no_progress)
+    except (ConfigError, DataNotFoundError, RunDirError, ListFormatError, BadSampleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as exc:
-        from tdsk.engine import checkpoint as C
-        from tdsk.engine.trainer import _format_output_dir
+    except RunInterrupted as exc:
+        import signal
 
-        out = args.output or _format_output_dir(cfg)
-        last = C.latest_checkpoint(out)
-        print(f"error: {exc}\nThe last good checkpoint is {last or '(none: the first epoch had not finished)'}; "
+        resume_cmd = " ".join(["python -m tdsk.train", "--cfg", args.cfg or "<recipe>"]
+                              + (["--output", args.output] if args.output else []) + list(args.overrides)
+                              + ["--resume", "auto"])
+        print(f"stopped by {signal.Signals(exc.signum).name}: checkpoint {exc.checkpoint}; continue with: "
+              f"{resume_cmd}", file=sys.stderr)
+        return 128 + int(exc.signum)
+    except NonFiniteLossError as exc:
+        last = exc.last_checkpoint
+        print(f"error: {exc}\nThe last good checkpoint is {last or '(none: nothing was written yet)'}; "
               "lower solver.lr, try train.precision=fp32 or bf16, or set solver.grad_clip.", file=sys.stderr)
         return 3
     if result.out_dir and os.environ.get("RANK", "0") == "0":

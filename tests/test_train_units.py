@@ -47,12 +47,16 @@ def test_load_by_path_and_overrides_are_yaml_typed(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("model: {arch: x}\nsolver: {lr: 0.1, epochs: 3, betas: [0.9, 0.99]}\ntrain: {precision: auto}\n")
     cfg = tc.load_config(str(path), ["solver.lr=1e-3", "solver.epochs=7", "train.precision=fp32",
-                                     "solver.betas=[0.8, 0.9]", "model.arch=null", "+train.extra=yes"])
+                                     "solver.betas=[0.8, 0.9]", "model.clip_pretrained=null",
+                                     "train.compile=yes"])
     assert cfg["solver"]["lr"] == pytest.approx(1e-3) and isinstance(cfg["solver"]["lr"], float)
     assert cfg["solver"]["epochs"] == 7 and cfg["train"]["precision"] == "fp32"
-    assert cfg["solver"]["betas"] == [0.8, 0.9] and cfg["model"]["arch"] is None
-    assert cfg["train"]["extra"] is True
+    assert cfg["solver"]["betas"] == [0.8, 0.9] and cfg["model"]["clip_pretrained"] is None
+    assert cfg["train"]["compile"] is True  # YAML 1.1: yes is a bool
     assert cfg["_meta"]["name"] == "mine"
+    # the schema is the whole truth: a key it does not know cannot be added, even with '+'
+    with pytest.raises(tc.ConfigError, match="unknown config key 'train.extra'"):
+        tc.load_config(str(path), ["+train.extra=yes"])
 
 
 @pytest.mark.parametrize("override,expected", [
@@ -193,13 +197,20 @@ def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["epoch_0001.pt"]  # no temporary left behind
 
 
-def test_latest_checkpoint_skips_unreadable_and_prune_keeps_last(tmp_path):
+def test_find_resume_skips_unreadable_and_prune_keeps_last(tmp_path):
+    from tdsk.engine import rundir as R
+
+    man = R.Manifest(str(tmp_path), "run1")
     for e in (1, 2, 3):
         C.atomic_save({"format": C.FORMAT, "epoch": e}, str(tmp_path / C.EPOCH_PATTERN.format(e)))
+        man.add(str(tmp_path / C.EPOCH_PATTERN.format(e)))
     (tmp_path / C.EPOCH_PATTERN.format(4)).write_bytes(b"garbage")
-    assert C.latest_checkpoint(str(tmp_path)).endswith("epoch_0003.pt")
-    C.prune(str(tmp_path), 2)
-    assert [e for e, _ in C.epoch_checkpoints(str(tmp_path))] == [3, 4]
+    path, ckpt, skipped = R.find_resume(str(tmp_path))
+    assert path.endswith("epoch_0003.pt") and ckpt["epoch"] == 3
+    assert [os.path.basename(p) for p, _ in skipped] == ["epoch_0004.pt"] and "unreadable" in skipped[0][1]
+    man.prune(2, newest=path)
+    # epoch_0004.pt was not written by this run line: never pruned
+    assert [e for e, _ in C.epoch_checkpoints(str(tmp_path))] == [2, 3, 4]
 
 
 def test_rng_state_round_trip_through_weights_only_load(tmp_path):

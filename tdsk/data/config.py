@@ -29,11 +29,11 @@ Keys (defaults are the official Something-Something recipe, spec 8.1/8.4/9)::
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from tdsk.data.transforms import CLIP_MEAN, CLIP_STD
+from tdsk.schema import ConfigError, check_section
 
 __all__ = ["DataConfig", "SS_FLIP_LABEL_PAIRS"]
 
@@ -72,44 +72,46 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, cfg: Union[None, Dict[str, Any], "DataConfig"]) -> "DataConfig":
-        """Build from a ``data:`` mapping; unknown keys are an error (they are usually typos)."""
+        """Build from a ``data:`` mapping; unknown keys and wrong types are a
+        :class:`~tdsk.schema.ConfigError` naming the key (they are usually typos)."""
         if isinstance(cfg, DataConfig):
             return cfg
         cfg = dict(cfg or {})
         if "data" in cfg and isinstance(cfg["data"], dict):  # a whole recipe was passed
             cfg = dict(cfg["data"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown data config key(s) {unknown}; known keys: {sorted(known)}")
-        out = cls(**cfg)
-        out.validate()
-        return out
+        return check_section(cls, cfg, "data")
 
-    def validate(self) -> None:
-        def check(ok: bool, msg: str) -> None:
+    def validate(self, prefix: str = "data") -> None:
+        def check(ok: bool, key: str, msg: str) -> None:
             if not ok:
-                raise ValueError(f"data config: {msg}")
+                raise ConfigError(f"{prefix}.{key} {msg}")
 
-        check(self.dataset in ("sth", "kinetics"), f"dataset must be sth or kinetics, got {self.dataset!r}")
-        check(self.format in ("auto", "frames", "video"), f"format must be auto, frames or video, got {self.format!r}")
-        check(self.flip in ("sth", "plain", "none"), f"flip must be sth, plain or none, got {self.flip!r}")
-        check(self.decoder in ("auto", "dali", "pyav"), f"decoder must be auto, dali or pyav, got {self.decoder!r}")
-        check(self.num_segments >= 1 and self.num_local >= 1, "num_segments and num_local must be >= 1")
-        check(self.num_sample >= 1, "num_sample must be >= 1")
-        check(self.test_crops in (1, 3), f"test_crops must be 1 or 3, got {self.test_crops}")
-        check(self.test_clips >= 1, "test_clips must be >= 1")
-        check(0.0 <= self.max_bad_fraction <= 1.0, "max_bad_fraction must be in [0, 1]")
-        check(0.0 <= self.grayscale_p <= 1.0, "grayscale_p must be in [0, 1]")
-        if isinstance(self.resize, (list, tuple)):
-            check(len(self.resize) == 2, f"resize must be [H, W] or an int, got {self.resize}")
-            check(min(self.resize) >= self.input_size, f"resize {self.resize} is smaller than input_size")
+        check(self.dataset in ("sth", "kinetics"), "dataset", f"must be sth or kinetics, got {self.dataset!r}")
+        check(self.format in ("auto", "frames", "video"), "format", f"must be auto, frames or video, got {self.format!r}")
+        check(self.flip in ("sth", "plain", "none"), "flip", f"must be sth, plain or none, got {self.flip!r}")
+        check(self.decoder in ("auto", "dali", "pyav"), "decoder", f"must be auto, dali or pyav, got {self.decoder!r}")
+        for key in ("num_segments", "num_local", "num_sample", "input_size", "test_clips", "decode_threads"):
+            check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.min_frames >= 0, "min_frames", f"must be >= 0, got {self.min_frames}")
+        check(self.test_crops in (1, 3), "test_crops", f"must be 1 or 3, got {self.test_crops}")
+        check(0.0 <= self.max_bad_fraction <= 1.0, "max_bad_fraction", f"must be in [0, 1], got {self.max_bad_fraction}")
+        check(0.0 <= self.grayscale_p <= 1.0, "grayscale_p", f"must be in [0, 1], got {self.grayscale_p}")
+        check(len(self.mean) == 3, "mean", f"must be 3 numbers (R, G, B), got {self.mean}")
+        check(len(self.std) == 3 and all(s > 0 for s in self.std), "std",
+              f"must be 3 positive numbers (R, G, B; each pixel is divided by them), got {self.std}")
+        for i, pair in enumerate(self.flip_label_pairs):
+            check(len(pair) == 2 and min(pair) >= 0, f"flip_label_pairs[{i}]",
+                  f"must be a pair of class indices >= 0, got {pair}")
+        if isinstance(self.resize, list):
+            check(len(self.resize) == 2, "resize", f"must be [H, W] or an int, got {self.resize}")
+            check(min(self.resize) >= self.input_size, "resize", f"{self.resize} is smaller than input_size {self.input_size}")
         else:
-            check(int(self.resize) >= self.input_size, f"resize {self.resize} is smaller than input_size")
+            check(self.resize >= self.input_size, "resize", f"{self.resize} is smaller than input_size {self.input_size}")
         try:
             self.template.format(1)
         except (IndexError, KeyError, ValueError) as exc:
-            raise ValueError(f"data config: bad frame template {self.template!r}: {exc}") from None
+            raise ConfigError(f"{prefix}.template: bad frame template {self.template!r}: {exc}") from None
 
     @property
     def resize_size(self) -> Union[int, Tuple[int, int]]:

@@ -26,6 +26,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -73,6 +74,25 @@ def atomic_save(obj: Any, path: str) -> None:
     _fsync_dir(directory)
 
 
+def atomic_copy(src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst`` atomically (temporary file, fsync, rename)."""
+    directory = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(directory, f".{os.path.basename(dst)}.tmp{os.getpid()}")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 22)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
     try:
@@ -93,29 +113,6 @@ def epoch_checkpoints(directory: str) -> list[tuple[int, str]]:
         if m:
             found.append((int(m.group(1)), path))
     return sorted(found)
-
-
-def latest_checkpoint(directory: str) -> str | None:
-    """Newest readable epoch checkpoint in ``directory`` (``--resume auto``)."""
-    for _, path in reversed(epoch_checkpoints(directory)):
-        try:
-            ckpt = load(path)
-        except Exception:
-            continue  # unreadable: fall back to the previous one
-        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-            return path
-    return None
-
-
-def prune(directory: str, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` epoch checkpoints (``best.pt`` is separate)."""
-    if keep_last is None or keep_last <= 0:
-        return
-    for _, path in epoch_checkpoints(directory)[:-keep_last]:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
 
 
 # ----------------------------------------------------------------------------- RNG state

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -10,47 +11,86 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from tdsk._logging import logger
 from tdsk.engine import distributed as D
 
 
 @dataclass
 class EvalResult:
+    """Scores of one evaluation pass.
+
+    ``probs`` ``[N, K]`` are the view-averaged class probabilities of the N scored videos
+    (all ranks when gathered). A row that is not finite (the model produced NaN/inf for
+    some view) is never a prediction: it counts as wrong in every metric and is counted
+    in ``num_nonfinite``. Videos that could not be decoded are not scored at all; they
+    are listed in ``skipped`` (``{"path", "reason"}``) and are not in ``count``.
+    """
+
     top1: float
     top5: float
     loss: float
     count: int
-    probs: np.ndarray  # [N, K] averaged class probabilities (this process's share unless gathered)
-    labels: np.ndarray  # [N]
+    probs: np.ndarray
+    labels: np.ndarray
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    num_nonfinite: int = 0
+    skipped: list = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         return self.probs.shape[1]
 
+    @property
+    def finite(self) -> np.ndarray:
+        """``[N]`` bool: the rows that are real predictions."""
+        return np.isfinite(self.probs).all(1) if self.probs.size else np.zeros(len(self.labels), bool)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """``[N]`` predicted class per video, ``-1`` where the output was not finite."""
+        if not len(self.labels):
+            return np.zeros(0, np.int64)
+        pred = np.nan_to_num(self.probs, nan=-1.0).argmax(1)
+        return np.where(self.finite, pred, -1)
+
+    @property
+    def is_finite(self) -> bool:
+        """No non-finite output and finite scores: the only kind of pass that may select ``best.pt``."""
+        return self.num_nonfinite == 0 and self.count > 0 and math.isfinite(self.top1) and math.isfinite(self.loss)
+
     def confusion(self) -> np.ndarray:
+        """``[K, K]`` counts (true class, predicted class); non-finite rows are in no column."""
         k = self.num_classes
         m = np.zeros((k, k), dtype=np.int64)
-        np.add.at(m, (self.labels, self.probs.argmax(1)), 1)
+        pred = self.predictions
+        ok = pred >= 0
+        np.add.at(m, (self.labels[ok], pred[ok]), 1)
         return m
 
+    def videos_per_class(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)[: self.num_classes]
+
     def per_class_accuracy(self) -> np.ndarray:
-        m = self.confusion()
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.diag(m) / m.sum(1)
+            return np.diag(self.confusion()) / self.videos_per_class()
 
     def pair_accuracy(self, a: int, b: int) -> tuple[float, int]:
         """Accuracy of telling class ``a`` from class ``b`` on their videos (chance = 50%)."""
         keep = (self.labels == a) | (self.labels == b)
         if not keep.any():
             return float("nan"), 0
+        finite = self.finite[keep]
         pred = np.where(self.probs[keep, a] >= self.probs[keep, b], a, b)
-        return float((pred == self.labels[keep]).mean()), int(keep.sum())
+        return float(((pred == self.labels[keep]) & finite).mean()), int(keep.sum())
 
     def summary(self) -> dict:
-        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count}
+        """JSON-ready: non-finite floats become ``None`` (``results.json`` stays valid JSON)."""
+        def num(v):
+            return v if math.isfinite(v) else None
+
+        return {"top1": num(self.top1), "top5": num(self.top5), "loss": num(self.loss), "count": self.count,
+                "nonfinite": self.num_nonfinite, "skipped": list(self.skipped)}
 
 
 def class_probabilities(model: nn.Module, video: torch.Tensor, autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,41 +142,55 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, autoca
         bar.set_postfix(videos=seen, refresh=False)
     bar.close()
     model.train(was_training)
+    skipped = [{"path": p, "reason": r} for p, r in (getattr(loader, "skipped", None) or [])]
     probs = torch.cat(probs_all).numpy() if probs_all else np.zeros((0, 0), np.float32)
     labels = torch.cat(labels_all).numpy().astype(np.int64) if labels_all else np.zeros(0, np.int64)
     if dist_info.enabled:
         parts = [None] * dist_info.world_size
-        torch.distributed.all_gather_object(parts, (probs, labels))
+        torch.distributed.all_gather_object(parts, (probs, labels, skipped))
+        skipped = [s for p in parts for s in p[2]]
         parts = [p for p in parts if p[0].size]
         probs = np.concatenate([p[0] for p in parts]) if parts else probs
         labels = np.concatenate([p[1] for p in parts]) if parts else labels
-    return score(probs, labels, seconds=time.time() - start)
+    result = score(probs, labels, seconds=time.time() - start)
+    result.skipped = skipped
+    if dist_info.is_main:
+        if result.num_nonfinite:
+            logger.warning(f"{desc}: {result.num_nonfinite} of {result.count} video(s) got non-finite model "
+                           "outputs (NaN/inf); they count as wrong")
+        if skipped:
+            listed = "\n  ".join(f"{s['path']}: {s['reason']}" for s in skipped[:10])
+            logger.warning(f"{desc}: {len(skipped)} undecodable video(s) were skipped (not scored):\n  {listed}")
+    return result
 
 
 def score(probs: np.ndarray, labels: np.ndarray, seconds: float = 0.0) -> EvalResult:
+    """Top-1/top-5/NLL of view-averaged probabilities; non-finite rows count as wrong.
+
+    The NLL is the mean over the finite rows (``nan`` when there are none).
+    """
     n = len(labels)
     if n == 0:
         return EvalResult(float("nan"), float("nan"), float("nan"), 0, probs, labels, seconds)
     k = probs.shape[1]
-    top = np.argsort(-probs, axis=1)[:, : min(5, k)]
-    top1 = float((top[:, 0] == labels).mean())
-    top5 = float((top == labels[:, None]).any(1).mean())
-    nll = float(-np.log(np.clip(probs[np.arange(n), labels], 1e-12, None)).mean())
-    return EvalResult(top1, top5, nll, n, probs, labels, seconds)
+    finite = np.isfinite(probs).all(1)
+    top = np.argsort(-np.where(finite[:, None], probs, 0.0), axis=1)[:, : min(5, k)]
+    top1 = float(((top[:, 0] == labels) & finite).mean())
+    top5 = float(((top == labels[:, None]).any(1) & finite).mean())
+    p_true = probs[np.arange(n), labels][finite]
+    nll = float(-np.log(np.clip(p_true, 1e-12, None)).mean()) if p_true.size else float("nan")
+    return EvalResult(top1, top5, nll, n, probs, labels, seconds, num_nonfinite=int(n - finite.sum()))
 
 
 def write_per_class_csv(result: EvalResult, class_names: Sequence[str] | None, path: str) -> str:
+    """One row per class: videos (scored videos of that class), correct, accuracy."""
     m = result.confusion()
+    videos = result.videos_per_class()
     acc = result.per_class_accuracy()
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["class_index", "class_name", "videos", "correct", "accuracy"])
         for i in range(result.num_classes):
             name = class_names[i] if class_names and i < len(class_names) else str(i)
-            w.writerow([i, name, int(m[i].sum()), int(m[i, i]), "" if np.isnan(acc[i]) else f"{acc[i]:.6f}"])
+            w.writerow([i, name, int(videos[i]), int(m[i, i]), "" if np.isnan(acc[i]) else f"{acc[i]:.6f}"])
     return path
-
-
-def softmax_topk(logits: torch.Tensor, k: int = 5):
-    probs = F.softmax(logits.float(), -1)
-    return probs.topk(min(k, probs.shape[-1]), -1)

@@ -14,16 +14,16 @@ class MetricsLogger:
     """Appends one JSON object per line to ``metrics.jsonl``; mirrors scalars to TensorBoard.
 
     Only rank 0 creates one (the others get ``None``). Every record carries
-    ``kind`` ("train" per logging interval, "epoch" per epoch, "eval"), ``epoch``,
-    ``step`` and ``time`` (seconds since the run started).
+    ``kind`` ("train" per logging interval, "epoch" per epoch, "val" per validation,
+    "start" / "resume" markers), ``step`` and ``time`` (seconds since this process
+    started). The file is only ever appended to; :func:`read_metrics` resolves the
+    markers (a resumed run supersedes what the killed run logged after its checkpoint).
     """
 
-    def __init__(self, directory: str, tensorboard: bool = True, resume: bool = False):
+    def __init__(self, directory: str, tensorboard: bool = True):
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "metrics.jsonl")
         self.start = time.time()
-        if not resume and os.path.exists(self.path):
-            os.remove(self.path)
         self._file = open(self.path, "a", buffering=1)
         self._tb = None
         self.tb_dir = None
@@ -59,15 +59,29 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def read_metrics(path: str) -> list[dict]:
-    """Records of a metrics file (a line torn by a kill is skipped)."""
+def read_metrics(path: str, raw: bool = False) -> list[dict]:
+    """Records of a metrics file (a line torn by a kill is skipped).
+
+    Unless ``raw``, the markers are resolved: records before the last ``start`` marker
+    belong to an earlier run in the same directory, and a ``resume`` marker at step ``s``
+    drops the records logged after step ``s`` (the killed run's, redone by the resumed
+    run). Markers themselves are not returned.
+    """
     out = []
     with open(path) as f:
         for line in f:
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if raw:
+                out.append(rec)
+            elif rec.get("kind") == "start":
+                out = []
+            elif rec.get("kind") == "resume":
+                out = [r for r in out if r.get("step", 0) <= rec.get("step", 0)]
+            else:
+                out.append(rec)
     return out
 
 
@@ -81,17 +95,19 @@ def plot_curves(metrics_path: str, out_path: str, title: str | None = None) -> s
     records = read_metrics(metrics_path)
     train = [r for r in records if r["kind"] == "train" and isinstance(r.get("loss"), (int, float))]
     epochs = [r for r in records if r["kind"] == "epoch"]
+    vals = {r["epoch"]: r for r in records if r["kind"] == "val"}
+    epochs = [{**r, **{k: v for k, v in vals.get(r["epoch"], {}).items() if k.startswith("val_")}} for r in epochs]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
         ax_loss.plot([r["epoch_float"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.6, label="train (interval)")
     if epochs:
         xs = [r["epoch"] + 1 for r in epochs]
         ax_loss.plot(xs, [r.get("train_loss") for r in epochs], "o-", label="train (epoch mean)")
-        val_loss = [(r["epoch"] + 1, r["val_loss"]) for r in epochs if r.get("val_loss") is not None]
+        val_loss = [(r["epoch"] + 1, r["val_loss"]) for r in epochs if isinstance(r.get("val_loss"), (int, float))]
         if val_loss:
             ax_loss.plot(*zip(*val_loss), "s-", label="val (NLL, no smoothing)")
         ax_acc.plot(xs, [100 * r.get("train_top1", float("nan")) for r in epochs], "o-", label="train top-1")
-        val = [(r["epoch"] + 1, 100 * r["val_top1"]) for r in epochs if r.get("val_top1") is not None]
+        val = [(r["epoch"] + 1, 100 * r["val_top1"]) for r in epochs if isinstance(r.get("val_top1"), (int, float))]
         if val:
             ax_acc.plot(*zip(*val), "s-", label="val top-1")
     ax_loss.set_xlabel("epoch")

@@ -5,23 +5,39 @@ AdamW with the official parameter groups, warmup + cosine stepped every
 ``solver.lr_step_every`` iterations, label smoothing, repeated augmentation (done by
 the loader), gradient accumulation, bf16/fp16/fp32 autocast (fp16 with a GradScaler),
 optional ``torch.compile``, DDP under torchrun, validation by the epoch skip list,
-atomic per-epoch checkpoints (+ ``best.pt``), exact resume, JSONL/TensorBoard metrics
-and a PNG of the curves.
+atomic checkpoints (+ ``best.pt``), exact resume, JSONL/TensorBoard metrics and a PNG
+of the curves. The run-directory rules (lock, resume, pruning) are in
+:mod:`tdsk.engine.rundir`.
 
-Exact resume: checkpoints are taken at epoch boundaries and hold everything the next
-epoch depends on (weights, BN statistics, optimizer moments, GradScaler, RNG states);
-the loader's order and augmentation are functions of (seed, rank, epoch, index), and
-the LR is a function of the fractional epoch. A run killed at any moment and resumed
-therefore reaches the next epoch boundary with bit-identical weights (fp32 on CPU).
+``fit`` is a sequence of named steps: :func:`_open_run_dir` (lock, choose and read
+what to resume, once), :func:`_build` (model, optimiser, schedule), :func:`_restore`,
+:func:`_build_loaders`, then per epoch :func:`_train_epoch`, :func:`_save_checkpoint`
+(before validation, so a failing validation never loses the epoch) and
+:func:`_validate`.
+
+Exact resume: a checkpoint holds everything the rest of the run depends on (weights,
+BN statistics, optimizer moments, GradScaler, RNG states and, inside an epoch, the
+iteration and the epoch's running sums); the loader's order and augmentation are
+functions of (seed, rank, epoch, index) and the LR is a function of the fractional
+epoch, so a run killed at any moment and resumed reaches every later checkpoint with
+bit-identical weights (fp32 on CPU). ``output.checkpoint_every`` adds checkpoints
+inside an epoch; SIGINT/SIGTERM write one at the next optimizer step and stop
+(:class:`RunInterrupted`).
+
+Never kept: a checkpoint with non-finite trainable weights or optimizer state, and a
+``best.pt`` chosen by a validation with non-finite outputs. A non-finite loss or
+gradient stops the run before the update (:class:`NonFiniteLossError`).
 """
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -33,15 +49,31 @@ import torch.nn as nn
 from tdsk._logging import logger
 from tdsk.engine import checkpoint as C
 from tdsk.engine import distributed as D
+from tdsk.engine import rundir as R
 from tdsk.engine.evaluation import EvalResult, evaluate
 from tdsk.engine.metrics import MetricsLogger, plot_curves, read_metrics
 from tdsk.engine.optim import WarmupCosine, build_criterion, build_optimizer
+from tdsk.schema import PRECISIONS, ConfigError, Recipe, validate_recipe
 
-__all__ = ["NonFiniteLossError", "RunResult", "fit", "resolve_precision", "autocast_context", "build_model"]
+__all__ = ["NonFiniteLossError", "RunInterrupted", "RunResult", "fit", "resolve_precision", "autocast_context",
+           "build_model", "config_changes", "HARMLESS_KEYS"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf; the run stopped before using that gradient."""
+    """The loss, a gradient or the trained state became NaN/inf; the run stopped before
+    using it. ``last_checkpoint``: the newest checkpoint on disk (all finite), or None."""
+
+    def __init__(self, message: str, last_checkpoint: str | None = None):
+        super().__init__(message)
+        self.last_checkpoint = last_checkpoint
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM: the run wrote ``checkpoint`` and stopped (continue with ``--resume auto``)."""
+
+    def __init__(self, checkpoint: str | None, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint {checkpoint}")
+        self.checkpoint, self.signum = checkpoint, signum
 
 
 @dataclass
@@ -64,15 +96,13 @@ class RunResult:
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
     """``auto`` -> bf16 on GPUs that support it, else fp16 on GPU; fp32 on CPU."""
-    p = str(precision or "auto").lower()
-    aliases = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "amp": "fp16"}
-    p = aliases.get(p, p)
+    p = PRECISIONS.get(str(precision or "auto").lower())
+    if p is None:
+        raise ConfigError(f"train.precision={precision!r}: use auto, bf16, fp16 or fp32")
     if p == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
-    if p not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"train.precision={precision!r}: use auto, bf16, fp16 or fp32")
     if p == "fp16" and device.type == "cpu":
         logger.warning("train.precision=fp16 on CPU is slow and poorly supported; consider bf16 or fp32")
     return p
@@ -105,11 +135,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _num_workers(cfg: Mapping) -> int | None:
-    value = (cfg.get("train") or {}).get("num_workers")
-    return None if value is None else int(value)
-
-
 def _gpu_memory(device: torch.device) -> str | None:
     if device.type != "cuda":
         return None
@@ -122,19 +147,252 @@ def _format_output_dir(cfg: Mapping) -> str:
     return os.path.expanduser(str(out).format(name=name))
 
 
-def _truncate_metrics(path: str, epoch: int, step: int) -> None:
-    """Drop records a killed run wrote after the checkpoint we resume from."""
-    if not os.path.exists(path):
-        return
-    keep = [r for r in read_metrics(path)
-            if (r["kind"] == "epoch" and r.get("epoch", 0) < epoch) or (r["kind"] != "epoch" and r["step"] <= step)]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
-    os.replace(tmp, path)
+# ----------------------------------------------------------------------------- resume checks
+
+# Keys whose change does not alter what a resumed run computes: allowed, and logged.
+HARMLESS_KEYS = ("train.num_workers", "train.log_every", "train.tensorboard", "train.compile", "train.device",
+                 "train.find_unused_parameters", "data.num_workers", "data.decode_threads", "eval.", "output.")
 
 
-# ----------------------------------------------------------------------------- the loop
+def _normalised(cfg: Mapping) -> dict:
+    """The recipe with every default filled in, flattened (``solver.lr`` -> value)."""
+    from tdsk.config import flatten
+
+    try:
+        recipe = validate_recipe(cfg)
+        full = {f.name: dataclasses.asdict(getattr(recipe, f.name)) for f in dataclasses.fields(Recipe)}
+    except ConfigError:  # a recipe an older tdsk wrote: compare what it says
+        full = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+    return flatten(full)
+
+
+def config_changes(saved: Mapping, new: Mapping) -> tuple[list[str], list[str]]:
+    """``(altering, harmless)``: ``"key: old -> new"`` for each value that differs."""
+    a, b = _normalised(saved), _normalised(new)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    lines = {k: f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in changed}
+    harmless = [lines[k] for k in changed if k.startswith(HARMLESS_KEYS)]
+    return [lines[k] for k in changed if not k.startswith(HARMLESS_KEYS)], harmless
+
+
+# ----------------------------------------------------------------------------- signals
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag that the loop reads at each step (installed from the main thread only).
+
+    After the first signal the previous handlers are back, so a second Ctrl-C aborts at once.
+    """
+
+    def __init__(self):
+        self.signum = 0
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        logger.warning(f"{signal.Signals(signum).name} received: writing a checkpoint at the next step, then "
+                       "stopping (send it again to abort without one)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- run state
+
+@dataclass
+class _Run:
+    """What the steps of :func:`fit` share."""
+
+    cfg: Mapping
+    recipe: Recipe
+    info: D.DistInfo
+    out_dir: str
+    stop: _StopFlag
+    progress: bool = True
+    classes: Sequence[str] | None = None
+    run_id: str = ""
+    model: Any = None           # what is called (DDP / compiled wrapper)
+    raw_model: Any = None       # the module whose state is saved
+    optimizer: Any = None
+    schedule: Any = None
+    scaler: Any = None
+    criterion: Any = None
+    precision: str = "fp32"
+    frozen_info: dict = field(default_factory=dict)
+    train_loader: Any = None
+    val_loader: Any = None
+    metrics: MetricsLogger | None = None
+    manifest: R.Manifest | None = None
+    epoch: int = 0              # epochs done
+    iteration: int = 0          # iterations done inside epoch ``epoch`` (mid-epoch resume)
+    epoch_sums: Any = None      # running loss*clips, correct, clips of that partial epoch
+    step: int = 0               # iterations done in the whole run
+    best: dict = field(default_factory=lambda: {"val_top1": None, "epoch": None})
+    last_path: str | None = None
+    resumed_from: str | None = None
+    validate_pending: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+
+def _open_run_dir(run: _Run, resume: str | None, overwrite: bool, resume_force: bool) -> dict | None:
+    """Clean up, decide fresh start or resume, and read the resume checkpoint (once).
+
+    Runs after the lock is held. Returns the checkpoint to restore, or None.
+    """
+    out_dir, info = run.out_dir, run.info
+    if info.is_main:
+        R.remove_stale_temporaries(out_dir)
+    D.barrier(info)
+    ckpt = None
+    if resume == "auto":
+        run.resumed_from, ckpt, _ = R.find_resume(out_dir)
+        if ckpt is None and info.is_main:
+            logger.info(f"--resume auto: no checkpoint in {out_dir}; starting a fresh run")
+    elif resume:
+        if not os.path.isfile(resume):
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        ckpt = C.load(resume, map_location="cpu")
+        if not C.is_training_checkpoint(ckpt):
+            raise ValueError(f"{resume} is not a tdsk training checkpoint (to fine-tune from official "
+                             "weights, load them into the model instead of resuming)")
+        run.resumed_from = resume
+    if ckpt is not None:
+        _check_recipe_unchanged(run, ckpt, resume_force)
+        return ckpt
+    existing = R.checkpoint_files(out_dir)
+    # --resume auto with no checkpoint continues an append-only metrics file; a best.pt
+    # without checkpoints, or any earlier file on a plain fresh start, is another run's.
+    others = [n for n in (C.BEST_NAME, "metrics.jsonl") if os.path.exists(os.path.join(out_dir, n))
+              and not (resume == "auto" and n == "metrics.jsonl")]
+    if (existing or others) and not overwrite:
+        what = R.describe(existing) or ", ".join(others)
+        raise R.RunDirError(f"{out_dir} already holds files of an earlier run ({what}). Continue it with "
+                            "--resume auto, start over with --overwrite (deletes them), or choose another "
+                            "output.dir=...")
+    if overwrite and info.is_main:
+        for _, p in existing:
+            os.remove(p)
+        for name in (C.BEST_NAME, "metrics.jsonl", R.MANIFEST_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, name))
+        shutil.rmtree(os.path.join(out_dir, "tensorboard"), ignore_errors=True)
+    D.barrier(info)
+    return None
+
+
+def _check_recipe_unchanged(run: _Run, ckpt: Mapping, force: bool) -> None:
+    saved = ckpt.get("config") or {}
+    altering, harmless = config_changes(saved, run.cfg)
+    if altering and not force:
+        raise ConfigError(
+            f"{run.resumed_from} was trained with another recipe; resuming would change the run:\n  "
+            + "\n  ".join(altering) + "\nResume with the recipe it was trained with, or pass --resume-force "
+            "to continue with the new values anyway.")
+    if run.info.is_main:
+        for line in altering:
+            logger.warning(f"--resume-force: continuing with a changed recipe: {line}")
+        for line in harmless:
+            logger.info(f"resuming with a changed setting (does not alter the run): {line}")
+
+
+def _build(run: _Run, model: nn.Module | None, variant: str | None) -> None:
+    """Model (same seed on every rank), optimiser groups, LR schedule, GradScaler, loss."""
+    rc, info = run.recipe, run.info
+    # The model is built from the same seed on every rank (a randomly initialised frozen
+    # tower must be identical everywhere: DDP only synchronises what it trains); the
+    # official per-rank seed 1024 + rank is set after that.
+    _seed_everything(rc.train.seed)
+    if rc.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif run.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if model is None:
+        model = build_model(run.cfg, variant=variant)
+    model.to(run.device)
+    _seed_everything(rc.train.seed + info.rank)  # official: 1024 + rank (torch and numpy)
+    run.frozen_info = C.frozen_identity(model, rc.model.clip_pretrained if "model" in run.cfg else None)
+    if rc.train.sync_bn and info.enabled:
+        if rc.model.recompute_cheap or rc.model.side_checkpoint:
+            raise ConfigError(
+                "train.sync_bn=true needs model.recompute_cheap=false and model.side_checkpoint=false: "
+                "a recompute segment would all-reduce and update the BatchNorm statistics again in backward")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    run.raw_model = run.model = model
+    run.precision = resolve_precision(rc.train.precision, run.device)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
+    solver = dataclasses.asdict(rc.solver)
+    run.optimizer = build_optimizer(model, solver)
+    run.schedule = WarmupCosine(run.optimizer, rc.solver.lr, rc.solver.epochs, rc.solver.warmup_epochs,
+                                rc.solver.final_lr_factor, rc.solver.lr_step_every, rc.solver.schedule)
+    run.criterion = build_criterion(solver)
+
+
+def _restore(run: _Run, ckpt: Mapping) -> None:
+    """Weights, optimiser, schedule, scaler, counters and RNG from a checkpoint read once."""
+    C.load_model_state(run.raw_model, ckpt)
+    run.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+    run.schedule.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
+    progress = ckpt.get("epoch_progress") or {}
+    run.iteration = int(progress.get("iteration", 0))
+    run.epoch_sums = torch.tensor(progress["sums"], dtype=torch.float64) if run.iteration else None
+    run.best = dict(ckpt.get("best") or run.best)
+    run.run_id = ckpt.get("run_id") or R.new_run_id()
+    rng = ckpt["rng"]
+    if run.info.rank:  # every rank stores its own stream under rng_rank<k>
+        rng = ckpt.get(f"rng_rank{run.info.rank}", rng)
+    C.set_rng_state(rng)
+    run.validate_pending = bool(ckpt.get("validation_pending")) and run.iteration == 0
+    if run.info.is_main:
+        where = f", {run.iteration} iteration(s) into epoch {run.epoch + 1}" if run.iteration else ""
+        logger.info(f"resumed from {run.resumed_from}: {run.epoch} epoch(s){where}, {run.step} step(s) done")
+
+
+def _pending_validation_from_metrics(run: _Run) -> None:
+    """After an epoch-boundary resume: the best so far and whether that epoch's validation ran (rank 0 reads)."""
+    flag = torch.zeros(1, dtype=torch.float64)
+    path = os.path.join(run.out_dir, "metrics.jsonl")
+    if run.info.is_main and run.validate_pending:
+        records = read_metrics(path) if os.path.exists(path) else []
+        vals = [r for r in records if r.get("kind") == "val" and r.get("epoch", -1) < run.epoch]
+        for r in vals:
+            top1 = r.get("val_top1")
+            if r.get("eligible") and isinstance(top1, float) and (run.best["val_top1"] is None or top1 > run.best["val_top1"]):
+                run.best = {"val_top1": top1, "epoch": r["epoch"]}
+        flag[0] = 0.0 if any(r["epoch"] == run.epoch - 1 for r in vals) else 1.0
+    run.validate_pending = bool(D.all_reduce_sum(flag.to(run.device), run.info).item() > 0) if run.validate_pending else False
+
+
+def _build_loaders(run: _Run, loader_factory: Callable | None) -> None:
+    rc, info = run.recipe, run.info
+    if loader_factory is None:
+        from tdsk.data import build_loader as loader_factory
+    kwargs = dict(device=run.device, num_workers=rc.train.num_workers, rank=info.rank, world_size=info.world_size,
+                  seed=rc.train.seed)
+    run.train_loader = loader_factory(run.cfg["data"], "train", batch_size=rc.train.batch_size, **kwargs)
+    run.val_loader = None
+    if rc.eval.validate and run.cfg["data"].get("val_list") is not None:
+        run.val_loader = loader_factory(run.cfg["data"], "val", batch_size=rc.eval.batch_size or rc.train.batch_size,
+                                        **kwargs)
+    _check_labels(run.raw_model, run.cfg["data"], (("train", run.train_loader), ("val", run.val_loader)))
+
 
 def _check_labels(model: nn.Module, data_cfg: Mapping, loaders) -> None:
     """A list label >= model.num_classes would fail deep in the loss (or as a CUDA assert): say so now."""
@@ -145,319 +403,364 @@ def _check_labels(model: nn.Module, data_cfg: Mapping, loaders) -> None:
             continue
         worst = max(records, key=lambda r: r.label)
         if worst.label >= num_classes:
-            raise ValueError(
+            from tdsk.data.lists import ListFormatError
+
+            raise ListFormatError(
                 f"{data_cfg.get(f'{split}_list')}:{worst.line}: label {worst.label} but model.num_classes="
                 f"{num_classes} (labels must be 0..{num_classes - 1}); is this the list of another dataset?"
             )
 
 
+def _open_metrics(run: _Run, n_train: int, n_frozen: int) -> None:
+    """Rank 0: the append-only metrics file (with a start/resume marker) and config.yaml."""
+    if not run.info.is_main:
+        return
+    import yaml
+
+    os.makedirs(run.out_dir, exist_ok=True)
+    run.metrics = MetricsLogger(run.out_dir, tensorboard=run.recipe.train.tensorboard)
+    if run.resumed_from:
+        run.metrics.log("resume", run.step, epoch=run.epoch, iteration=run.iteration, checkpoint=run.resumed_from,
+                        run_id=run.run_id)
+    else:
+        run.metrics.log("start", 0, run_id=run.run_id)
+    tmp = os.path.join(run.out_dir, f".config.yaml.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(C.plain({k: v for k, v in run.cfg.items()}), f, sort_keys=False)
+    os.replace(tmp, os.path.join(run.out_dir, "config.yaml"))
+    run.manifest = R.Manifest(run.out_dir, run.run_id)
+    logger.info(
+        f"training {(run.cfg.get('_meta') or {}).get('name', '')} on {run.device} x{run.info.world_size} "
+        f"({run.precision}); {n_train:,} trainable / {n_frozen:,} frozen parameters; "
+        f"{len(run.train_loader)} iterations/epoch x {run.recipe.solver.epochs - run.epoch} epoch(s); "
+        f"run dir {run.out_dir}")
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+def _skip_batches(loader, n: int) -> Any:
+    """An iterator over ``loader`` starting at batch ``n`` (a mid-epoch resume)."""
+    sampler = getattr(loader, "sampler", None)
+    batch = getattr(loader, "batch_size", None) or getattr(getattr(loader, "loader", None), "batch_size", None)
+    if n and hasattr(sampler, "skip") and batch:
+        sampler.skip(n * batch)  # the same batches as the uninterrupted pass, without decoding the first n
+        return iter(loader)
+    if n and hasattr(loader, "skip_batches"):
+        loader.skip_batches(n)
+        return iter(loader)
+    it = iter(loader)
+    for _ in range(n):
+        next(it)
+    return it
+
+
+def _optimizer_step(run: _Run, where: str) -> None:
+    """Unscale, check the gradient is finite (fp16: the GradScaler skips such steps), clip, step."""
+    params = [p for p in run.raw_model.parameters() if p.grad is not None]
+    clip = run.recipe.solver.grad_clip
+    if clip:
+        run.scaler.unscale_(run.optimizer)
+        norm = nn.utils.clip_grad_norm_(params, float(clip))
+    elif not run.scaler.is_enabled():
+        norm = nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+    if not run.scaler.is_enabled() and not bool(torch.isfinite(norm)):
+        raise NonFiniteLossError(f"gradient norm is {float(norm)} at {where}; stopping before this update",
+                                 run.last_path)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def _train_epoch(run: _Run, epoch: int) -> int | None:
+    """Train epoch ``epoch`` (0-based) from ``run.iteration``; returns the iteration at which a
+    signal stopped it (a checkpoint was written), or None when the epoch is complete."""
+    from tqdm.auto import tqdm
+
+    rc, info, loader = run.recipe, run.info, run.train_loader
+    loader.set_epoch(epoch)
+    n_iter = len(loader)
+    if rc.train.limit_train_batches:
+        n_iter = min(n_iter, rc.train.limit_train_batches)
+    start, run.iteration = run.iteration, 0
+    sums = run.epoch_sums if (start and run.epoch_sums is not None) else torch.zeros(3, dtype=torch.float64)
+    window, window_t0, epoch_t0 = torch.zeros(3, dtype=torch.float64), time.time(), time.time()
+    accum, every = rc.solver.grad_accumulation, rc.output.checkpoint_every
+    autocast = autocast_context(run.precision, run.device)
+    run.model.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(total=n_iter, initial=start, desc=f"epoch {epoch + 1}/{rc.solver.epochs}", unit="it",
+               dynamic_ncols=True, leave=False, disable=not (run.progress and info.is_main))
+    checkpoint_due = False
+    for i, (video, labels) in enumerate(_skip_batches(loader, start), start):
+        if i >= n_iter:
+            break
+        where = f"epoch {epoch + 1} iteration {i + 1} (global step {run.step + 1})"
+        if run.schedule.should_step(i):
+            run.schedule.step(epoch + i / n_iter)
+        sync_now = (i + 1) % accum == 0 or i + 1 == n_iter
+        no_sync = run.model.no_sync() if (info.enabled and not sync_now and hasattr(run.model, "no_sync")) \
+            else contextlib.nullcontext()
+        with no_sync:
+            with autocast:
+                logits = run.model(video)
+            loss = run.criterion(logits.float(), labels)
+            # one host sync per iteration: loss, accuracy, clips and "a rank got a signal"
+            stats = torch.stack([loss.detach().double() * labels.shape[0],
+                                 (logits.detach().argmax(-1) == labels).sum().double(),
+                                 torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=loss.device),
+                                 torch.tensor(float(run.stop.signum), dtype=torch.float64, device=loss.device)])
+            stats = D.all_reduce_sum(stats, info).cpu()
+            mean_loss = float(stats[0] / stats[2])
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLossError(f"loss is {mean_loss} at {where}; stopping before this update",
+                                         run.last_path)
+            run.scaler.scale(loss / accum).backward()
+        if sync_now:
+            _optimizer_step(run, where)
+        run.step += 1
+        sums += stats[:3]
+        window += stats[:3]
+        bar.update()
+        if info.is_main and ((i + 1) % rc.train.log_every == 0 or i + 1 == n_iter):
+            dt = max(time.time() - window_t0, 1e-9)
+            rec = dict(epoch=epoch, epoch_float=epoch + (i + 1) / n_iter, loss=float(window[0] / window[2]),
+                       top1=float(window[1] / window[2]), lr=run.schedule.lr, clips_per_s=float(window[2]) / dt)
+            mem = _gpu_memory(run.device)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}",
+                            clips_s=f"{rec['clips_per_s']:.1f}", **({"mem": mem} if mem else {}))
+            run.metrics.log("train", run.step, **rec)
+            window.zero_()
+            window_t0 = time.time()
+        checkpoint_due = checkpoint_due or bool(every and run.step % every == 0)
+        stop = stats[3] > 0
+        if sync_now and (stop or checkpoint_due) and i + 1 < n_iter:
+            checkpoint_due = False
+            run.epoch_sums = sums
+            _save_checkpoint(run, epoch, i + 1, sums)
+            if stop:
+                bar.close()
+                return i + 1
+    bar.close()
+    run.epoch_sums = sums
+    _log_epoch(run, epoch, sums, time.time() - epoch_t0)
+    return None
+
+
+def _log_epoch(run: _Run, epoch: int, sums: torch.Tensor, seconds: float) -> None:
+    if not run.info.is_main:
+        return
+    rec = dict(epoch=epoch, train_loss=float(sums[0] / max(sums[2], 1)), train_top1=float(sums[1] / max(sums[2], 1)),
+               lr=run.schedule.lr, epoch_seconds=seconds, clips_per_s=float(sums[2]) / max(seconds, 1e-9))
+    mem = _gpu_memory(run.device)
+    if mem:
+        rec["gpu_max_memory"] = mem
+    bad = getattr(run.train_loader, "bad_samples", None)
+    if bad is not None and getattr(bad, "num_bad", 0):
+        rec["bad_samples"] = int(bad.num_bad)
+    # The epoch record goes before the checkpoint: after a kill in between, resuming from
+    # the previous checkpoint supersedes it (read_metrics), never a gap.
+    run.metrics.log("epoch", run.step, **rec)
+    logger.info(f"epoch {epoch + 1}/{run.recipe.solver.epochs}: loss {rec['train_loss']:.4f}, "
+                f"train top-1 {100 * rec['train_top1']:.1f}% ({seconds:.1f} s)")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _non_finite_state(run: _Run) -> list[str]:
+    """Names of trainable parameters, buffers and optimizer-state tensors that are not finite."""
+    bad = [n for n, t in list(run.raw_model.named_parameters()) + list(run.raw_model.named_buffers())
+           if (t.requires_grad or not isinstance(t, nn.Parameter)) and t.is_floating_point()
+           and not bool(torch.isfinite(t).all())]
+    for pid, state in run.optimizer.state_dict()["state"].items():
+        bad += [f"optimizer[{pid}].{k}" for k, v in state.items()
+                if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return bad
+
+
+def _save_checkpoint(run: _Run, epoch: int, iteration: int, sums: torch.Tensor | None) -> str:
+    """Write ``epoch_N.pt`` (``iteration == 0``: ``epoch`` epochs done) or a mid-epoch
+    checkpoint ``iteration`` iterations into epoch ``epoch``; all ranks call it."""
+    info = run.info
+    epochs_done = epoch if iteration else epoch + 1
+    bad = _non_finite_state(run)
+    flag = D.all_reduce_sum(torch.tensor([float(len(bad))], dtype=torch.float64, device=run.device), info)
+    if bad or float(flag.item()) > 0:
+        raise NonFiniteLossError(
+            f"the trained state is not finite after global step {run.step} ({', '.join(bad[:5]) or 'on another rank'}"
+            f"{'...' if len(bad) > 5 else ''}); not writing a checkpoint", run.last_path)
+    rng_states = [C.rng_state()]
+    if info.enabled:
+        rng_states = [None] * info.world_size
+        torch.distributed.all_gather_object(rng_states, C.rng_state())
+    path = os.path.join(run.out_dir, R.checkpoint_name(epochs_done, iteration))
+    if info.is_main:
+        state = {
+            "format": C.FORMAT,
+            "run_id": run.run_id,
+            "model_state_dict": C.trainable_state_dict(run.raw_model,
+                                                       include_frozen=run.frozen_info["weights_included"]),
+            "optimizer_state_dict": run.optimizer.state_dict(),
+            "scheduler": run.schedule.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            "epoch": epochs_done,
+            "step": run.step,
+            "epoch_progress": {"iteration": iteration, "sums": sums.tolist()} if iteration else None,
+            "validation_pending": not iteration and _validation_due(run, epoch),
+            "rng": rng_states[0],
+            "frozen": run.frozen_info,
+            "best": dict(run.best),
+            "config": C.plain({k: v for k, v in run.cfg.items()}),
+            "classes": list(run.classes) if run.classes else None,
+            "precision": run.precision,
+            "world_size": info.world_size,
+        }
+        for r in range(1, len(rng_states)):
+            state[f"rng_rank{r}"] = rng_states[r]
+        C.atomic_save(state, path)
+        run.manifest.add(path)
+        run.manifest.prune(run.recipe.output.keep_last, newest=path)
+        del state
+    run.last_path = path
+    D.barrier(info)
+    return path
+
+
+def _validation_due(run: _Run, epoch: int) -> bool:
+    rc = run.recipe
+    return run.val_loader is not None and (epoch not in set(rc.eval.skip_epochs) or epoch == rc.solver.epochs - 1)
+
+
+def _validate(run: _Run, epoch: int, state_path: str) -> EvalResult | None:
+    """Validate after epoch ``epoch`` (its checkpoint ``state_path`` is already on disk);
+    copy it to ``best.pt`` when top-1 improved and every output was finite."""
+    if not _validation_due(run, epoch):
+        return None
+    rc = run.recipe
+    run.val_loader.set_epoch(epoch)
+    res = evaluate(run.raw_model, run.val_loader, device=run.device,
+                   autocast=autocast_context(run.precision, run.device), dist_info=run.info, progress=run.progress,
+                   desc=f"val {epoch + 1}/{rc.solver.epochs}", limit_batches=rc.eval.limit_val_batches)
+    eligible = res.is_finite
+    improved = eligible and (run.best["val_top1"] is None or res.top1 > run.best["val_top1"])
+    if run.info.is_main:
+        run.metrics.log("val", run.step, epoch=epoch, val_top1=res.top1, val_top5=res.top5, val_loss=res.loss,
+                        val_count=res.count, val_nonfinite=res.num_nonfinite, val_skipped=len(res.skipped),
+                        eligible=eligible)
+        msg = f"epoch {epoch + 1}/{rc.solver.epochs}: val top-1 {100 * res.top1:.2f}% top-5 {100 * res.top5:.2f}%" \
+              f" ({res.count} videos)"
+        if not eligible:
+            msg += f"; {res.num_nonfinite} non-finite output(s): this epoch is not eligible for {C.BEST_NAME}"
+        (logger.warning if not eligible else logger.info)(msg)
+        if improved and rc.output.save_best:
+            # same weights as the epoch file just written: copy its bytes, no second pickle
+            C.atomic_copy(state_path, os.path.join(run.out_dir, C.BEST_NAME))
+    if improved:
+        run.best = {"val_top1": res.top1, "epoch": epoch}
+    return res
+
+
+# ----------------------------------------------------------------------------- fit
+
 def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = None, overwrite: bool = False,
-        model: nn.Module | None = None, variant: str | None = None, classes: Sequence[str] | None = None,
-        progress: bool = True, dist_info: D.DistInfo | None = None,
+        resume_force: bool = False, model: nn.Module | None = None, variant: str | None = None,
+        classes: Sequence[str] | None = None, progress: bool = True, dist_info: D.DistInfo | None = None,
         loader_factory: Callable | None = None) -> RunResult:
     """Train according to ``cfg``; returns where everything was written.
 
     Args:
-        cfg: a recipe from :func:`tdsk.config.load_config`.
-        resume: ``None`` (fresh run), ``"auto"`` (newest epoch checkpoint in the output
-            directory, or a fresh run if there is none) or a checkpoint path.
+        cfg: a recipe from :func:`tdsk.config.load_config` (validated again here).
+        resume: ``None`` (fresh run), ``"auto"`` (newest readable checkpoint in the
+            output directory, or a fresh run if there is none) or a checkpoint path.
         output_dir: run directory (default ``output.dir`` of the recipe).
-        overwrite: delete earlier checkpoints in the run directory instead of refusing.
+        overwrite: delete an earlier run's checkpoints and metrics there instead of refusing.
+        resume_force: resume even though the recipe changed in a way that alters the run.
         model: a pre-built model (default: ``tdsk.models.build_model(cfg["model"])``).
         variant: ``model.variant`` override (``"baseline"`` for the mean-pool baseline).
         classes: class names stored in the checkpoints (for ``tdsk.predict``).
-        loader_factory: ``(split, **kwargs) -> loader`` replacing ``tdsk.data.build_loader``.
+        loader_factory: ``(data_cfg, split, **kwargs) -> loader`` replacing ``tdsk.data.build_loader``.
 
-    Raises :class:`NonFiniteLossError` when the loss turns NaN/inf (all ranks stop at the
-    same step; nothing is written for that epoch, earlier checkpoints stay).
+    Raises :class:`NonFiniteLossError` (loss, gradient or state not finite; every
+    checkpoint on disk stays finite), :class:`RunInterrupted` (SIGINT/SIGTERM, after
+    writing a checkpoint), :class:`tdsk.engine.rundir.RunDirError` (directory in use,
+    earlier run there, nothing readable to resume) and :class:`ConfigError`.
     """
-    from tdsk.config import check_consistency
-
-    check_consistency(cfg)
-    solver, train, evalc, outc = (dict(cfg.get(k) or {}) for k in ("solver", "train", "eval", "output"))
-    info = dist_info or D.init(train.get("device", "auto"))
-    device = info.device
-    out_dir = os.path.expanduser(output_dir) if output_dir else _format_output_dir(cfg)
+    recipe = validate_recipe(cfg)
     start_time = time.time()
-    seed = int(train.get("seed", 1024))
-    # The model is built from the same seed on every rank (a randomly initialised frozen
-    # tower must be identical everywhere: DDP only synchronises what it trains); the
-    # official per-rank seed 1024 + rank is set after that.
-    _seed_everything(seed)
-    if train.get("deterministic"):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    # ---- resume target (decided before anything is written)
-    resume_path = None
-    if resume:
-        if resume == "auto":
-            resume_path = C.latest_checkpoint(out_dir)
-            if resume_path is None and info.is_main:
-                logger.info(f"--resume auto: no checkpoint in {out_dir}; starting a fresh run")
-        else:
-            resume_path = resume
-            if not os.path.isfile(resume_path):
-                raise FileNotFoundError(f"--resume {resume_path}: no such checkpoint")
-    elif C.epoch_checkpoints(out_dir):
-        if not overwrite:
-            raise FileExistsError(
-                f"{out_dir} already holds checkpoints of an earlier run "
-                f"({C.describe(p for _, p in C.epoch_checkpoints(out_dir))}). Continue it with --resume auto, "
-                "start over with --overwrite, or choose another output.dir=...")
-        if info.is_main:
-            for _, p in C.epoch_checkpoints(out_dir):
-                os.remove(p)
-            for name in (C.BEST_NAME, "metrics.jsonl"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(out_dir, name))
-            shutil.rmtree(os.path.join(out_dir, "tensorboard"), ignore_errors=True)
-    D.barrier(info)
-
-    # ---- model
-    if model is None:
-        model = build_model(cfg, variant=variant)
-    model.to(device)
-    _seed_everything(seed + info.rank)  # official: 1024 + rank (torch and numpy)
-    raw_model = model
-    clip_pretrained = (cfg.get("model") or {}).get("clip_pretrained")
-    frozen_info = C.frozen_identity(raw_model, clip_pretrained)
-    if train.get("sync_bn") and info.enabled:
-        mcfg = cfg.get("model") or {}
-        if mcfg.get("recompute_cheap", True) or mcfg.get("side_checkpoint"):
-            raise ValueError(
-                "train.sync_bn=true needs model.recompute_cheap=false and model.side_checkpoint=false: "
-                "a recompute segment would all-reduce and update the BatchNorm statistics again in backward"
-            )
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        raw_model = model
-    n_train = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
-    n_frozen = sum(p.numel() for p in raw_model.parameters() if not p.requires_grad)
-
-    precision = resolve_precision(train.get("precision", "auto"), device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    optimizer = build_optimizer(raw_model, solver)
-    epochs = int(solver.get("epochs", 1))
-    schedule = WarmupCosine(optimizer, float(solver["lr"]), epochs, float(solver.get("warmup_epochs", 0)),
-                            float(solver.get("final_lr_factor", 0.0)), int(solver.get("lr_step_every", 10)),
-                            str(solver.get("schedule", "cosine")))
-    criterion = build_criterion(solver)
-    accum = max(1, int(solver.get("grad_accumulation", 1)))
-    clip_norm = solver.get("grad_clip")
-
-    start_epoch, global_step = 0, 0
-    best = {"val_top1": None, "epoch": None}
-    if resume_path:
-        ckpt = C.load(resume_path, map_location="cpu")
-        if not C.is_training_checkpoint(ckpt):
-            raise ValueError(f"{resume_path} is not a tdsk training checkpoint (to fine-tune from official "
-                             "weights, load them into the model instead of resuming)")
-        C.load_model_state(raw_model, ckpt)
-        optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["step"])
-        best = dict(ckpt.get("best") or best)
-        rng = ckpt["rng"]
-        if info.rank:  # every rank stores its own stream under rng_rank<k>
-            rng = ckpt.get(f"rng_rank{info.rank}", rng)
-        C.set_rng_state(rng)
-        if info.is_main:
-            logger.info(f"resumed from {resume_path}: {start_epoch} epoch(s), {global_step} step(s) done")
-        del ckpt
-
-    if info.enabled:
-        ddp_kwargs = {"find_unused_parameters": bool(train.get("find_unused_parameters", False))}
-        if device.type == "cuda":
-            ddp_kwargs["device_ids"] = [device.index]
-        model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
-    if train.get("compile"):
-        model = torch.compile(model)
-
-    # ---- data
-    if loader_factory is None:
-        from tdsk.data import build_loader as loader_factory
-    batch_size = int(train.get("batch_size", 16))
-    loader_kwargs = dict(device=device, num_workers=_num_workers(cfg), rank=info.rank, world_size=info.world_size,
-                         seed=seed)
-    train_loader = loader_factory(cfg["data"], "train", batch_size=batch_size, **loader_kwargs)
-    val_loader = None
-    if evalc.get("validate", True) and (cfg["data"].get("val_list") is not None):
-        val_loader = loader_factory(cfg["data"], "val", batch_size=int(evalc.get("batch_size", batch_size)),
-                                    **loader_kwargs)
-    _check_labels(raw_model, cfg["data"], (("train", train_loader), ("val", val_loader)))
-    skip = {int(e) for e in (evalc.get("skip_epochs") or [])}
-    limit_train = train.get("limit_train_batches")
-    limit_val = evalc.get("limit_val_batches")
-
-    # ---- logging (rank 0 only)
-    metrics = None
-    if info.is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        metrics_path = os.path.join(out_dir, "metrics.jsonl")
-        if resume_path:
-            _truncate_metrics(metrics_path, start_epoch, global_step)
-        metrics = MetricsLogger(out_dir, tensorboard=bool(train.get("tensorboard", True)), resume=bool(resume_path))
-        import yaml
-
-        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(C.plain({k: v for k, v in cfg.items()}), f, sort_keys=False)
-        logger.info(
-            f"training {(cfg.get('_meta') or {}).get('name', '')} on {device} x{info.world_size} "
-            f"({precision}); {n_train:,} trainable / {n_frozen:,} frozen parameters; "
-            f"{len(train_loader)} iterations/epoch x {epochs - start_epoch} epoch(s); run dir {out_dir}")
-    log_every = max(1, int(train.get("log_every", 10)))
-    result = RunResult(out_dir=out_dir, metrics=os.path.join(out_dir, "metrics.jsonl"))
-    result.best_val_top1 = best.get("val_top1")
-    last_path = C.latest_checkpoint(out_dir) if resume_path else None
-
-    from tqdm.auto import tqdm
-
-    autocast = autocast_context(precision, device)
+    info = dist_info or D.init(recipe.train.device)
+    out_dir = os.path.expanduser(output_dir) if output_dir else _format_output_dir(cfg)
+    lock = R.RunLock(out_dir).acquire() if info.is_main else None
     try:
-        for epoch in range(start_epoch, epochs):
-            train_loader.set_epoch(epoch)
-            n_iter = len(train_loader)
-            if limit_train:
-                n_iter = min(n_iter, int(limit_train))
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            sums = torch.zeros(3, dtype=torch.float64)  # loss*clips, correct, clips (this epoch, all ranks)
-            window = torch.zeros(3, dtype=torch.float64)
-            window_t0 = time.time()
-            epoch_t0 = time.time()
-            bar = tqdm(total=n_iter, desc=f"epoch {epoch + 1}/{epochs}", unit="it", dynamic_ncols=True,
-                       leave=False, disable=not (progress and info.is_main))
-            for i, (video, labels) in enumerate(train_loader):
-                if i >= n_iter:
-                    break
-                if schedule.should_step(i):
-                    schedule.step(epoch + i / n_iter)
-                sync_now = (i + 1) % accum == 0 or i + 1 == n_iter
-                no_sync = model.no_sync() if (info.enabled and not sync_now and hasattr(model, "no_sync")) \
-                    else contextlib.nullcontext()
-                with no_sync:
-                    with autocast:
-                        logits = model(video)
-                    loss = criterion(logits.float(), labels)
-                    stats = torch.stack([loss.detach().double() * labels.shape[0],
-                                         (logits.detach().argmax(-1) == labels).sum().double(),
-                                         torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=loss.device)])
-                    stats = D.all_reduce_sum(stats, info).cpu()
-                    mean_loss = float(stats[0] / stats[2])
-                    if not math.isfinite(mean_loss):
-                        raise NonFiniteLossError(
-                            f"loss is {mean_loss} at epoch {epoch + 1} iteration {i + 1} (global step "
-                            f"{global_step + 1}); stopping before this update")
-                    scaler.scale(loss / accum).backward()
-                if sync_now:
-                    if clip_norm:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(raw_model.parameters(), float(clip_norm))
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                sums += stats
-                window += stats
-                bar.update()
-                if info.is_main and ((i + 1) % log_every == 0 or i + 1 == n_iter):
-                    dt = max(time.time() - window_t0, 1e-9)
-                    rec = dict(epoch=epoch, epoch_float=epoch + (i + 1) / n_iter, loss=float(window[0] / window[2]),
-                               top1=float(window[1] / window[2]), lr=schedule.lr, clips_per_s=float(window[2]) / dt)
-                    mem = _gpu_memory(device)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}",
-                                    clips_s=f"{rec['clips_per_s']:.1f}", **({"mem": mem} if mem else {}))
-                    metrics.log("train", global_step, **rec)
-                    window.zero_()
-                    window_t0 = time.time()
-            bar.close()
-            epoch_time = time.time() - epoch_t0
-            train_loss, train_top1 = float(sums[0] / max(sums[2], 1)), float(sums[1] / max(sums[2], 1))
-
-            # ---- validation
-            val_res = None
-            if val_loader is not None and (epoch not in skip or epoch == epochs - 1):
-                val_loader.set_epoch(epoch)
-                val_res = evaluate(raw_model, val_loader, device=device, autocast=autocast, dist_info=info,
-                                   progress=progress, desc=f"val {epoch + 1}/{epochs}", limit_batches=limit_val)
-                result.val = val_res
-            improved = val_res is not None and (best["val_top1"] is None or val_res.top1 > best["val_top1"])
-            if improved:
-                best = {"val_top1": val_res.top1, "epoch": epoch}
-
-            # ---- checkpoint (rank 0) at the epoch boundary
-            rng_states = [C.rng_state()]
+        with _StopFlag() as stop:
+            run = _Run(cfg=cfg, recipe=recipe, info=info, out_dir=out_dir, stop=stop, progress=progress,
+                       classes=classes, run_id=R.new_run_id())
+            ckpt = _open_run_dir(run, resume, overwrite, resume_force)
+            _build(run, model, variant)
+            if ckpt is not None:
+                _restore(run, ckpt)
+                del ckpt
             if info.enabled:
-                rng_states = [None] * info.world_size
-                torch.distributed.all_gather_object(rng_states, C.rng_state())
-            if info.is_main:
-                state = {
-                    "format": C.FORMAT,
-                    "model_state_dict": C.trainable_state_dict(raw_model, include_frozen=frozen_info["weights_included"]),
-                    "optimizer_state_dict": optimizer.state_dict(),
-                    "scheduler": schedule.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "epoch": epoch + 1,
-                    "step": global_step,
-                    "rng": rng_states[0],
-                    "frozen": frozen_info,
-                    "best": best,
-                    "config": C.plain({k: v for k, v in cfg.items()}),
-                    "classes": list(classes) if classes else None,
-                    "precision": precision,
-                    "world_size": info.world_size,
-                }
-                for r in range(1, len(rng_states)):
-                    state[f"rng_rank{r}"] = rng_states[r]
-                # The epoch record goes first: a kill between the two leaves a record that
-                # resuming drops (it keeps only epochs < the checkpoint's), never a gap.
-                rec = dict(epoch=epoch, train_loss=train_loss, train_top1=train_top1, lr=schedule.lr,
-                           epoch_seconds=epoch_time, clips_per_s=float(sums[2]) / max(epoch_time, 1e-9))
-                if val_res is not None:
-                    rec.update(val_top1=val_res.top1, val_top5=val_res.top5, val_loss=val_res.loss)
-                mem = _gpu_memory(device)
-                if mem:
-                    rec["gpu_max_memory"] = mem
-                bad = getattr(train_loader, "bad_samples", None)
-                if bad is not None and getattr(bad, "num_bad", 0):
-                    rec["bad_samples"] = int(bad.num_bad)
-                metrics.log("epoch", global_step, **rec)
-                result.history.append(rec)
-                # best.pt before the epoch file: after a kill in between, resuming re-runs
-                # this epoch and rewrites best.pt with identical contents.
-                if improved and outc.get("save_best", True):
-                    C.atomic_save(state, os.path.join(out_dir, C.BEST_NAME))
-                last_path = os.path.join(out_dir, C.EPOCH_PATTERN.format(epoch + 1))
-                C.atomic_save(state, last_path)
-                C.prune(out_dir, int(outc.get("keep_last", 3)))
-                del state
-                msg = f"epoch {epoch + 1}/{epochs}: loss {train_loss:.4f}, train top-1 {100 * train_top1:.1f}%"
-                if val_res is not None:
-                    msg += f", val top-1 {100 * val_res.top1:.2f}% top-5 {100 * val_res.top5:.2f}%"
-                logger.info(msg + f" ({epoch_time:.1f} s)")
-            D.barrier(info)
-            result.epochs_done = epoch + 1
-    finally:
-        if metrics is not None:
-            metrics.close()
-    result.steps_done = global_step
-    result.last_checkpoint = last_path
-    best_path = os.path.join(out_dir, C.BEST_NAME)
-    result.best_checkpoint = best_path if os.path.exists(best_path) else None
-    result.best_val_top1 = best.get("val_top1")
-    result.seconds = time.time() - start_time
-    if info.is_main:
-        result.tensorboard = os.path.join(out_dir, "tensorboard") if train.get("tensorboard", True) else None
-        if outc.get("plot", True) and os.path.exists(result.metrics):
+                ddp_kwargs = {"find_unused_parameters": recipe.train.find_unused_parameters}
+                if run.device.type == "cuda":
+                    ddp_kwargs["device_ids"] = [run.device.index]
+                run.model = nn.parallel.DistributedDataParallel(run.model, **ddp_kwargs)
+            if recipe.train.compile:
+                run.model = torch.compile(run.model)
+            _build_loaders(run, loader_factory)
+            n_train = sum(p.numel() for p in run.raw_model.parameters() if p.requires_grad)
+            n_frozen = sum(p.numel() for p in run.raw_model.parameters() if not p.requires_grad)
+            _open_metrics(run, n_train, n_frozen)
             try:
-                result.curves = plot_curves(result.metrics, os.path.join(out_dir, "curves.png"),
-                                            title=(cfg.get("_meta") or {}).get("name"))
+                result = _loop(run)
+            finally:
+                if run.metrics is not None:
+                    run.metrics.close()
+    finally:
+        if lock is not None:
+            lock.release()
+    result.seconds = time.time() - start_time
+    _finish(run, result)
+    return result
+
+
+def _loop(run: _Run) -> RunResult:
+    """Epochs from where the run stands: train, checkpoint, validate; stop cleanly on a signal."""
+    result = RunResult(out_dir=run.out_dir, metrics=os.path.join(run.out_dir, "metrics.jsonl"))
+    result.last_checkpoint = run.resumed_from
+    run.last_path = run.resumed_from
+    _pending_validation_from_metrics(run)
+    if run.validate_pending:  # the run stopped between an epoch's checkpoint and its validation
+        result.val = _validate(run, run.epoch - 1, run.resumed_from) or result.val
+    for epoch in range(run.epoch, run.recipe.solver.epochs):
+        stopped_at = _train_epoch(run, epoch)
+        if stopped_at is not None:
+            raise RunInterrupted(run.last_path, run.stop.signum)
+        path = _save_checkpoint(run, epoch, 0, None)
+        result.last_checkpoint = path
+        if run.stop.signum:
+            raise RunInterrupted(path, run.stop.signum)
+        res = _validate(run, epoch, path)
+        result.val = res or result.val
+        if run.info.is_main:
+            rec = {"epoch": epoch, "train_loss": float(run.epoch_sums[0] / max(run.epoch_sums[2], 1))}
+            if res is not None:
+                rec.update(val_top1=res.top1, val_top5=res.top5, val_loss=res.loss)
+            result.history.append(rec)
+        result.epochs_done = epoch + 1
+        D.barrier(run.info)
+    result.epochs_done = max(result.epochs_done, run.epoch)
+    return result
+
+
+def _finish(run: _Run, result: RunResult) -> None:
+    result.steps_done = run.step
+    best_path = os.path.join(run.out_dir, C.BEST_NAME)
+    result.best_checkpoint = best_path if os.path.exists(best_path) else None
+    result.best_val_top1 = run.best.get("val_top1")
+    if run.info.is_main:
+        result.tensorboard = os.path.join(run.out_dir, "tensorboard") if run.recipe.train.tensorboard else None
+        if run.recipe.output.plot and os.path.exists(result.metrics):
+            try:
+                result.curves = plot_curves(result.metrics, os.path.join(run.out_dir, "curves.png"),
+                                            title=(run.cfg.get("_meta") or {}).get("name"))
             except Exception as exc:  # plotting must never lose a finished run
                 logger.warning(f"could not draw the curves: {exc}")
-    return result

@@ -27,35 +27,20 @@ Keys of the ``model:`` section (defaults in :data:`MODEL_DEFAULTS`):
 ===================  ==========================================================================
 """
 import copy
+import dataclasses
 import os
 from typing import Dict, List, Union
 
 import torch.nn as nn
 
+from tdsk.schema import ConfigError, ModelConfig, check_section
+
 __all__ = ["MODEL_DEFAULTS", "build_model", "list_models", "model_config", "parse_td_layers"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
-MODEL_DEFAULTS: Dict = {
-    "variant": "tds_clip",
-    "arch": "ViT-B-16",
-    "clip_pretrained": "openai",
-    "quick_gelu": True,
-    "num_classes": 174,
-    "num_segments": 8,
-    "num_local": 5,
-    "input_size": 224,
-    "side_dim": 320,
-    "td_variant": "pool",
-    "td_layers": "all",
-    "td_reduction": 16,
-    "pool_kernel": 3,
-    "td_channel_mix": 0.5,
-    "fusion_alpha": 0.5,
-    "sme_mode": "kernel",
-    "side_checkpoint": False,
-    "recompute_cheap": True,
-}
+# Defaults and types live in one place, the recipe schema (tdsk.schema.ModelConfig).
+MODEL_DEFAULTS: Dict = dataclasses.asdict(ModelConfig())
 
 
 def list_models() -> List[str]:
@@ -95,12 +80,7 @@ def model_config(name_or_config: Union[str, Dict], **overrides) -> Dict:
     else:
         raise TypeError(f"build_model: expected a config name, path or dict, got {type(name_or_config).__name__}")
     section.update(overrides)
-    unknown = sorted(set(section) - set(MODEL_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(MODEL_DEFAULTS)}")
-    cfg = {**MODEL_DEFAULTS, **section}
-    _validate(cfg)
-    return cfg
+    return dataclasses.asdict(check_section(ModelConfig, section, "model"))
 
 
 def parse_td_layers(spec, layers: int) -> List[int]:
@@ -109,38 +89,25 @@ def parse_td_layers(spec, layers: int) -> List[int]:
         return list(range(layers))
     if spec == "none" or spec == []:
         return []
+    if not isinstance(spec, (str, list, tuple)):
+        raise ConfigError(f"model.td_layers={spec!r}: use all, none, a range such as '1-6', or a list "
+                          f"of 1-based layer numbers such as [{spec}]")
     items = []
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    for part in parts:
-        if isinstance(part, str) and "-" in part:
-            lo, hi = (int(v) for v in part.split("-"))
-            items.extend(range(lo, hi + 1))
-        else:
-            items.append(int(part))
+    try:
+        for part in parts:
+            if isinstance(part, str) and "-" in part:
+                lo, hi = (int(v) for v in part.split("-"))
+                items.extend(range(lo, hi + 1))
+            else:
+                items.append(int(part))
+    except (TypeError, ValueError):
+        raise ConfigError(f"model.td_layers={spec!r}: use all, none, a range such as '1-6', '1-3,7' "
+                          "or a list of 1-based layer numbers") from None
     bad = [i for i in items if not 1 <= i <= layers]
     if bad:
-        raise ValueError(f"td_layers {spec!r}: layers {bad} outside 1..{layers}")
+        raise ConfigError(f"model.td_layers={spec!r}: layers {bad} outside 1..{layers}")
     return sorted({i - 1 for i in items})
-
-
-def _validate(cfg: Dict) -> None:
-    if cfg["variant"] not in ("tds_clip", "baseline"):
-        raise ValueError(f"model.variant must be 'tds_clip' or 'baseline', got {cfg['variant']!r}")
-    if cfg["td_variant"] not in ("pool", "conv", "direct", "none"):
-        raise ValueError(f"model.td_variant must be pool, conv, direct or none, got {cfg['td_variant']!r}")
-    if cfg["sme_mode"] not in ("kernel", "folded"):
-        raise ValueError(f"model.sme_mode must be 'kernel' or 'folded', got {cfg['sme_mode']!r}")
-    m = int(cfg["num_local"])
-    if m < 1 or m % 2 == 0:
-        raise ValueError(f"model.num_local (M) must be odd and >= 1, got {m}")
-    if int(cfg["num_classes"]) < 1 or int(cfg["side_dim"]) < 1 or int(cfg["num_segments"]) < 1:
-        raise ValueError("model.num_classes, side_dim and num_segments must be positive")
-    k = int(cfg["pool_kernel"])
-    if k < 1 or k % 2 == 0:
-        raise ValueError(f"model.pool_kernel must be odd, got {k}")
-    sc = cfg["side_checkpoint"]
-    if not isinstance(sc, bool) and (not isinstance(sc, int) or sc < 0):
-        raise ValueError(f"model.side_checkpoint must be a bool or a number of layers per segment, got {sc!r}")
 
 
 def build_model(name_or_config: Union[str, Dict], **overrides) -> nn.Module:

@@ -1,0 +1,379 @@
+"""One schema for the whole recipe: a dataclass per section, defaults in one place.
+
+A recipe (see :mod:`tdsk.config`) has the sections ``model``, ``data``, ``solver``,
+``train``, ``eval`` and ``output``. Each is described here (``data`` by
+:class:`tdsk.data.config.DataConfig`, which uses the same checker). :func:`validate_recipe`
+checks every key of every section when a run starts, before anything is built:
+
+* unknown keys are errors that name the closest valid keys (a YAML typo such as
+  ``solver: {epoch: 1}`` must not train with the default number of epochs);
+* each value has the type of its field (``solver.lr=abc``, ``train.batch_size=2.5`` and
+  ``data.num_segments=4.0`` are refused; an int is accepted where a float is expected);
+* ranges and choices are checked with the key named.
+
+This module imports nothing else from tdsk, so every part of the package may use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "SolverConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "OutputConfig",
+    "SECTIONS",
+    "check_section",
+    "section_keys",
+    "validate_recipe",
+    "closest_keys",
+]
+
+
+class ConfigError(ValueError):
+    """A recipe name, file, key or value that cannot be used (the message names the key)."""
+
+
+# ----------------------------------------------------------------------------- sections
+
+@dataclass
+class ModelConfig:
+    """``model:`` (read by :func:`tdsk.models.build_model`; the keys are documented there)."""
+
+    variant: str = "tds_clip"
+    arch: str = "ViT-B-16"
+    clip_pretrained: Optional[str] = "openai"
+    quick_gelu: bool = True
+    num_classes: int = 174
+    num_segments: int = 8
+    num_local: int = 5
+    input_size: int = 224
+    side_dim: int = 320
+    td_variant: str = "pool"
+    td_layers: Union[str, List[int]] = "all"
+    td_reduction: int = 16
+    pool_kernel: int = 3
+    td_channel_mix: float = 0.5
+    fusion_alpha: float = 0.5
+    sme_mode: str = "kernel"
+    side_checkpoint: Union[bool, int] = False
+    recompute_cheap: bool = True
+
+    def validate(self, prefix: str = "model") -> None:
+        _choice(prefix, "variant", self.variant, ("tds_clip", "baseline"))
+        _choice(prefix, "td_variant", self.td_variant, ("pool", "conv", "direct", "none"))
+        _choice(prefix, "sme_mode", self.sme_mode, ("kernel", "folded"))
+        for key in ("num_classes", "num_segments", "input_size", "side_dim", "td_reduction"):
+            _at_least(prefix, key, getattr(self, key), 1)
+        if self.num_local < 1 or self.num_local % 2 == 0:
+            raise ConfigError(f"{prefix}.num_local (M) must be odd and >= 1, got {self.num_local}")
+        if self.pool_kernel < 1 or self.pool_kernel % 2 == 0:
+            raise ConfigError(f"{prefix}.pool_kernel must be odd and >= 1, got {self.pool_kernel}")
+        if not isinstance(self.side_checkpoint, bool) and self.side_checkpoint < 0:
+            raise ConfigError(f"{prefix}.side_checkpoint must be a bool or a number of layers >= 0, "
+                              f"got {self.side_checkpoint}")
+        if isinstance(self.td_layers, list) and any(i < 1 for i in self.td_layers):
+            raise ConfigError(f"{prefix}.td_layers: layer numbers are 1-based, got {self.td_layers}")
+
+
+@dataclass
+class SolverConfig:
+    """``solver:`` the optimiser and schedule (official recipe, paper Sec. 4.1)."""
+
+    optimizer: str = "adamw"          # adamw (official) | sgd
+    lr: float = 1.0e-3                # base lr for the effective batch of 8 GPUs x 16 videos
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1.0e-8
+    weight_decay: float = 0.15
+    momentum: float = 0.9             # sgd only
+    clip_ratio: float = 1.0           # lr factor of the "clip" group
+    epochs: int = 40
+    warmup_epochs: float = 0.0        # official recipes: 4
+    schedule: str = "cosine"          # cosine | constant
+    final_lr_factor: float = 0.0
+    lr_step_every: int = 10           # LR updated at iteration 0 and every n-th iteration
+    label_smoothing: float = 0.1
+    grad_accumulation: int = 1
+    grad_clip: Optional[float] = None
+
+    def validate(self, prefix: str = "solver") -> None:
+        _choice(prefix, "optimizer", self.optimizer, ("adamw", "sgd"))
+        _choice(prefix, "schedule", self.schedule, ("cosine", "constant"))
+        _positive(prefix, "lr", self.lr)
+        _positive(prefix, "eps", self.eps)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{prefix}.betas must be two numbers in [0, 1), got {self.betas}")
+        for key in ("weight_decay", "momentum", "clip_ratio", "warmup_epochs", "final_lr_factor"):
+            _at_least(prefix, key, getattr(self, key), 0.0)
+        _at_least(prefix, "epochs", self.epochs, 1)
+        _at_least(prefix, "lr_step_every", self.lr_step_every, 1)
+        _at_least(prefix, "grad_accumulation", self.grad_accumulation, 1)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{prefix}.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.grad_clip is not None:
+            _positive(prefix, "grad_clip", self.grad_clip)
+
+
+PRECISIONS = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
+              "half": "fp16", "amp": "fp16", "fp32": "fp32", "float32": "fp32"}
+
+
+@dataclass
+class TrainConfig:
+    """``train:`` how the loop runs."""
+
+    batch_size: int = 16              # videos per GPU (x data.num_sample clips)
+    precision: str = "auto"           # auto | bf16 | fp16 | fp32
+    compile: bool = False
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    seed: int = 1024                  # torch/numpy seed = seed + rank (official)
+    sync_bn: bool = False
+    find_unused_parameters: bool = False
+    deterministic: bool = False
+    num_workers: Optional[int] = None  # null = data.num_workers
+    log_every: int = 10
+    tensorboard: bool = True
+    limit_train_batches: Optional[int] = None
+
+    def validate(self, prefix: str = "train") -> None:
+        _at_least(prefix, "batch_size", self.batch_size, 1)
+        _at_least(prefix, "log_every", self.log_every, 1)
+        _at_least(prefix, "seed", self.seed, 0)
+        if self.precision.lower() not in PRECISIONS:
+            raise ConfigError(f"{prefix}.precision={self.precision!r}: use auto, bf16, fp16 or fp32")
+        dev = self.device.lower()
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"{prefix}.device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.num_workers is not None:
+            _at_least(prefix, "num_workers", self.num_workers, 0)
+        if self.limit_train_batches is not None:
+            _at_least(prefix, "limit_train_batches", self.limit_train_batches, 1)
+
+
+@dataclass
+class EvalConfig:
+    """``eval:`` in-training validation and the test protocol."""
+
+    validate: bool = True
+    skip_epochs: List[int] = field(default_factory=list)  # 0-based; the last epoch always validates
+    batch_size: Optional[int] = None  # null = train.batch_size
+    limit_val_batches: Optional[int] = None
+    views: List[int] = field(default_factory=lambda: [3, 2])  # crops x clips
+    test_batch_size: int = 4
+
+    def validate_values(self, prefix: str = "eval") -> None:
+        if self.batch_size is not None:
+            _at_least(prefix, "batch_size", self.batch_size, 1)
+        if self.limit_val_batches is not None:
+            _at_least(prefix, "limit_val_batches", self.limit_val_batches, 1)
+        _at_least(prefix, "test_batch_size", self.test_batch_size, 1)
+        if len(self.views) != 2 or self.views[0] not in (1, 3) or self.views[1] < 1:
+            raise ConfigError(f"{prefix}.views must be [crops, clips] with crops 1 or 3 and clips >= 1, "
+                              f"got {self.views}")
+        if any(e < 0 for e in self.skip_epochs):
+            raise ConfigError(f"{prefix}.skip_epochs are 0-based epoch numbers, got {self.skip_epochs}")
+
+
+@dataclass
+class OutputConfig:
+    """``output:`` the run directory and what is kept in it."""
+
+    dir: str = "runs/{name}"          # {name} = recipe name
+    keep_last: int = 3                # epoch checkpoints kept (best.pt is extra); 0 = keep all
+    save_best: bool = True
+    plot: bool = True
+    checkpoint_every: Optional[int] = None  # also checkpoint every N iterations inside an epoch
+
+    def validate(self, prefix: str = "output") -> None:
+        _at_least(prefix, "keep_last", self.keep_last, 0)
+        if self.checkpoint_every is not None:
+            _at_least(prefix, "checkpoint_every", self.checkpoint_every, 1)
+        try:
+            self.dir.format(name="x")
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ConfigError(f"{prefix}.dir={self.dir!r}: only {{name}} may be substituted ({exc})") from None
+
+
+def _data_config():
+    from tdsk.data.config import DataConfig  # noqa: PLC0415 - tdsk.data imports this module
+
+    return DataConfig
+
+
+SECTIONS: Dict[str, Any] = {
+    "model": ModelConfig,
+    "data": _data_config,
+    "solver": SolverConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "output": OutputConfig,
+}
+
+
+def _section_class(section: str):
+    cls = SECTIONS[section]
+    return cls() if not dataclasses.is_dataclass(cls) else cls
+
+
+def section_keys(section: str) -> List[str]:
+    """The keys a section accepts."""
+    return [f.name for f in dataclasses.fields(_section_class(section))]
+
+
+# ----------------------------------------------------------------------------- checking
+
+def closest_keys(key: str, valid: List[str], n: int = 3) -> List[str]:
+    """Closest valid keys to a typo: the same leaf in another section first, then by spelling."""
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in valid if k.rsplit(".", 1)[-1] == leaf and k != key]
+    close = same_leaf + [k for k in difflib.get_close_matches(key, valid, n=n + 1, cutoff=0.6) if k not in same_leaf]
+    if not close:
+        close = difflib.get_close_matches(key, valid, n=n, cutoff=0.3)
+    return close[:n]
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        names = " or ".join(_type_name(a) for a in args)
+        return names + (" or null" if type(None) in typing.get_args(tp) else "")
+    if origin in (list, List):
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(inner)}s"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """``value`` as type ``tp`` or a :class:`ConfigError` naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if origin in (list, List):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+
+
+def check_section(cls, values: Optional[Mapping[str, Any]], section: str, source: str = "") -> Any:
+    """Build ``cls`` from ``values``: unknown keys and wrong types are :class:`ConfigError`.
+
+    ``section`` names the section in messages (``solver`` -> ``solver.lr``); ``source``
+    (a file name) is prefixed when given. Range checks are the class's ``validate``.
+    """
+    where = f"{source}: " if source else ""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}section {section!r} must be a mapping of key: value, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        key = f"{section}.{unknown[0]}"
+        close = closest_keys(key, [f"{section}.{n}" for n in names])
+        hint = f" Closest valid keys: {', '.join(close)}." if close else ""
+        raise ConfigError(f"{where}unknown config key {key!r}.{hint} Valid {section} keys: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - a missing required field
+        raise ConfigError(f"{where}{section}: {exc}") from None
+    check = getattr(obj, "validate_values", None) or getattr(obj, "validate", None)
+    if check is not None:
+        try:
+            check(section)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{exc}") from None
+    return obj
+
+
+def _choice(prefix: str, key: str, value: Any, options) -> None:
+    if value not in options:
+        raise ConfigError(f"{prefix}.{key}={value!r}: use one of {', '.join(map(str, options))}")
+
+
+def _at_least(prefix: str, key: str, value: Any, low) -> None:
+    if value < low:
+        raise ConfigError(f"{prefix}.{key} must be >= {low}, got {value}")
+
+
+def _positive(prefix: str, key: str, value: Any) -> None:
+    if not value > 0:
+        raise ConfigError(f"{prefix}.{key} must be > 0, got {value}")
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: one typed object per section (``data`` is a DataConfig)."""
+
+    model: ModelConfig
+    data: Any
+    solver: SolverConfig
+    train: TrainConfig
+    eval: EvalConfig
+    output: OutputConfig
+
+
+def validate_recipe(cfg: Mapping[str, Any], source: str = "") -> Recipe:
+    """Check every section of a recipe (see the module docstring); returns the typed :class:`Recipe`.
+
+    Keys starting with ``_`` at the top level (``_meta``, ``_base_``) are not sections.
+    """
+    where = f"{source}: " if source else ""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{where}a recipe must be a mapping with the sections {', '.join(SECTIONS)}")
+    extra = sorted(k for k in cfg if not str(k).startswith("_") and k not in SECTIONS)
+    if extra:
+        close = difflib.get_close_matches(str(extra[0]), list(SECTIONS), n=2, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"{where}unknown recipe section {extra[0]!r}.{hint} Sections: {', '.join(SECTIONS)}")
+    parts = {name: check_section(_section_class(name), cfg.get(name), name, source) for name in SECTIONS}
+    recipe = Recipe(**parts)
+    bad = [f"data.{k}={getattr(recipe.data, k)!r} but model.{k}={getattr(recipe.model, k)!r}"
+           for k in ("input_size", "num_segments", "num_local")
+           if k in (cfg.get("data") or {}) and k in (cfg.get("model") or {})
+           and getattr(recipe.data, k) != getattr(recipe.model, k)]
+    if bad:
+        raise ConfigError(f"{source or 'config'}: the data and model sections disagree: " + "; ".join(bad)
+                          + " (override both, e.g. model.num_segments=16 data.num_segments=16)")
+    return recipe
