@@ -324,28 +324,20 @@ class MemoryClipLoader:
         self.swap = {}
         for a, b in pairs:
             self.swap[int(a)], self.swap[int(b)] = int(b), int(a)
-        self.per_rank = -(-len(self.labels) // self.world_size)
+        from tdsk.data.dataset import EpochSampler
+
+        # tdsk.data's sharding: padded at train (equal steps per rank), each video once at val/test
+        self.sampler = EpochSampler(len(self.labels), shuffle=split == "train", rank=self.rank,
+                                    world_size=self.world_size, seed=self.seed)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         if self.split == "train":
-            return max(1, self.per_rank // self.batch_size)
-        return -(-self.per_rank // self.batch_size)
-
-    def _order(self) -> list:
-        import torch
-
-        n = len(self.labels)
-        if self.split == "train":
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        total = self.per_rank * self.world_size
-        order = (order * 2)[:total]
-        return order[self.rank:total:self.world_size]
+            return max(1, len(self.sampler) // self.batch_size)
+        return -(-len(self.sampler) // self.batch_size)
 
     def _item(self, index: int):
         import torch
@@ -372,8 +364,8 @@ class MemoryClipLoader:
 
         from tdsk.data import normalize
 
-        order = self._order()
-        n_batches = len(self)
+        order = self.sampler.indices()
+        n_batches = len(self) - self.sampler.start // self.batch_size  # after a mid-epoch resume's skip
         for b in range(n_batches):
             chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
             clips, labels = [], []

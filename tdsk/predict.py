@@ -4,40 +4,97 @@ Prints the top-5 classes with their probabilities for each file (``--json`` for 
 JSON object per file). Videos are read with the recipe's test protocol (views =
 crops x clips, softmax averaged); a JPEG frame folder works too. Class names come
 from ``--labels FILE`` (one per line), else from the checkpoint, else indices.
+
+An argument is a config override only if it reads ``section.key=value`` with a recipe
+section (``model``, ``data``, ``solver``, ``train``, ``eval``, ``output``); anything else
+is a video path (``a=b.mp4`` is a video). Missing inputs are reported before the model
+is loaded; each missing, undecodable or non-finite-scoring video gets its own error
+line and the others still run. Exit code: 0 if every video was classified, 1 if any
+failed, 2 for a usage error (bad checkpoint, recipe, override, labels file).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
-__all__ = ["main", "predict"]
+__all__ = ["main", "predict", "is_override", "SECTIONS"]
+
+SECTIONS = ("model", "data", "solver", "train", "eval", "output")
+_OVERRIDE = re.compile(r"^\+?(?:%s)(?:\.[A-Za-z_][A-Za-z0-9_]*)+=" % "|".join(SECTIONS))
+
+
+def is_override(arg: str) -> bool:
+    """``section.key=value`` (optionally ``+section.key=value``) with a recipe section."""
+    return bool(_OVERRIDE.match(arg))
 
 
 def predict(model, cfg: dict, paths: Sequence[str], *, views=None, top: int = 5, device="cpu",
-            classes: Sequence[str] | None = None) -> list[dict]:
-    """Top-``top`` predictions per file: ``[{"path", "top": [{"index", "label", "prob"}]} | {"path", "error"}]``."""
+            classes: Sequence[str] | None = None,
+            on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Top-``top`` predictions per file: ``[{"path", "views", "top": [{"index", "label", "prob"}]} | {"path", "error"}]``.
+
+    A video any of whose views has non-finite logits, or whose averaged probabilities
+    are non-finite, is an error (``"non-finite model output ..."``), never a top-k list.
+    ``on_result`` is called with each result as soon as it is known.
+    """
     import torch
 
     from tdsk.data import DecodeError, load_video_clip
     from tdsk.engine.evaluation import class_probabilities
 
+    if int(top) < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
     out = []
     for path in paths:
         try:
             video = load_video_clip(path, cfg["data"], views=views, device=device)
         except (DecodeError, FileNotFoundError, OSError) as exc:
-            out.append({"path": path, "error": str(exc)})
-            continue
-        with torch.no_grad():
-            probs, _ = class_probabilities(model, video.unsqueeze(0))
-        values, indices = probs[0].topk(min(top, probs.shape[-1]))
-        out.append({"path": path, "views": int(video.shape[0]), "top": [
-            {"index": int(i), "label": classes[int(i)] if classes and int(i) < len(classes) else str(int(i)),
-             "prob": float(v)} for v, i in zip(values, indices)]})
+            result = {"path": path, "error": str(exc)}
+        else:
+            with torch.no_grad():
+                probs, logits = class_probabilities(model, video.unsqueeze(0))
+            num_views = int(video.shape[0])
+            bad_views = int((~torch.isfinite(logits).all(-1)).sum())
+            if bad_views or not bool(torch.isfinite(probs).all()):
+                result = {"path": path, "views": num_views,
+                          "error": f"non-finite model output (NaN/inf logits in {bad_views} of {num_views} views)"}
+            else:
+                values, indices = probs[0].topk(min(int(top), probs.shape[-1]))
+                result = {"path": path, "views": num_views, "top": [
+                    {"index": int(i), "label": classes[int(i)] if classes and int(i) < len(classes) else str(int(i)),
+                     "prob": float(v)} for v, i in zip(values, indices)]}
+        out.append(result)
+        if on_result is not None:
+            on_result(result)
     return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _printer(as_json: bool) -> Callable[[dict], None]:
+    def emit(r: dict) -> None:
+        if as_json:
+            print(json.dumps(r), flush=True)
+        elif "error" in r:
+            print(f"{r['path']}: error: {r['error']}", flush=True)
+        else:
+            lines = [f"{r['path']}  ({r['views']} views)"]
+            lines += [f"  {rank}. {t['label']:<40s} {100 * t['prob']:6.2f}%  (class {t['index']})"
+                      for rank, t in enumerate(r["top"], 1)]
+            print("\n".join(lines), flush=True)
+    return emit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,42 +102,60 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m tdsk.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("videos", nargs="+", metavar="VIDEO",
-                   help="video files (or JPEG frame folders); key=value items are config overrides")
+                   help="video files (or JPEG frame folders); section.key=value items (section: "
+                        + ", ".join(SECTIONS) + ") are config overrides")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--cfg", help="recipe (default: the one stored in a tdsk checkpoint; needed for official ones)")
     p.add_argument("--labels", help="class names, one per line (index order)")
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the recipe's test views)")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_positive_int, default=5, help="classes shown per video (>= 1, default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    overrides = [v for v in args.videos if "=" in v and not os.path.exists(v)]
-    videos = [v for v in args.videos if v not in overrides]
+    args = p.parse_intermixed_args(argv)  # videos and overrides may come before or after the options
+    overrides = [v for v in args.videos if is_override(v)]
+    videos = [v for v in args.videos if not is_override(v)]
+    if not videos:
+        p.error("no VIDEO given (section.key=value arguments are config overrides)")
 
-    from tdsk.evaluate import load_for_inference, read_labels
+    def usage_error(message) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    # Cheap checks first: a typo in a path is reported now, not after loading a model.
+    if not os.path.isfile(args.checkpoint):
+        what = "is a directory, expected a checkpoint file" if os.path.isdir(args.checkpoint) else "no such file"
+        return usage_error(f"--checkpoint {args.checkpoint}: {what}")
+    if args.labels and not os.path.isfile(args.labels):
+        return usage_error(f"--labels {args.labels}: no such file")
+    emit = _printer(args.json)
+    present, failed = [], 0
+    for v in videos:
+        if os.path.exists(v):
+            present.append(v)
+        else:
+            emit({"path": v, "error": "no such file or directory"})
+            failed += 1
+    if not present:
+        return 1
+
+    from tdsk.data import DataConfig
+    from tdsk.evaluate import load_for_inference, read_labels, user_errors
 
     try:
         model, cfg, classes = load_for_inference(args.checkpoint, args.cfg, overrides, device=args.device)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.labels:
-        classes = read_labels(args.labels)
+        DataConfig.from_dict(cfg["data"])  # a bad data setting: one message now, not one per video
+        if args.labels:
+            classes = read_labels(args.labels)
+    except user_errors(loading=True) as exc:
+        return usage_error(exc)
     views = args.views or tuple((cfg.get("eval") or {}).get("views") or ()) or None
-    results = predict(model, cfg, videos, views=views, top=args.top, device=args.device, classes=classes)
-    failed = 0
-    for r in results:
-        if args.json:
-            print(json.dumps(r))
-        elif "error" in r:
-            print(f"{r['path']}: error: {r['error']}")
-        else:
-            print(f"{r['path']}  ({r['views']} views)")
-            for rank, t in enumerate(r["top"], 1):
-                print(f"  {rank}. {t['label']:<40s} {100 * t['prob']:6.2f}%  (class {t['index']})")
-        failed += "error" in r
-    return 1 if failed == len(results) else 0
-
+    try:
+        results = predict(model, cfg, present, views=views, top=args.top, device=args.device, classes=classes,
+                          on_result=emit)
+    except user_errors() as exc:
+        return usage_error(exc)
+    failed += sum("error" in r for r in results)
+    return 1 if failed else 0
 
 if __name__ == "__main__":
     sys.exit(main())

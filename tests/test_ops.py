@@ -344,6 +344,8 @@ def test_opcheck_frame_diff_concat():
         torch.library.opcheck(torch.ops.tdsk.frame_diff_concat.default, args)
     g = torch.randn(2, 12, 3, 4, 4)
     torch.library.opcheck(torch.ops.tdsk.frame_diff_concat_backward.default, (g, scale, 5, torch.float32))
+    stats = (torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD))
+    torch.library.opcheck(torch.ops.tdsk.frame_diff_scale.default, (*stats, 255.0, torch.float32))
 
 
 class _UsesBothOps(torch.nn.Module):
@@ -373,6 +375,48 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(model.conv.weight.grad, eager_grad)
     explanation = torch._dynamo.explain(model)(frames)
     assert explanation.graph_break_count == 0
+
+
+def _diff_with_clip_stats(frames):
+    return frame_diff_concat(frames, mean=CLIP_MEAN, std=CLIP_STD)
+
+
+def _diff_with_tensor_stats(frames, mean, std):
+    return frame_diff_concat(frames, mean=mean, std=std)
+
+
+def test_torch_compile_fullgraph_uint8_with_statistics():
+    """README's uint8 example (mean/std given) traces without a graph break, both with
+    sequences and with tensors as statistics, and equals eager exactly."""
+    torch.manual_seed(18)
+    frames = torch.randint(0, 256, (2, 3, 5, 3, 4, 6), dtype=torch.uint8)
+    mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(_diff_with_clip_stats)(frames).graph_break_count == 0
+    assert torch._dynamo.explain(_diff_with_tensor_stats)(frames, mean, std).graph_break_count == 0
+    compiled = torch.compile(_diff_with_clip_stats, fullgraph=True, backend="inductor")
+    assert torch.equal(compiled(frames), _diff_with_clip_stats(frames))
+    compiled_t = torch.compile(_diff_with_tensor_stats, fullgraph=True, backend="aot_eager")
+    out = compiled_t(frames, mean, std)
+    assert out.dtype == torch.float32 and torch.equal(out, _diff_with_tensor_stats(frames, mean, std))
+    torch.testing.assert_close(out, reference.frame_diff_concat_reference(frames, mean, std))
+    # The value checks still run (at run time) inside the compiled graph.
+    with pytest.raises(ValueError, match="mean must be finite"):
+        compiled_t(frames, torch.tensor([0.5, float("nan"), 0.5]), std)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        compiled_t(frames, mean, torch.tensor([0.2, 0.0, 0.3]))
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_frame_diff_non_finite_statistics_rejected_eager(as_tensor):
+    f = torch.randint(0, 256, (1, 2, 3, 3, 2, 2), dtype=torch.uint8)
+    conv = torch.tensor if as_tensor else tuple
+    with pytest.raises(ValueError, match="mean must be finite"):
+        frame_diff_concat(f, conv((0.5, float("inf"), 0.5)), conv(CLIP_STD))
+    with pytest.raises(ValueError, match="std must be finite"):
+        frame_diff_concat(f, conv(CLIP_MEAN), conv((0.2, float("nan"), 0.3)))
+    with pytest.raises(ValueError, match="std must be > 0"):
+        frame_diff_concat(f, conv(CLIP_MEAN), conv((0.2, -1.0, 0.3)))
 
 
 def test_import_without_compiled_parts_falls_back_and_says_so_once():

@@ -285,30 +285,90 @@ def _frame_diff_concat_backward(ctx, grad_out):
 _frame_diff_concat_op.register_autograd(_frame_diff_concat_backward, setup_context=_frame_diff_concat_setup_context)
 
 
-def _as_stat(name: str, value: Stat, channels: int, device: torch.device) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        if value.device != device:
-            raise ValueError(
-                f"frame_diff_concat: {name} is on {value.device} but frames are on {device}; "
-                "put them on the same device"
-            )
-        stat = value.detach().to(torch.float64)
-    else:
-        try:
-            stat = torch.tensor([float(v) for v in value], dtype=torch.float64, device=device)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"frame_diff_concat: {name} must be a tensor or a sequence of {channels} floats, "
-                f"got {type(value).__name__}"
-            ) from exc
-    if stat.dim() != 1 or stat.numel() != channels:
+# Statistics. Their *values* must be checked (finite; std > 0), and that check
+# must never become a data-dependent guard in a traced graph (torch.compile with
+# fullgraph=True would fail on ``bool(tensor)``):
+#
+# * Python sequences (the usual case, e.g. CLIP's constants) are checked as Python
+#   floats and the scale is computed in Python: nothing data-dependent is traced.
+# * Tensor statistics go through the small ``tdsk::frame_diff_scale`` op, whose real
+#   implementation checks the values (eager, and at run time of a compiled graph)
+#   and whose fake implementation only propagates the shape.
+
+def _stat_floats(name: str, value, channels: int) -> list:
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"frame_diff_concat: {name} must be a tensor or a sequence of {channels} floats, "
+            f"got {type(value).__name__}"
+        ) from exc
+    if len(vals) != channels:
         raise ValueError(
             f"frame_diff_concat: {name} must have one value per channel (C={channels}), "
-            f"got shape {tuple(stat.shape)}"
+            f"got shape ({len(vals)},)"
         )
-    if not bool(torch.isfinite(stat).all()):
-        raise ValueError(f"frame_diff_concat: {name} must be finite, got {stat.tolist()}")
-    return stat
+    return vals
+
+
+def _check_stat_values(mean: list, std: list) -> None:
+    """Value checks on Python floats (shared by the sequence path and the scale op)."""
+    for name, vals in (("mean", mean), ("std", std)):
+        if not all(math.isfinite(v) for v in vals):
+            raise ValueError(f"frame_diff_concat: {name} must be finite, got {vals}")
+    if not all(v > 0 for v in std):
+        raise ValueError(f"frame_diff_concat: std must be > 0, got {std}")
+
+
+def _check_stat_tensor(name: str, value: torch.Tensor, channels: int, device: torch.device) -> torch.Tensor:
+    """Metadata-only checks (device, shape): safe to trace."""
+    if value.device != device:
+        raise ValueError(
+            f"frame_diff_concat: {name} is on {value.device} but frames are on {device}; "
+            "put them on the same device"
+        )
+    if value.dim() != 1 or value.shape[0] != channels:
+        raise ValueError(
+            f"frame_diff_concat: {name} must have one value per channel (C={channels}), "
+            f"got shape {tuple(value.shape)}"
+        )
+    if not (value.is_floating_point() or value.dtype in (torch.uint8, torch.int8, torch.int16,
+                                                          torch.int32, torch.int64)):
+        raise TypeError(f"frame_diff_concat: {name} must be a real tensor, got {value.dtype}")
+    return value.detach()
+
+
+@torch.library.custom_op("tdsk::frame_diff_scale", mutates_args=())
+def _frame_diff_scale_op(mean: torch.Tensor, std: torch.Tensor, divisor: float, dtype: torch.dtype) -> torch.Tensor:
+    """``1 / (std * divisor)`` in float64, rounded once to ``dtype``, after checking the values."""
+    m64, s64 = mean.to(torch.float64), std.to(torch.float64)
+    if not bool(torch.isfinite(m64).all()):
+        raise ValueError(f"frame_diff_concat: mean must be finite, got {m64.tolist()}")
+    if not bool(torch.isfinite(s64).all()):
+        raise ValueError(f"frame_diff_concat: std must be finite, got {s64.tolist()}")
+    if not bool((s64 > 0).all()):
+        raise ValueError(f"frame_diff_concat: std must be > 0, got {s64.tolist()}")
+    return (1.0 / (s64 * divisor)).to(dtype)
+
+
+@_frame_diff_scale_op.register_fake
+def _(mean, std, divisor, dtype):
+    return std.new_empty(std.shape, dtype=dtype)
+
+
+def _frame_diff_scale(mean: Stat, std: Stat, channels: int, device: torch.device, divisor: float,
+                      dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(mean, torch.Tensor) or isinstance(std, torch.Tensor):
+        mean_t = (_check_stat_tensor("mean", mean, channels, device) if isinstance(mean, torch.Tensor)
+                  else torch.tensor(_stat_floats("mean", mean, channels), dtype=torch.float64, device=device))
+        std_t = (_check_stat_tensor("std", std, channels, device) if isinstance(std, torch.Tensor)
+                 else torch.tensor(_stat_floats("std", std, channels), dtype=torch.float64, device=device))
+        return torch.ops.tdsk.frame_diff_scale(mean_t, std_t, float(divisor), dtype)
+    mean_f = _stat_floats("mean", mean, channels)
+    std_f = _stat_floats("std", std, channels)
+    _check_stat_values(mean_f, std_f)
+    # Python floats are float64: the same float64 division as the tensor path.
+    return torch.tensor([1.0 / (v * divisor) for v in std_f], dtype=dtype, device=device)
 
 
 def frame_diff_concat(
@@ -343,7 +403,10 @@ def frame_diff_concat(
     Raises:
         TypeError: unsupported dtype, integer frames without ``mean``/``std``.
         ValueError: wrong rank, ``M < 2``, only one of ``mean``/``std``, a statistic
-            of the wrong length, non-positive ``std``, mixed devices.
+            of the wrong length, a non-finite statistic, non-positive ``std``, mixed
+            devices. The value checks never put a data-dependent guard into a
+            ``torch.compile`` graph: sequences are checked as Python floats, tensors
+            inside the ``tdsk::frame_diff_scale`` op when it runs.
     """
     _check_tensor("frames", frames)
     if frames.dim() != 6:
@@ -373,14 +436,12 @@ def frame_diff_concat(
 
     scale = None
     if mean is not None:
-        _as_stat("mean", mean, c, frames.device)  # validated; it cancels in a difference
-        std_t = _as_stat("std", std, c, frames.device)
-        if not bool((std_t > 0).all()):
-            raise ValueError(f"frame_diff_concat: std must be > 0, got {std_t.tolist()}")
+        # mean is validated but otherwise unused: it cancels in a difference.
         # float64 division, then rounded once to float32 for the kernels (float64
         # work keeps a float64 scale: full precision for validation runs).
         wide = torch.float64 in (frames.dtype, out_dtype)
-        scale = (1.0 / (std_t * (255.0 if is_uint8 else 1.0))).to(torch.float64 if wide else torch.float32)
+        scale = _frame_diff_scale(mean, std, c, frames.device, 255.0 if is_uint8 else 1.0,
+                                  torch.float64 if wide else torch.float32)
     return torch.ops.tdsk.frame_diff_concat(frames, scale, out_dtype)
 
 

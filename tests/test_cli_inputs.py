@@ -1,0 +1,259 @@
+"""Inputs and failure modes of `python -m tdsk.predict` and `python -m tdsk.evaluate`:
+override vs. path arguments, per-file errors and exit codes, non-finite model output,
+checks that run before the (long) model load / evaluation pass, and user errors as one
+``error: ...`` line with exit code 2 (never a traceback).
+
+Mostly in-process ``main()`` calls on a tiny (32 px) demo model, to stay fast."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import tdsk.engine.evaluation as E
+import tdsk.evaluate as tev
+from tdsk import demo
+from tdsk import predict as tpr
+from tdsk.engine import checkpoint as C
+from tdsk.engine.trainer import fit
+from tdsk.train import demo_config
+
+FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
+        "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9", "solver.epochs=1",
+        "solver.warmup_epochs=0", "train.limit_train_batches=1", "data.test_crops=1", "data.test_clips=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny demo checkpoint (one training step) with its data."""
+    base = tmp_path_factory.mktemp("cli-inputs")
+    root = demo.generate(demo.DemoSpec(seed=5, train_per_class=1, val_per_class=1), str(base / "cache"),
+                         progress=False)
+    cfg = demo_config(root, FAST)
+    res = fit(cfg, output_dir=str(base / "run"), classes=demo.CLASSES, progress=False)
+    cfg_path = base / "tiny.yaml"
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(C.plain({k: v for k, v in cfg.items() if k != "_meta"}), f)
+    video = os.path.join(root, "videos", "val", "left_0000.mp4")
+    assert os.path.isfile(video)
+    return {"root": root, "ckpt": res.last_checkpoint, "video": video, "base": base, "cfg": str(cfg_path)}
+
+
+def _no_eval_pass(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the evaluation pass must not start")
+    monkeypatch.setattr(E, "evaluate", boom)
+
+
+def _strict_json(text):
+    def bad_constant(name):
+        raise ValueError(f"invalid JSON constant {name}")
+    return json.loads(text, parse_constant=bad_constant)
+
+
+# ----------------------------------------------------------------------------- predict: inputs
+
+def test_predict_override_needs_a_known_section_otherwise_it_is_a_video(tiny, tmp_path, capsys):
+    named = tmp_path / "a=b.mp4"
+    shutil.copy(tiny["video"], named)
+    missing = str(tmp_path / "x=1.mp4")
+    other = "foo.bar=1"  # no recipe section: a (missing) video, not an override
+    rc = tpr.main([tiny["video"], str(named), missing, other, "data.test_clips=1", "--checkpoint", tiny["ckpt"],
+                   "--json", "--views", "1x1"])
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    by_path = {r["path"]: r for r in out}
+    assert set(by_path) == {tiny["video"], str(named), missing, other}
+    assert len(by_path[str(named)]["top"]) == 5 and len(by_path[tiny["video"]]["top"]) == 5
+    assert "no such file" in by_path[missing]["error"] and "no such file" in by_path[other]["error"]
+    assert rc == 1
+    assert tpr.is_override("data.root=/x") and tpr.is_override("+model.foo=1")
+    assert not tpr.is_override("a=b.mp4") and not tpr.is_override("clips/data.x=1.mp4")
+
+
+def test_predict_each_failure_on_its_own_line_and_exit_code(tiny, tmp_path, capsys):
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    m1, m2 = str(tmp_path / "typo1.mp4"), str(tmp_path / "typo2.mp4")
+    rc = tpr.main([m1, tiny["video"], str(bad), m2, "--checkpoint", tiny["ckpt"], "--views", "1x1"])
+    lines = capsys.readouterr().out.splitlines()
+    errors = [x for x in lines if ": error: " in x]
+    assert sorted(x.split(": error: ")[0] for x in errors) == sorted([m1, m2, str(bad)])
+    assert any(x.startswith(f"{tiny['video']}  (1 views)") for x in lines)  # the good one still ran
+    assert rc == 1  # not 0: some failed (before: 1 only if all failed)
+    rc = tpr.main([tiny["video"], "--checkpoint", tiny["ckpt"], "--views", "1x1", "--top", "2"])
+    assert rc == 0 and capsys.readouterr().out.count("%") == 2
+
+
+@pytest.mark.parametrize("top", ["0", "-3", "x"])
+def test_predict_top_must_be_at_least_one(tiny, top, capsys):
+    with pytest.raises(SystemExit) as exc:
+        tpr.main([tiny["video"], "--checkpoint", tiny["ckpt"], "--top", top])
+    assert exc.value.code == 2 and "--top" in capsys.readouterr().err
+
+
+def test_predict_checks_inputs_before_loading_the_model(tiny, tmp_path, capsys, monkeypatch):
+    missing = str(tmp_path / "typo.mp4")
+    seen = {}
+    real = tev.load_for_inference
+
+    def spy(*a, **k):
+        seen["out_before_load"] = capsys.readouterr().out
+        return real(*a, **k)
+
+    monkeypatch.setattr(tev, "load_for_inference", spy)
+    rc = tpr.main([tiny["video"], missing, "--checkpoint", tiny["ckpt"], "--views", "1x1"])
+    assert rc == 1 and f"{missing}: error: no such file" in seen["out_before_load"]
+    seen.clear()
+    rc = tpr.main([missing, str(tmp_path / "typo2.mp4"), "--checkpoint", tiny["ckpt"]])
+    assert rc == 1 and "out_before_load" not in seen  # nothing to classify: no model loaded at all
+    assert capsys.readouterr().out.count(": error: no such file") == 2
+
+
+# ----------------------------------------------------------------------------- non-finite output
+
+class _NaNFirstView(torch.nn.Module):
+    """Wraps a model; the logits of the first view of the batch become NaN (or -inf)."""
+
+    def __init__(self, inner, value=float("nan")):
+        super().__init__()
+        self.inner, self.value = inner, value
+        self.num_classes = inner.num_classes
+
+    def forward(self, video):
+        out = self.inner(video).clone()
+        out[0, 0] = self.value
+        return out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_predict_non_finite_output_is_an_error_not_a_prediction(tiny, value, capsys, monkeypatch):
+    model, cfg, _ = tev.load_for_inference(tiny["ckpt"])
+    res = tpr.predict(_NaNFirstView(model, value), cfg, [tiny["video"]], views=(1, 2))
+    assert len(res) == 1 and "top" not in res[0] and "non-finite model output" in res[0]["error"]
+    ok = tpr.predict(model, cfg, [tiny["video"]], views=(1, 2))
+    assert len(ok[0]["top"]) == 5
+    monkeypatch.setattr(tev, "load_for_inference", lambda *a, **k: (_NaNFirstView(model, value), cfg, None))
+    rc = tpr.main([tiny["video"], "--checkpoint", tiny["ckpt"], "--views", "1x1"])
+    out = capsys.readouterr().out
+    assert rc == 1 and f"{tiny['video']}: error: non-finite model output" in out and "%" not in out
+
+
+def test_evaluate_results_json_stays_valid_with_non_finite_values(tiny, tmp_path, capsys, monkeypatch):
+    def fake_evaluate(model, loader, **kw):
+        probs = np.full((2, len(demo.CLASSES)), 1.0 / len(demo.CLASSES), np.float32)
+        r = E.EvalResult(0.5, 1.0, float("nan"), 2, probs, np.array([0, 1]), seconds=0.1)
+        r.num_nonfinite = 1
+        r.skipped = [{"path": "videos/val/x.mp4", "reason": "cannot decode"}]
+        return r
+
+    monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    out = tmp_path / "ev"
+    rc = tev.main(["--checkpoint", tiny["ckpt"], "--out", str(out), "--no-progress", "--views", "1x1"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    res = _strict_json((out / "results.json").read_text())
+    assert res["loss"] is None and res["top1"] == 0.5
+    assert res["nonfinite"] == 1 and res["skipped"] == [{"path": "videos/val/x.mp4", "reason": "cannot decode"}]
+    assert "1 non-finite" in cap.out and "1 skipped" in cap.out
+    assert "warning" in cap.err and "videos/val/x.mp4: cannot decode" in cap.err
+    assert tev.json_safe({"a": [float("inf"), np.float32(1.5), np.int64(3)]}) == {"a": [None, 1.5, 3]}
+
+
+# ----------------------------------------------------------------------------- evaluate: checks first
+
+def _write_list(path, lines):
+    path.write_text("".join(f"{x}\n" for x in lines))
+    return str(path)
+
+
+def test_evaluate_labels_beyond_num_classes_named_by_file_and_line(tiny, tmp_path, capsys, monkeypatch):
+    _no_eval_pass(monkeypatch)
+    val = open(os.path.join(tiny["root"], "val.txt")).read().splitlines()
+    entries = [x for x in val if x.strip() and not x.startswith("#")]
+    rel = entries[0].rsplit(None, 1)[0]
+    lst = _write_list(tmp_path / "bad_labels.txt", entries[:2] + [f"{rel} 42"])
+    rc = tev.main(["--checkpoint", tiny["ckpt"], "--out", str(tmp_path / "o"), "--no-progress",
+                   f"data.test_list={lst}"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"{lst}:3: label 42 but model.num_classes={len(demo.CLASSES)}" in err
+
+
+def test_evaluate_flip_label_pairs_must_be_classes_of_the_model(tiny, tmp_path, capsys, monkeypatch):
+    _no_eval_pass(monkeypatch)
+    rc = tev.main(["--checkpoint", tiny["ckpt"], "--out", str(tmp_path / "o"), "--no-progress",
+                   "data.flip_label_pairs=[[0, 1], [4, 12]]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "data.flip_label_pairs[1]" in err and "12" in err, err
+
+
+def test_evaluate_unwritable_output_is_reported_before_the_pass(tiny, tmp_path, capsys, monkeypatch):
+    _no_eval_pass(monkeypatch)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    rc = tev.main(["--checkpoint", tiny["ckpt"], "--out", str(blocker / "sub"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--out" in err and "cannot write" in err, err
+
+
+# ----------------------------------------------------------------------------- user errors: rc 2
+
+def test_evaluate_user_errors_in_process(tiny, tmp_path, capsys, monkeypatch):
+    from tdsk.data.loader import BadSampleError
+
+    # ListFormatError from the test list.
+    lst = _write_list(tmp_path / "garbage.txt", ["this line has no label column at all x"])
+    rc = tev.main(["--checkpoint", tiny["ckpt"], "--out", str(tmp_path / "o1"), f"data.test_list={lst}"])
+    assert rc == 2 and f"{lst}:1" in capsys.readouterr().err
+    # BadSampleError during the evaluation pass.
+    def bad_samples(*a, **k):
+        raise BadSampleError("test epoch 0: 3 bad file(s) of 3 samples")
+    monkeypatch.setattr(E, "evaluate", bad_samples)
+    rc = tev.main(["--checkpoint", tiny["ckpt"], "--out", str(tmp_path / "o2"), "--no-progress"])
+    assert rc == 2 and "error: test epoch 0: 3 bad file(s)" in capsys.readouterr().err
+    # A directory as checkpoint, a recipe that does not exist, data that is not there.
+    for args, expect in [(["--checkpoint", str(tmp_path)], "is a directory"),
+                         (["--checkpoint", tiny["ckpt"], "--cfg", "no_such_recipe"], "no_such_recipe"),
+                         (["--checkpoint", tiny["ckpt"], f"data.root={tmp_path / 'nope'}"], "dataset not found")]:
+        rc = tev.main(args + ["--out", str(tmp_path / "o3")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and expect in err, (args, err)
+
+
+def test_predict_user_errors_in_process(tiny, tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    cases = [
+        (["--checkpoint", str(junk)], "cannot read checkpoint"),
+        (["--checkpoint", str(tmp_path)], "is a directory"),
+        (["--checkpoint", tiny["ckpt"], "--labels", str(tmp_path / "nolabels.txt")], "--labels"),
+        (["--checkpoint", tiny["ckpt"], "data.test_crops=2"], "test_crops"),
+        (["--checkpoint", tiny["ckpt"], "solver.no_such_key=1"], "no_such_key"),
+    ]
+    for args, expect in cases:
+        rc = tpr.main([tiny["video"], *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and expect in err, (args, err)
+
+
+def _run(module, *args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env=env, timeout=300)
+
+
+def test_user_errors_reach_the_terminal_without_traceback(tiny, tmp_path):
+    lst = _write_list(tmp_path / "garbage.txt", ["videos/val/left_0000.mp4 notalabel"])
+    proc = _run("tdsk.evaluate", "--checkpoint", tiny["ckpt"], "--out", tmp_path / "o", "--no-progress",
+                f"data.test_list={lst}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert any(x.startswith("error: ") for x in proc.stderr.splitlines()), proc.stderr
+    assert "garbage.txt:1" in proc.stderr
+    proc = _run("tdsk.predict", tiny["video"], "--checkpoint", tiny["ckpt"], "data.test_crops=2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert any(x.startswith("error: ") for x in proc.stderr.splitlines()), proc.stderr
