@@ -109,7 +109,7 @@ def test_saved_for_backward_official_restatement(benchmark):
     clips = int(os.environ.get("TDSK_BENCH_CLIPS", "2"))
     torch.manual_seed(0)
     ref = OfficialTDSCLIP(768, 12, 16, 224, 320, 174, 8).train()
-    for name, p in ref.named_parameters():  # spec 2: frozen iff "visual" and not "side"
+    for name, p in ref.named_parameters():  # docs/model.md §3: frozen iff "visual" and not "side"
         p.requires_grad_(not (name.startswith("visual.") and "side" not in name))
     result = {}
 

@@ -2,14 +2,20 @@
 
 A recipe is one YAML file with the sections ``model:`` (read by
 :func:`tdsk.models.build_model`), ``data:`` (read by :func:`tdsk.data.build_loader`),
-and ``solver:``, ``train:``, ``eval:``, ``output:`` (read by :mod:`tdsk.train`).
+and ``solver:``, ``train:``, ``eval:``, ``output:`` (read by :mod:`tdsk.engine.trainer`).
+Their keys, defaults, types and ranges are one schema, :mod:`tdsk.schema`; a recipe
+file and the overrides are validated against it the same way (unknown keys name the
+closest valid ones, wrong values name their key).
+
+``_base_: <recipe name or relative path>`` makes a file state only its differences
+from another recipe (sections merge key by key; lists and values replace).
 
 Overrides are dotted ``key=value`` strings whose values are parsed as YAML, so
 ``solver.lr=5e-4``, ``train.precision=fp32``, ``eval.skip_epochs=[1,2,3]`` and
-``model.clip_pretrained=null`` all mean what they look like. Overriding a key that
-the recipe does not have is an error naming the closest existing keys (a typo must
-not silently start a 40-epoch run with the default); ``+section.key=value`` adds a
-new key on purpose.
+``model.clip_pretrained=null`` all mean what they look like. A key may be one the
+recipe file does not spell out, as long as the schema knows it (a leading ``+`` is
+accepted and changes nothing); a typo must not silently start a 40-epoch run with
+the default.
 """
 from __future__ import annotations
 
@@ -141,10 +147,7 @@ def _unknown_key(cfg: Mapping, key: str, item: str) -> None:
         valid |= {f"{section}.{leaf}" for leaf in _schema_keys(section)}
     close = closest_keys(key, sorted(valid), n=4)
     hint = f" Closest valid keys: {', '.join(close)}." if close else ""
-    raise ConfigError(
-        f"unknown config key {key!r} in override {item!r}.{hint} "
-        f"(prefix the key with '+' to add a new key on purpose)"
-    )
+    raise ConfigError(f"unknown config key {key!r} in override {item!r}.{hint}")
 
 
 BASE_KEY = "_base_"

@@ -26,7 +26,7 @@ class QuickGELU(nn.Module):
 
 
 class RefResBlock(nn.Module):
-    """OpenAI CLIP residual attention block, sequence-first (spec 2)."""
+    """OpenAI CLIP residual attention block, sequence-first (docs/model.md §3)."""
 
     def __init__(self, width):
         super().__init__()
@@ -44,7 +44,7 @@ class RefResBlock(nn.Module):
 
 
 class RefSAModule(nn.Module):
-    """TD-Adapter ``mse`` (spec 4.2(a).6), per-frame 2-D convs and BNs."""
+    """TD-Adapter ``mse`` (docs/model.md §6), per-frame 2-D convs and BNs."""
 
     def __init__(self, d, reduction=16):
         super().__init__()
@@ -78,7 +78,7 @@ class RefMlp(nn.Module):
 
 
 class RefAttnCBlock(nn.Module):
-    """Side block (spec 4.2), on sequence-first x (N, B*T, D)."""
+    """Side block (docs/model.md §6), on sequence-first x (N, B*T, D)."""
 
     def __init__(self, d):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule and loss of the official recipe (spec 8.1-8.3)."""
+"""Optimizer, learning-rate schedule and loss of the official recipe (docs/recipe.md)."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """Small shared pieces of the model layer: recompute segments and BatchNorm under them.
 
-Memory design (spec 12, "training memory"): the side network keeps, between forward
+Memory design (docs/model.md §12): the side network keeps, between forward
 and backward, only compact tensors. Cheap parts of a side layer run inside
 *recompute segments* (non-reentrant :func:`torch.utils.checkpoint.checkpoint`), which
 save only their inputs and re-run the forward during backward. A segment's BatchNorm

@@ -1,6 +1,6 @@
-"""Checkpoints: official TDS-CLIP training checkpoints and tdsk's own (spec 6).
+"""Checkpoints: official TDS-CLIP training checkpoints and tdsk's own (docs/model.md §9).
 
-Official format (spec 6.1): ``{'epoch', 'model_state_dict', 'optimizer_state_dict'}``,
+Official format (docs/model.md §9): ``{'epoch', 'model_state_dict', 'optimizer_state_dict'}``,
 keys ``visual.*`` and ``fc.*`` (an optional ``module.`` prefix), frozen CLIP weights
 included, fp32 tensors, ``num_batches_tracked`` int64. tdsk's module tree reads like
 the paper; :func:`official_key_map` is the one-to-one name map between the two:
@@ -50,7 +50,7 @@ _SUBSTITUTIONS = [
     (r"^head\.", "fc."),
 ]
 
-# Official state-dict order (spec 6.2): rank of each key family.
+# Official state-dict order (docs/model.md §9): rank of each key family.
 _BLOCK_ORDER = ["bn_1", "conv", "bn_2", "mlp", "attn", "ln_1", "mse"]
 
 
@@ -91,7 +91,7 @@ def official_key_map(model: nn.Module) -> Dict[str, str]:
 
 
 def official_state_dict(model: nn.Module) -> "collections.OrderedDict[str, torch.Tensor]":
-    """``model``'s state dict under official names, in the official order (spec 6.2)."""
+    """``model``'s state dict under official names, in the official order (docs/model.md §9)."""
     if getattr(model, "variant", None) != "tds_clip":
         raise ValueError("official format exists only for TDS-CLIP models (not the baseline)")
     sd = model.state_dict()

@@ -1,10 +1,10 @@
-"""Frozen spatial encoder: an open_clip ViT run on the centre frames (spec 2).
+"""Frozen spatial encoder: an open_clip ViT run on the centre frames (docs/model.md §3).
 
 ``FrozenCLIPEncoder`` holds the open_clip ``VisionTransformer`` parts that TDS-CLIP
 uses -- ``conv1`` (patch embedding), ``class_embedding``, ``positional_embedding``,
 ``ln_pre`` and ``transformer.resblocks`` -- and returns the output ``z_l`` of every
-block ``l = 1..L`` (the "taps" of the side network, spec 4.1). ``ln_post`` and
-``proj`` are not part of it (spec 2: they are dropped and never reach the output),
+block ``l = 1..L`` (the "taps" of the side network, docs/model.md §5). ``ln_post`` and
+``proj`` are not part of it (docs/model.md §3: they are dropped and never reach the output),
 except for the mean-pool baseline, which keeps them (``keep_head=True``).
 
 Memory and precision:
@@ -185,7 +185,7 @@ def _is_plain_block(block: nn.Module) -> bool:
 
 
 def frozen_block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One CLIP residual attention block on batch-first tokens ``x: [B, L, C]`` (spec 2).
+    """One CLIP residual attention block on batch-first tokens ``x: [B, L, C]`` (docs/model.md §3).
 
     ``z <- z + MHA(LN1(z)); z <- z + c_proj(act(c_fc(LN2(z))))`` with the block's own
     parameters and activation (QuickGELU for OpenAI weights), attention through

@@ -1,13 +1,13 @@
-"""Side network: SME stem, per-layer taps of the frozen ViT, TDS blocks, pooled output (spec 3-5).
+"""Side network: SME stem, per-layer taps of the frozen ViT, TDS blocks, pooled output (docs/model.md §4-7).
 
-For side layer ``k = 0..L-1`` (spec 4.1), with ``z_{k+1}`` the output of frozen block ``k+1``::
+For side layer ``k = 0..L-1`` (docs/model.md §5), with ``z_{k+1}`` the output of frozen block ``k+1``::
 
     u      = Linear_k(LN_k(z_{k+1}))            [B*T, N+1, D]   ("tap", SideTap)
     cls_k  = u[:, 0];  u_p = u[:, 1:]
     x      = 0.5 * x + 0.5 * u_p                x = S0 (SME-Adapter) for k = 0
     x      = TDSBlock_k(x, cls_k, E_pos)
 
-then ``BN_post`` and a global average over ``T * g * g`` (spec 5.1-5.3). The side
+then ``BN_post`` and a global average over ``T * g * g`` (docs/model.md §7). The side
 stream has no class token; ``E_pos`` (``[N, D]``) is shared by all blocks.
 
 Training memory (what autograd keeps between forward and backward):
@@ -36,7 +36,7 @@ __all__ = ["SideNetwork", "SideTap"]
 
 
 class SideTap(nn.Module):
-    """``u = Linear(LN(z))``: frozen width ``C`` -> side width ``D`` (spec 4.1 step 1)."""
+    """``u = Linear(LN(z))``: frozen width ``C`` -> side width ``D`` (docs/model.md §5)."""
 
     def __init__(self, clip_width: int, side_dim: int):
         super().__init__()
@@ -125,5 +125,5 @@ class SideNetwork(nn.Module):
         return self.pool(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """``BN_post`` then the global average over ``T * g * g`` (spec 5.2-5.3): ``[B, D]``."""
+        """``BN_post`` then the global average over ``T * g * g`` (docs/model.md §7): ``[B, D]``."""
         return batch_norm_channels_last(self.post_bn, x).mean(dim=(1, 2))

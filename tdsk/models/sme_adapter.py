@@ -1,11 +1,11 @@
-"""SME-Adapter: the side network's stem (spec 3; paper eq. 2-3).
+"""SME-Adapter: the side network's stem (docs/model.md §4; paper eq. 2-3).
 
-    S0 = BN_rgb(Conv_rgb(V)) + alpha * BN_diff(Conv_diff(Delta))        (spec 3.3)
+    S0 = BN_rgb(Conv_rgb(V)) + alpha * BN_diff(Conv_diff(Delta))        (docs/model.md §4)
 
 ``V`` is the centre frame of each segment, ``Delta`` the ``M-1`` differences of
 consecutive local frames (``F_{j+1} - F_j``, channel ``3j + c``). Both convs are
 Conv3d with kernel ``(3, P, P)``, stride ``(1, P, P)`` and padding ``(1, 1, 1)``: the
-odd spatial padding shifts the patch grid one pixel up/left of the ViT's (spec 3.2).
+odd spatial padding shifts the patch grid one pixel up/left of the ViT's (docs/model.md §4).
 
 Two equivalent ways to feed the difference stem (``mode``):
 

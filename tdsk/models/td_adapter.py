@@ -1,4 +1,4 @@
-"""TD-Adapter: temporal-difference excitation of the side conv stack (spec 4.2(a).6; paper eq. 4-5).
+"""TD-Adapter: temporal-difference excitation of the side conv stack (docs/model.md §6; paper Eq. 4).
 
 On the conv-stack output ``y`` (token layout ``[B, T, N, D]``, i.e. the volume
 ``(B, D, T, g, g)`` channels-last):

@@ -1,27 +1,27 @@
-"""TDS block: the side network's block ("AttnCBlock" with a TD-Adapter) (spec 4.2; paper Fig. 3).
+"""TDS block: the side network's block ("AttnCBlock" with a TD-Adapter) (docs/model.md §6; paper Fig. 3).
 
 The side stream lives in the token layout ``x: [B, T, N, D]`` (batch-first, row-major
 patches), which is the volume ``(B, D, T, g, g)`` channels-last: BatchNorm3d is a
 per-channel norm over the other axes, a 1x1x1 Conv3d is a matmul over ``D``. One
 block, in the exact official order:
 
-(a) temporal conv branch, BN pre-normed, with the TD-Adapter (spec 4.2(a))::
+(a) temporal conv branch, BN pre-normed, with the TD-Adapter (docs/model.md §6)::
 
         y = Conv1x1(DWConv_t(Conv1x1(BN_1(x))))        no activation; DWConv_t: (3,1,1), zero pad
         x = x + TD(y)                                    TD: tdsk.models.td_adapter
 
-(b) CLS-token shift (spec 4.2(b)): the tapped class token ``cls_k`` (not in the
+(b) CLS-token shift (docs/model.md §6): the tapped class token ``cls_k`` (not in the
     residual stream) takes channels ``[0, D/2)`` from frame ``t+1`` and ``[D/2, D)``
     from frame ``t-1``, zero-filled at the clip ends;
 
-(c) attention, patch queries over ``[cls + patches]`` (spec 4.2(c))::
+(c) attention, patch queries over ``[cls + patches]`` (docs/model.md §6)::
 
         xt = [shift(cls_k); x + E_pos]                   E_pos only on this temporary
         x  = x + OutProj(Attn(q = LN_1(xt)[1:], k = v = LN_1(xt)))
 
     through :func:`tdsk.ops.attention.attention` (xformers/SDPA), ``D // 64`` heads;
 
-(d) MLP, BN pre-normed, exact (erf) GELU (spec 4.2(d))::
+(d) MLP, BN pre-normed, exact (erf) GELU (docs/model.md §6)::
 
         x = x + FC2(GELU(FC1(BN_2(x))))
 
@@ -44,7 +44,7 @@ __all__ = ["TDSBlock", "SideAttention", "SideMLP", "shift_class_tokens", "tempor
 
 
 def shift_class_tokens(cls: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """CLS-token shift (spec 4.2(b)). ``cls: [B*T, D]`` (b-major, t-minor) -> same shape.
+    """CLS-token shift (docs/model.md §6). ``cls: [B*T, D]`` (b-major, t-minor) -> same shape.
 
     ``out[t, :D//2] = in[t+1, :D//2]`` (0 at ``t = T-1``); ``out[t, D//2:] = in[t-1, D//2:]``
     (0 at ``t = 0``). Never crosses the video boundary of the ``B*T`` axis.
@@ -87,7 +87,7 @@ def temporal_depthwise_conv(y: torch.Tensor, weight: torch.Tensor, bias: Optiona
 
 
 class SideAttention(nn.Module):
-    """Patch queries over ``[cls + patches]`` (spec 4.2(c).3); official ``nn.MultiheadAttention`` keys.
+    """Patch queries over ``[cls + patches]`` (docs/model.md §6); official ``nn.MultiheadAttention`` keys.
 
     ``forward(n: [B*T, N+1, D]) -> [B*T, N, D]``: ``q`` from ``n[:, 1:]``, ``k, v`` from
     ``n``; packed ``in_proj`` rows ``[q; k; v]``; contiguous ``D/h`` head chunks; scale
@@ -156,7 +156,7 @@ class TDSBlock(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Official side-block init (spec 4.3); the rest keeps PyTorch defaults."""
+        """Official side-block init (docs/model.md §8); the rest keeps PyTorch defaults."""
         d = self.dim
         nn.init.normal_(self.mlp.fc1.weight, std=(2 * d) ** -0.5)
         nn.init.normal_(self.mlp.fc2.weight, std=d ** -0.5 * 24 ** -0.5)

@@ -1,4 +1,4 @@
-"""TDS-CLIP: frozen open_clip ViT + temporal-difference side network + linear head (spec 2-5).
+"""TDS-CLIP: frozen open_clip ViT + temporal-difference side network + linear head (docs/model.md §3-7).
 
 ``TDSCLIP.forward(video)``:
 
@@ -7,8 +7,8 @@
    returns the output of each of its ``L`` blocks;
 2. the side network (:class:`~tdsk.models.side_network.SideNetwork`) runs the
    SME-Adapter on all ``M`` local frames and ``L`` TDS blocks fed by those taps, then
-   ``BN_post`` and global average pooling (spec 5.1-5.3);
-3. ``fc``: Linear ``D -> K`` gives the logits (spec 5.5; dropout ``p = 0`` is omitted).
+   ``BN_post`` and global average pooling (docs/model.md §7);
+3. ``fc``: Linear ``D -> K`` gives the logits (docs/model.md §7; dropout ``p = 0`` is omitted).
 
 Inputs: ``video: Tensor[B, T, M, 3, H, W]`` normalised with CLIP's mean/std, or the
 official ``Tensor[B*T, M*3, H, W]`` layout (``T = model.num_segments``).
