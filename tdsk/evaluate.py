@@ -1,6 +1,6 @@
 """Multi-view test: ``python -m tdsk.evaluate --cfg ssv1_b16 --checkpoint CKPT [--views 3x2]``.
 
-Each video is scored on crops x clips views (spec 9: softmax per view, probabilities
+Each video is scored on crops x clips views (docs/sampling.md §5-6: softmax per view, probabilities
 averaged), and top-1 / top-5 come from the averaged probabilities. Writes
 ``results.json``, ``per_class.csv`` (videos, correct, accuracy per class) and
 ``confusion.png`` next to the checkpoint (or to ``--out``).

@@ -3,8 +3,8 @@ import glob
 import os
 
 import pytest
-import yaml
 
+from tdsk.config import read_recipe
 from tdsk.data import DataConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "tdsk", "configs")
@@ -12,8 +12,8 @@ RECIPES = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.
 
 
 def load(name):
-    with open(os.path.join(CONFIG_DIR, f"{name}.yaml")) as handle:
-        return yaml.safe_load(handle)
+    """The recipe with its ``_base_`` chain resolved (as training reads it)."""
+    return read_recipe(os.path.join(CONFIG_DIR, f"{name}.yaml"))
 
 
 @pytest.mark.parametrize("name", [r for r in RECIPES if r != "tiny"])

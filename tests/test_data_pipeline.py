@@ -290,7 +290,7 @@ def test_load_video_clip(video_fixtures):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="unknown data config key"):
+    with pytest.raises(ValueError, match="unknown config key 'data.tempalte'.*data.template"):
         DataConfig.from_dict({"tempalte": "{:05d}.jpg"})
     with pytest.raises(ValueError, match="flip"):
         DataConfig.from_dict({"flip": "sideways"})

@@ -1,5 +1,6 @@
-"""Bad inputs never kill a loader: replaced, warned once, counted per epoch, and an error
-above the configured fraction (issue 4, "Robustness")."""
+"""Bad inputs never kill a loader: replaced at train, left out (never replaced) at val/test,
+warned once, counted per epoch, and an error above the configured fraction (issue 4,
+"Robustness"; "Evaluation counts are true")."""
 import logging
 import os
 
@@ -37,7 +38,7 @@ def list_with(fx, name, bad_line):
     return fx.write_list(name, good + [bad_line])
 
 
-BAD_VIDEO_CASES = ["missing", "truncated_index", "truncated", "corrupt", "empty", "notavideo"]
+BAD_VIDEO_CASES = ["missing", "truncated_index", "truncated", "truncated_webm", "corrupt", "empty", "notavideo"]
 
 
 @pytest.mark.parametrize("case", BAD_VIDEO_CASES)
@@ -53,26 +54,34 @@ def test_unreadable_jpeg_raises(video_fixtures):
         read_jpeg_frames(video_fixtures.bad["bad_jpeg"], [3])
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
 @pytest.mark.parametrize("case", BAD_VIDEO_CASES)
-def test_bad_video_is_replaced_and_reported(video_fixtures, warnings_seen, case):
+def test_bad_video_is_replaced_at_train_left_out_at_val(video_fixtures, warnings_seen, case, split):
     fx = video_fixtures
     rel = os.path.relpath(fx.bad[case], fx.root)
     lst = list_with(fx, f"list_{case}.txt", f"{rel} 7")
-    cfg = dict(SMALL, root=fx.root, val_list=lst, max_bad_fraction=0.5)
-    loader = build_loader(cfg, "val", batch_size=2, device="cpu")
+    cfg = dict(SMALL, root=fx.root, train_list=lst, val_list=lst, max_bad_fraction=0.5, num_sample=1)
+    loader = build_loader(cfg, split, batch_size=2, device="cpu")
     for epoch in range(2):
         loader.set_epoch(epoch)
         batches = list(loader)
         videos = torch.cat([v for v, _ in batches])
         labels = torch.cat([l for _, l in batches])
-        assert videos.shape == (4, 4, 3, 3, 32, 32) and torch.isfinite(videos).all()
-        assert 7 not in labels.tolist()  # the bad entry was replaced by a good sample
+        assert torch.isfinite(videos).all() and 7 not in labels.tolist()
         report = loader.bad_samples
+        if split == "train":  # the bad entry was replaced by a good sample
+            assert videos.shape == (4, 4, 3, 3, 32, 32) and loader.skipped == []
+        else:  # the bad entry is left out, never replaced: 3 videos, the good ones, each once
+            assert videos.shape == (3, 4, 3, 3, 32, 32)
+            assert sorted(labels.tolist()) == sorted([fx.labels[n] for n in ("carphone", "bikes", "tiny")])
+            assert loader.skipped == [(fx.bad[case], report.files[fx.bad[case]])]
         assert report.epoch == epoch and report.num_bad == 1 and report.num_samples == 4
         assert list(report.files) == [fx.bad[case]]
         assert fx.bad[case] in str(report)
     named = [m for m in warnings_seen if fx.bad[case] in m]
-    assert len(named) == 3  # warned once when replaced + once per end-of-epoch report
+    assert len(named) == 3  # warned once when first seen + once per end-of-epoch report
+    if split == "val":
+        assert "not replaced" in named[0]
 
 
 def test_unreadable_jpeg_and_short_folder_replaced(video_fixtures):
@@ -117,10 +126,11 @@ def test_fraction_exceeded_raises_with_offenders(video_fixtures):
     msg = str(err.value)
     assert "max_bad_fraction=0.05" in msg and "first offenders" in msg
     assert any(fx.bad[c] in msg for c in ("missing", "empty", "notavideo"))
-    # a higher threshold lets the same epoch through, every bad file counted
+    # a higher threshold lets the same epoch through, every bad file counted and left out
     loader = build_loader(dict(cfg, max_bad_fraction=0.5), "val", batch_size=3, device="cpu")
-    assert sum(len(l) for _, l in loader) == 9
+    assert sum(len(l) for _, l in loader) == 6  # the last batch (bad files only) is not yielded
     assert loader.bad_samples.num_bad == 3
+    assert [p for p, _ in loader.skipped] == [fx.bad[c] for c in ("missing", "empty", "notavideo")]
 
 
 def test_bad_samples_counted_across_workers(video_fixtures):
@@ -135,7 +145,10 @@ def test_bad_samples_counted_across_workers(video_fixtures):
 def test_all_bad_raises_clearly(video_fixtures):
     fx = video_fixtures
     lst = fx.write_list("all_bad.txt", [os.path.relpath(fx.bad["empty"], fx.root) + " 1"])
-    loader = build_loader(dict(SMALL, root=fx.root, test_list=lst, max_bad_fraction=1.0), "test",
-                          batch_size=1, device="cpu", views=(1, 1))
-    with pytest.raises(RuntimeError, match="consecutive bad samples"):
+    cfg = dict(SMALL, root=fx.root, train_list=lst, test_list=lst, max_bad_fraction=1.0)
+    loader = build_loader(cfg, "test", batch_size=1, device="cpu", views=(1, 1))
+    with pytest.raises(BadSampleError, match="no test video of this pass could be decoded") as err:
         list(loader)
+    assert fx.bad["empty"] in str(err.value) and loader.skipped == [(fx.bad["empty"], "zero-length file")]
+    with pytest.raises(RuntimeError, match="consecutive bad samples"):  # train: no replacement found
+        list(build_loader(cfg, "train", batch_size=1, device="cpu"))

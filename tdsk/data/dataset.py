@@ -4,9 +4,12 @@ Items are requested as ``(index, epoch)`` pairs (see :class:`EpochSampler`), so 
 randomness of an item depends only on ``(seed, rank, epoch, index)`` and not on which
 worker runs it, and persistent workers need no epoch broadcast.
 
-A sample that cannot be decoded is replaced by another one drawn at random from the
-list; every failure travels back with the item as ``(path, reason)`` so the main
-process can warn once per file and count per epoch (:mod:`tdsk.data.loader`).
+A training sample that cannot be decoded is replaced by another one drawn at random
+from the list. At val/test nothing is replaced (that would skew the per-class counts
+and the score): the item comes back *skipped* (``video`` None) and :func:`collate_clips`
+leaves it out of the batch. Every failure travels back with the item as
+``(path, reason)`` so the main process can warn once per file, count per epoch and list
+what evaluation skipped (:mod:`tdsk.data.loader`).
 """
 from __future__ import annotations
 
@@ -19,12 +22,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from tdsk.data.config import DataConfig
-from tdsk.data.decoders import DecodeError, PyAVVideo, read_jpeg_frames
+from tdsk.data.decoders import DecodeError, PyAVVideo, check_jpeg_frames, read_jpeg_frames
 from tdsk.data.lists import VideoRecord
 from tdsk.data.sampling import sample_indices
 from tdsk.data.transforms import EvalTransform, TrainTransform
 
-__all__ = ["VideoClipDataset", "EpochSampler", "collate_clips", "decode_record"]
+__all__ = ["VideoClipDataset", "EpochSampler", "collate_clips", "decode_record", "skipped_item"]
 
 MAX_REPLACEMENTS = 20
 
@@ -48,7 +51,8 @@ def decode_record(record: VideoRecord, cfg: DataConfig, mode: str, num_clips: in
                                         wrap_negative=wrap) for k in clips])
 
     if record.is_frames:
-        indices = indices_for(record.num_frames)
+        # every frame file 1..num_frames must be there, not only the sampled ones
+        indices = indices_for(check_jpeg_frames(record.path, cfg.template, record.num_frames))
         return read_jpeg_frames(record.path, indices.reshape(-1), cfg.template), indices
     with PyAVVideo(record.path, threads=threads) as video:
         indices = indices_for(video.num_frames)
@@ -65,7 +69,10 @@ class VideoClipDataset(Dataset):
     * val: ``video uint8[T, M, 3, H, W]``, ``label int64[]``;
     * test: ``video uint8[V, T, M, 3, H, W]`` (V = crops*clips, crop-major), ``label int64[]``;
     * ``bad``: list of ``(path, reason)`` for every failed attempt behind this item;
-    * ``index``: the list index finally used.
+    * ``index``: the list index finally used;
+    * ``skipped``: val/test only: ``[(path, reason)]`` when the item's own video could not
+      be decoded (then ``video`` and ``label`` are None: evaluation never substitutes
+      another video), else ``[]``.
     """
 
     def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, split: str, *, seed: int = 0,
@@ -130,6 +137,8 @@ class VideoClipDataset(Dataset):
 
     def __getitem__(self, item) -> dict:
         index, epoch = item if isinstance(item, tuple) else (int(item), 0)
+        if self.split != "train":
+            return self._eval_item(index, epoch)
         bad: List[Tuple[str, str]] = []
         candidate = index
         draw = random.Random(int(np.random.SeedSequence([self.seed, self.rank, epoch, index, 7919]).generate_state(1)[0]))
@@ -153,24 +162,58 @@ class VideoClipDataset(Dataset):
         raise RuntimeError(f"{len(bad)} consecutive bad samples while loading item {index} of the "
                            f"{self.split} list; first offenders:\n  {listed}")
 
+    def _eval_item(self, index: int, epoch: int) -> dict:
+        """Val/test: the item's own video, or a skipped item; never a replacement."""
+        path = self.records[index].path
+        if index not in self._known_bad:
+            try:
+                video, label = self._load(index, epoch, 0)
+                return {"video": video, "label": label, "bad": [], "index": index, "skipped": []}
+            except DecodeError as exc:
+                self._known_bad[index] = exc.reason if exc.path == path else str(exc)
+        return skipped_item(index, path, self._known_bad[index])
+
+
+def skipped_item(index: int, path: str, reason: str) -> dict:
+    """The item of an evaluation sample that could not be decoded (left out of its batch)."""
+    return {"video": None, "label": None, "bad": [(path, reason)], "index": index, "skipped": [(path, reason)]}
+
 
 class EpochSampler(Sampler):
     """Shards (and at train shuffles) the dataset per rank; yields ``(index, epoch)``.
 
-    Same partition as ``torch.utils.data.DistributedSampler`` (padded by repeating
-    indices so every rank gets the same count; the official test does the same).
+    Training (``pad=True``, the default when shuffling) uses the partition of
+    ``torch.utils.data.DistributedSampler``: padded by repeating indices so every rank
+    runs the same number of steps (DDP needs that). Evaluation (``pad=False``, the
+    default without shuffling) gives rank ``r`` the items ``r, r + W, r + 2W, ...``: every
+    item exactly once over all ranks, so no video is counted twice; ranks may differ
+    by one item.
+
+    :meth:`skip` makes the next pass start ``n`` items into the rank's share (a run
+    resumed from a mid-epoch checkpoint); ``len()`` stays the full share.
     """
 
-    def __init__(self, size: int, shuffle: bool, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, size: int, shuffle: bool, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 pad: Optional[bool] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         self.size, self.shuffle = int(size), bool(shuffle)
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
+        self.pad = self.shuffle if pad is None else bool(pad)
         self.epoch = 0
-        self.num_samples = -(-self.size // self.world_size)
+        self.start = 0
+        if self.pad:
+            self.num_samples = -(-self.size // self.world_size)
+        else:
+            self.num_samples = len(range(self.rank, self.size, self.world_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self.start = 0
+
+    def skip(self, items: int) -> None:
+        """Start the next pass ``items`` items into this rank's share."""
+        self.start = max(0, int(items))
 
     def indices(self) -> List[int]:
         if self.shuffle:
@@ -179,10 +222,12 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
+        if not self.pad:
+            return order[self.rank::self.world_size][self.start:]
         total = self.num_samples * self.world_size
         while len(order) < total:
             order += order[: total - len(order)]
-        return order[self.rank:total:self.world_size]
+        return order[self.rank:total:self.world_size][self.start:]
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         return iter([(i, self.epoch) for i in self.indices()])
@@ -192,11 +237,20 @@ class EpochSampler(Sampler):
 
 
 def collate_clips(items: List[dict]) -> dict:
-    """Stack items; train copies are flattened sample-major ``[v0s0, v0s1, v1s0, ...]`` (spec 1.4)."""
-    video = torch.stack([it["video"] for it in items])
-    label = torch.stack([it["label"] for it in items])
+    """Stack items; train copies are flattened sample-major ``[v0s0, v0s1, v1s0, ...]`` (spec 1.4).
+
+    Skipped (undecodable evaluation) items are left out, so a batch may hold fewer than
+    ``batch_size`` videos; when every item was skipped, ``video`` and ``label`` are None
+    (the loader yields nothing for it). ``skipped`` lists their ``(path, reason)``.
+    """
+    kept = [it for it in items if it["video"] is not None]
+    bad = [b for it in items for b in it["bad"]]
+    skipped = [s for it in items for s in it.get("skipped", ())]
+    if not kept:
+        return {"video": None, "label": None, "bad": bad, "index": [], "skipped": skipped}
+    video = torch.stack([it["video"] for it in kept])
+    label = torch.stack([it["label"] for it in kept])
     if label.dim() == 2:  # train: [B, S, ...] -> [B*S, ...]
         video = video.flatten(0, 1)
         label = label.flatten(0, 1)
-    bad = [b for it in items for b in it["bad"]]
-    return {"video": video, "label": label, "bad": bad, "index": [it["index"] for it in items]}
+    return {"video": video, "label": label, "bad": bad, "index": [it["index"] for it in kept], "skipped": skipped}

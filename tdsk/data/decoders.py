@@ -3,7 +3,8 @@
 Both return exactly the requested 0-based frame indices as ``uint8[N, H, W, 3]`` RGB,
 in the order asked (repeats allowed), and raise :class:`DecodeError` for anything that
 makes a sample unusable (missing file, not a video, truncated or corrupt stream, zero
-frames, a requested frame the stream does not deliver, an unreadable JPEG).
+frames, a requested frame the stream does not deliver, an unreadable JPEG, a frame
+folder with a missing frame file).
 
 Frame ``i`` of a video is the ``i``-th frame in presentation order. :class:`PyAVVideo`
 builds that index from the demuxed packets (no decoding, like decord's index), so the
@@ -11,16 +12,32 @@ frame count is exact and every frame can be reached by a seek to the keyframe be
 It decodes sequentially while the next wanted frame is near, and seeks when seeking
 skips at least ``min_seek_gap`` frames: short clips are one sequential pass, long
 videos one short burst per sampled segment.
+
+Truncation: a container that declares a frame count (mp4, avi) must hold that many
+frames. One that declares only a duration (webm/mkv: the Segment duration) must hold
+packets up to it: when the packets of all its streams end more than
+``max(3 frames, 5% of the duration)`` before the declared duration, the file is
+truncated (a cut download or copy) and raises :class:`DecodeError`.
+
+Display rotation (phone videos): frames are returned as players and the ``ffmpeg`` tool
+show them. The display matrix the demuxer attaches to decoded frames (mp4/mov ``tkhd``
+matrix, what ``ffmpeg -metadata:s:v rotate=90`` or ``-display_rotation`` writes; PyAV's
+``VideoFrame.rotation``) is applied like ffmpeg's autorotate: a rotation by a multiple
+of 90 degrees and any mirroring, so a 1080x1920 portrait clip stored as 1920x1080 comes
+out ``[N, 1920, 1080, 3]``. Other angles are rare and left unrotated (with a warning).
+``autorotate=False`` returns the stored frames (``ffmpeg -noautorotate``).
 """
 from __future__ import annotations
 
 import bisect
+import logging
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["DecodeError", "PyAVVideo", "read_video_frames", "read_jpeg_frames", "count_jpeg_frames"]
+__all__ = ["DecodeError", "PyAVVideo", "read_video_frames", "read_jpeg_frames", "count_jpeg_frames",
+           "check_jpeg_frames"]
 
 
 class DecodeError(RuntimeError):
@@ -54,18 +71,87 @@ def _to_rgb(frame) -> np.ndarray:
     return _REFORMATTER.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
+# (transpose, flip_horizontal, flip_vertical) applied in that order; None = leave as stored.
+Orientation = Optional[Tuple[bool, bool, bool]]
+
+
+def display_orientation(matrix, path: str = "") -> Orientation:
+    """How to show frames stored under a display ``matrix`` (9 int32, libavutil layout).
+
+    The matrix maps a stored pixel ``(x, y)`` (y down) to the display position
+    ``x' = m[0] x + m[3] y``, ``y' = m[1] x + m[4] y``. Axis-aligned matrices (rotations
+    by multiples of 90 degrees, mirrors) give ``(transpose, hflip, vflip)``, the same
+    result as ffmpeg's autorotate (transpose/hflip/vflip filters); identity gives None.
+    """
+    if matrix is None:
+        return None
+    m = np.asarray(matrix, dtype=np.float64).reshape(-1)
+    if m.size < 9:
+        return None
+    a, b, c, d = m[0], m[1], m[3], m[4]
+    scale = max(abs(a), abs(b), abs(c), abs(d))
+    if scale == 0:
+        return None
+    a, b, c, d = (0.0 if abs(v) < 1e-3 * scale else v for v in (a, b, c, d))
+    if b == 0 and c == 0 and a != 0 and d != 0:
+        orientation = (False, bool(a < 0), bool(d < 0))
+    elif a == 0 and d == 0 and b != 0 and c != 0:
+        orientation = (True, bool(c < 0), bool(b < 0))
+    else:
+        from tdsk._logging import log_once
+
+        angle = float(np.degrees(np.arctan2(-b, a)))
+        log_once(f"rotation-{angle:.0f}", f"{path}: display rotation of {angle:.1f} degrees is not a multiple "
+                                          "of 90; frames are returned as stored (unrotated)", logging.WARNING)
+        return None
+    return None if orientation == (False, False, False) else orientation
+
+
+def _frame_orientation(frame, path: str) -> Orientation:
+    try:
+        side = frame.side_data.get("DISPLAYMATRIX")
+    except (AttributeError, KeyError, ValueError):  # a PyAV without frame side data
+        return None
+    if side is None:
+        return None
+    return display_orientation(np.frombuffer(bytes(side), dtype="<i4"), path)
+
+
+def _orient(rgb: np.ndarray, orientation: Orientation) -> np.ndarray:
+    """Apply :func:`display_orientation`'s result to ``uint8[H, W, 3]`` (a view)."""
+    if orientation is None:
+        return rgb
+    transpose, hflip, vflip = orientation
+    if transpose:
+        rgb = rgb.transpose(1, 0, 2)
+    if hflip:
+        rgb = rgb[:, ::-1]
+    if vflip:
+        rgb = rgb[::-1]
+    return rgb
+
+
 class PyAVVideo:
     """A video opened with PyAV, indexed by presentation order.
 
     ``threads``: FFmpeg decoder threads (0 = FFmpeg's choice; 1 suits loader workers,
-    which already run in parallel).
+    which already run in parallel). ``autorotate``: apply the display rotation (see the
+    module docstring); False returns frames as stored.
     """
 
-    def __init__(self, path: str, threads: int = 1, min_seek_gap: int = 16):
+    #: truncation check of duration-only containers: packets may end this many frame
+    #: intervals, or this fraction of the declared duration, before it (whichever is more)
+    TRUNCATION_FRAMES = 3
+    TRUNCATION_FRACTION = 0.05
+
+    def __init__(self, path: str, threads: int = 1, min_seek_gap: int = 16, autorotate: bool = True):
         import av  # lazy: the package must import without PyAV
 
         self.path = path
         self.min_seek_gap = int(min_seek_gap)
+        self.autorotate = bool(autorotate)
+        self._orientation: Orientation = None
+        self._orientation_known = not self.autorotate
         if not os.path.exists(path):
             raise DecodeError(path, "file not found")
         if os.path.isdir(path):
@@ -98,7 +184,19 @@ class PyAVVideo:
         pts: List[int] = []
         key_pts: List[int] = []
         discarded = 0
-        for packet in self.container.demux(self.stream):
+        declared_frames = int(self.stream.frames or 0)  # mp4/avi index; 0 (unknown) for webm/mkv
+        # Without a frame count the declared duration is checked, against the packets of all
+        # streams (an audio track may rightly outlast the video): demux them all then.
+        check_duration = declared_frames == 0 and bool(self.container.duration)
+        ends: Dict[int, int] = {}  # stream index -> latest packet end, in that stream's time base
+        video_index = self.stream.index
+        for packet in (self.container.demux() if check_duration else self.container.demux(self.stream)):
+            if check_duration and packet.pts is not None:
+                end = packet.pts + max(0, packet.duration or 0)
+                if end > ends.get(packet.stream_index, end - 1):
+                    ends[packet.stream_index] = end
+            if packet.stream_index != video_index:
+                continue
             if packet.is_discard:
                 discarded += 1
             # Discard-flagged packets (before an mp4 edit list's start) are decoded but never
@@ -110,15 +208,33 @@ class PyAVVideo:
                 key_pts.append(packet.pts)
         if not pts:
             raise DecodeError(self.path, "video stream has no frames")
-        declared = int(self.stream.frames or 0) - discarded  # mp4/avi index; 0 (unknown) for webm/mkv
+        declared = declared_frames - discarded
         if declared > len(pts):
             raise DecodeError(self.path, f"truncated: the container declares {declared} frames, "
                                          f"only {len(pts)} are in the file")
+        if check_duration and ends:
+            streams = {s.index: s for s in self.container.streams}
+            last_end = max((float(end * streams[i].time_base) for i, end in ends.items()
+                            if streams[i].time_base is not None), default=None)
+            if last_end is not None:
+                self._check_duration(last_end, len(pts))
         pts.sort()
         self._pts = pts
         self._pts_to_index: Dict[int, int] = {p: i for i, p in enumerate(pts)}
         keys = sorted({self._pts_to_index[p] for p in key_pts})
         self._keyframes = keys if keys and keys[0] == 0 else [0] + keys
+
+    def _check_duration(self, last_end: float, num_frames: int) -> None:
+        """DecodeError when the packets end well before the container's declared duration."""
+        declared = self.container.duration / 1e6  # AV_TIME_BASE
+        start = (self.container.start_time or 0) / 1e6
+        covered = last_end - start
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        frame_s = 1.0 / float(rate) if rate else 0.04
+        slack = max(self.TRUNCATION_FRAMES * frame_s, self.TRUNCATION_FRACTION * declared)
+        if covered < declared - slack:
+            raise DecodeError(self.path, f"truncated: the container declares {declared:.3f} s, its packets end "
+                                         f"at {covered:.3f} s ({num_frames} video frames in the file)")
 
     @property
     def num_frames(self) -> int:
@@ -175,7 +291,10 @@ class PyAVVideo:
                     index = position + 1  # frame without a known timestamp: assume the next one
                 position = index
                 if index in wanted_set and index not in frames:
-                    frames[index] = _to_rgb(frame)
+                    if not self._orientation_known:  # one display matrix per stream
+                        self._orientation = _frame_orientation(frame, self.path)
+                        self._orientation_known = True
+                    frames[index] = _orient(_to_rgb(frame), self._orientation)
                 elif index > target:
                     raise DecodeError(self.path, f"frame {target} was not delivered by the decoder (corrupt stream)")
         return frames
@@ -199,9 +318,10 @@ class PyAVVideo:
             pass
 
 
-def read_video_frames(path: str, indices: Sequence[int], threads: int = 1) -> np.ndarray:
-    """Open ``path``, return ``uint8[len(indices), H, W, 3]`` at the 0-based ``indices``."""
-    with PyAVVideo(path, threads=threads) as video:
+def read_video_frames(path: str, indices: Sequence[int], threads: int = 1, autorotate: bool = True) -> np.ndarray:
+    """Open ``path``, return ``uint8[len(indices), H, W, 3]`` at the 0-based ``indices``
+    (display rotation applied unless ``autorotate=False``)."""
+    with PyAVVideo(path, threads=threads, autorotate=autorotate) as video:
         return video.get_frames(indices)
 
 
@@ -211,6 +331,71 @@ def count_jpeg_frames(folder: str, template: str) -> int:
     while os.path.exists(os.path.join(folder, template.format(count + 1))):
         count += 1
     return count
+
+
+def _template_index(template: str):
+    """A function name -> frame number (or None) for a one-field template like ``img_{:05d}.jpg``."""
+    import re
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError:
+        return None
+    fields = [p for p in parts if p[1] is not None]
+    if len(fields) != 1:
+        return None
+    head = "".join(p[0] for p in parts[:parts.index(fields[0]) + 1])
+    tail = "".join(p[0] for p in parts[parts.index(fields[0]) + 1:])
+    pattern = re.compile(re.escape(head) + r"([0-9]+)" + re.escape(tail) + r"\Z")
+
+    def index_of(name: str) -> Optional[int]:
+        match = pattern.match(name)
+        if match is None:
+            return None
+        number = int(match.group(1))
+        return number if template.format(number) == name else None
+
+    return index_of
+
+
+def check_jpeg_frames(folder: str, template: str = "{:05d}.jpg", num_frames: Optional[int] = None) -> int:
+    """Check a JPEG frame folder holds every frame file ``1..n``; return ``n``.
+
+    ``num_frames``: the count the list gives (the files ``1..num_frames`` must all be
+    there); None: ``n`` is the highest frame number found in the folder. One directory
+    listing, no file is opened.
+
+    Raises :class:`DecodeError` (``path`` = the folder) when the folder is missing, holds
+    no frame file, or lacks a frame file in ``1..n``: the reason names the first missing
+    file, so a gap is an error at train, evaluation and predict alike (never a silently
+    shorter video).
+    """
+    if not os.path.isdir(folder):
+        raise DecodeError(folder, "frame folder not found")
+    try:
+        names = set(os.listdir(folder))
+    except OSError as exc:
+        raise DecodeError(folder, f"cannot list the frame folder ({exc})") from None
+    if num_frames is None:
+        index_of = _template_index(template)
+        if index_of is None:  # unusual template: consecutive files from 1
+            n = 0
+            while template.format(n + 1) in names:
+                n += 1
+        else:
+            n = max((i for i in map(index_of, names) if i is not None), default=0)
+        if n == 0:
+            raise DecodeError(folder, f"no frame files matching template {template!r}")
+    else:
+        n = int(num_frames)
+    missing = [i for i in range(1, n + 1) if template.format(i) not in names]
+    if missing:
+        first = os.path.join(folder, template.format(missing[0]))
+        source = "the list gives" if num_frames is not None else "the folder has frame files up to"
+        raise DecodeError(folder, f"frame file {first} not found ({len(missing)} of frames 1..{n} missing; "
+                                  f"{source} {n})")
+    return n
 
 
 def read_jpeg_frames(folder: str, indices: Sequence[int], template: str = "{:05d}.jpg") -> np.ndarray:

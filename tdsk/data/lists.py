@@ -6,10 +6,13 @@
 
 Paths are relative to a root. Columns are split on whitespace from the right, so a
 path may itself contain spaces. Blank lines and lines starting with ``#`` are skipped.
+Lists are UTF-8 (a byte-order mark is dropped; other bad bytes are ``file:line`` errors);
+numbers are plain ASCII decimal (``1_000``, ``+5`` or Arabic-Indic digits are errors).
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -36,12 +39,12 @@ class ListFormatError(ValueError):
     """A list file has lines that do not parse; the message names file and line numbers."""
 
 
+_INT = re.compile(r"-?[0-9]+")  # [0-9] is ASCII only; int() would also take "1_000", "+5", "\u0661"
+_BOM = b"\xef\xbb\xbf"
+
+
 def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+    return _INT.fullmatch(text) is not None
 
 
 def parse_list(list_file: str, root: str = "", fmt: str = "auto", *, min_frames: int = 0,
@@ -67,41 +70,57 @@ def parse_list(list_file: str, root: str = "", fmt: str = "auto", *, min_frames:
         raise FileNotFoundError(f"annotation list not found: {list_file}")
     records: List[VideoRecord] = []
     errors: List[str] = []
-    with open(list_file, "r", encoding="utf-8") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
+    with open(list_file, "rb") as handle:
+        data = handle.read()
+    # Lines as text mode splits them (\n, \r\n, \r), each decoded on its own so that a bad
+    # byte is reported with its line. A byte-order mark (at the start, or mid-file where
+    # lists were concatenated) is not part of a path.
+    for lineno, raw_bytes in enumerate(data.splitlines(), start=1):
+        if raw_bytes.startswith(_BOM):
+            raw_bytes = raw_bytes[len(_BOM):]
+        try:
+            raw = raw_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            hint = " (the file looks like UTF-16: save it as UTF-8)" if (
+                lineno == 1 and raw_bytes[:2] in (b"\xff\xfe", b"\xfe\xff")) else ""
+            errors.append(f"{list_file}:{lineno}: not valid UTF-8 (byte {raw_bytes[exc.start]:#04x} at "
+                          f"column {exc.start + 1}){hint}; lists must be UTF-8 text")
+            continue
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        as_frames = fmt == "frames" or (fmt == "auto" and len(parts) >= 3 and _is_int(parts[-2]))
+        need = 3 if as_frames else 2
+        if len(parts) < need:
+            errors.append(f"{list_file}:{lineno}: expected {need} columns "
+                          f"({'<dir> <num_frames> <label>' if as_frames else '<path> <label>'}), got {line!r}")
+            continue
+        if not _is_int(parts[-1]):
+            errors.append(f"{list_file}:{lineno}: label {parts[-1]!r} is not an integer "
+                          "(plain ASCII digits 0-9)")
+            continue
+        label = int(parts[-1])
+        if label < 0:
+            errors.append(f"{list_file}:{lineno}: negative label {label}")
+            continue
+        num_frames = None
+        if as_frames:
+            if not _is_int(parts[-2]):
+                errors.append(f"{list_file}:{lineno}: num_frames {parts[-2]!r} is not an integer "
+                              "(plain ASCII digits 0-9)")
                 continue
-            parts = line.split()
-            as_frames = fmt == "frames" or (fmt == "auto" and len(parts) >= 3 and _is_int(parts[-2]))
-            need = 3 if as_frames else 2
-            if len(parts) < need:
-                errors.append(f"{list_file}:{lineno}: expected {need} columns "
-                              f"({'<dir> <num_frames> <label>' if as_frames else '<path> <label>'}), got {line!r}")
+            num_frames = int(parts[-2])
+            if num_frames < 0:
+                errors.append(f"{list_file}:{lineno}: negative num_frames {num_frames}")
                 continue
-            if not _is_int(parts[-1]):
-                errors.append(f"{list_file}:{lineno}: label {parts[-1]!r} is not an integer")
-                continue
-            label = int(parts[-1])
-            if label < 0:
-                errors.append(f"{list_file}:{lineno}: negative label {label}")
-                continue
-            num_frames = None
-            if as_frames:
-                if not _is_int(parts[-2]):
-                    errors.append(f"{list_file}:{lineno}: num_frames {parts[-2]!r} is not an integer")
-                    continue
-                num_frames = int(parts[-2])
-                if num_frames < 0:
-                    errors.append(f"{list_file}:{lineno}: negative num_frames {num_frames}")
-                    continue
-                # Only the path may contain spaces: rejoin what is left of the columns.
-                rel = line.rsplit(None, 2)[0]
-            else:
-                rel = line.rsplit(None, 1)[0]
-            if num_frames is not None and num_frames < min_frames:
-                continue
-            records.append(VideoRecord(os.path.join(root, rel) if root else rel, label, num_frames, lineno))
+            # Only the path may contain spaces: rejoin what is left of the columns.
+            rel = line.rsplit(None, 2)[0]
+        else:
+            rel = line.rsplit(None, 1)[0]
+        if num_frames is not None and num_frames < min_frames:
+            continue
+        records.append(VideoRecord(os.path.join(root, rel) if root else rel, label, num_frames, lineno))
     if errors:
         shown = "\n  ".join(errors[:max_errors_shown])
         more = f"\n  ... and {len(errors) - max_errors_shown} more" if len(errors) > max_errors_shown else ""

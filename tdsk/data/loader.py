@@ -8,10 +8,17 @@ requested device:
 * test: ``Tensor[B, V, T, M, 3, H, W]``, V = crops*clips, crop-major then clip;
 * ``labels`` int64 ``[B]``.
 
-Bad samples are replaced inside the dataset; the loader warns once per file, keeps a
-per-epoch :class:`BadSampleReport` (``loader.bad_samples``), logs it at the end of each
-epoch, and raises :class:`BadSampleError` as soon as more than ``max_bad_fraction`` of
-the epoch's samples are bad.
+Bad samples: at train they are replaced inside the dataset by another sample. At
+val/test they are never replaced (that would skew per-class counts and the score): the
+undecodable video is left out of its batch, so a batch may hold fewer than
+``batch_size`` videos, and a batch whose videos are all bad is not yielded at all;
+``loader.skipped`` lists ``(path, reason)`` of every video left out in the last pass
+(one entry per skipped item, in order), for the evaluator to report.
+
+Either way the loader warns once per file, keeps a per-epoch :class:`BadSampleReport`
+(``loader.bad_samples``), logs it at the end of each epoch, and raises
+:class:`BadSampleError` as soon as more than ``max_bad_fraction`` of the epoch's samples
+are bad, or at the end of an evaluation pass in which no video at all could be decoded.
 """
 from __future__ import annotations
 
@@ -39,13 +46,23 @@ class BadSampleError(RuntimeError):
 
 @dataclass
 class BadSampleReport:
-    """Bad samples seen in one epoch on this rank: ``files`` maps path -> reason."""
+    """Bad samples seen in one epoch on this rank: ``files`` maps path -> reason.
+
+    ``skipped`` (val/test): ``(path, reason)`` of each item left out of the batches
+    (train: empty, bad samples are replaced there).
+    """
 
     epoch: int = 0
     split: str = ""
     num_samples: int = 0
     files: Dict[str, str] = field(default_factory=dict)
     attempts: int = 0
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def replaced(self) -> bool:
+        """True at train (bad samples replaced), False at val/test (left out)."""
+        return self.split == "train"
 
     @property
     def num_bad(self) -> int:
@@ -61,8 +78,10 @@ class BadSampleReport:
         return "\n  ".join(f"{p}: {r}" for p, r in items) + more
 
     def __str__(self) -> str:
+        fate = ("each replaced by another sample" if self.replaced else
+                f"{len(self.skipped)} item(s) left out of the batches (not replaced)")
         head = (f"{self.split} epoch {self.epoch}: {self.num_bad} bad file(s) of {self.num_samples} samples "
-                f"({100 * self.fraction:.2f}%), {self.attempts} failed attempt(s), each replaced by another sample")
+                f"({100 * self.fraction:.2f}%), {self.attempts} failed attempt(s), {fate}")
         return head + (":\n  " + self.offenders() if self.files else "")
 
 
@@ -108,6 +127,11 @@ def load_records(cfg: DataConfig, split: str) -> List[VideoRecord]:
 def _worker_init(_worker_id: int) -> None:
     # Workers already run in parallel; intra-op threads would oversubscribe the cores.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the workers ignore it so that the trainer
+    # (which handles SIGINT by writing a checkpoint) keeps its loader alive until then.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class VideoLoader:
@@ -124,8 +148,11 @@ class VideoLoader:
         self.decoder = "pyav"
         self.epoch = 0
         self.bad_samples = BadSampleReport(0, split, len(sampler))
+        #: val/test: ``(path, reason)`` of the videos left out of the last pass (the current one while iterating)
+        self.skipped: List[Tuple[str, str]] = self.bad_samples.skipped
         self.history: List[BadSampleReport] = []
         self._warned: set = set()
+        self._delivered = 0
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -142,7 +169,8 @@ class VideoLoader:
                 report.files[path] = reason
             if path not in self._warned:
                 self._warned.add(path)
-                logger.warning(f"bad sample replaced by another: {path}: {reason}")
+                fate = "replaced by another" if report.replaced else "left out of the evaluation (not replaced)"
+                logger.warning(f"bad sample {fate}: {path}: {reason}")
         limit = self.cfg.max_bad_fraction * report.num_samples
         if report.num_bad > limit:
             raise BadSampleError(
@@ -150,18 +178,40 @@ class VideoLoader:
                 f"max_bad_fraction={self.cfg.max_bad_fraction} of {report.num_samples} samples; "
                 f"first offenders:\n  {report.offenders()}")
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def _start_pass(self) -> None:
         self.bad_samples = BadSampleReport(self.epoch, self.split, len(self.sampler))
-        non_blocking = self.device.type == "cuda"
-        for batch in self.loader:
-            if batch["bad"]:
-                self._record_bad(batch["bad"])
-            video = batch["video"].to(self.device, non_blocking=non_blocking)
-            video = normalize(video, self.cfg.mean, self.cfg.std)
-            yield video, batch["label"].to(self.device, non_blocking=non_blocking)
+        self.skipped = self.bad_samples.skipped
+        self._delivered = 0
+
+    def _accept(self, batch: dict) -> bool:
+        """Account a collated batch; False when it holds no video (all skipped: not yielded)."""
+        self.skipped.extend(batch.get("skipped", ()))
+        if batch["bad"]:
+            self._record_bad(batch["bad"])
+        if batch["video"] is None:
+            return False
+        self._delivered += len(batch["index"])
+        return True
+
+    def _finish_pass(self) -> None:
         self.history.append(self.bad_samples)
         if self.bad_samples.num_bad:
             logger.warning(str(self.bad_samples))
+        if self.skipped and not self._delivered:
+            raise BadSampleError(
+                f"no {self.split} video of this pass could be decoded ({len(self.skipped)} skipped, epoch "
+                f"{self.epoch}); first offenders:\n  {self.bad_samples.offenders()}")
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self._start_pass()
+        non_blocking = self.device.type == "cuda"
+        for batch in self.loader:
+            if not self._accept(batch):
+                continue
+            video = batch["video"].to(self.device, non_blocking=non_blocking)
+            video = normalize(video, self.cfg.mean, self.cfg.std)
+            yield video, batch["label"].to(self.device, non_blocking=non_blocking)
+        self._finish_pass()
 
 
 def build_loader(data_cfg, split: str, *, batch_size: int, device: Union[str, torch.device] = "cpu",
@@ -178,7 +228,10 @@ def build_loader(data_cfg, split: str, *, batch_size: int, device: Union[str, to
         seed: base seed; item randomness depends only on (seed, rank, epoch, index).
         views: ``(crops, clips)`` for test (default ``data.test_crops``, ``data.test_clips``).
 
-    Returns an iterable with ``__len__``, ``set_epoch(epoch)`` and ``bad_samples``.
+    Returns an iterable with ``__len__``, ``set_epoch(epoch)``, ``bad_samples`` and
+    ``skipped`` (val/test: the videos left out of the last pass, see the module docstring).
+    ``len()`` counts the batches of a pass without bad files; at val/test a batch of bad
+    files only is not yielded, so a pass may yield fewer.
     The decoder (``data.decoder``: auto | dali | pyav) is chosen here and logged once.
     """
     cfg = DataConfig.from_dict(data_cfg)
@@ -222,18 +275,17 @@ def load_video_clip(path: str, data_cfg=None, views: Optional[Tuple[int, int]] =
     For the predict CLI: the test sampling of ``data.dataset`` with ``views = (crops,
     clips)`` (default ``data.test_crops``, ``data.test_clips``) and the test crops.
     Returns float32 ``Tensor[V, T, M, 3, H, W]`` on ``device``, V = crops*clips,
-    crop-major. Raises :class:`tdsk.data.DecodeError` when the file cannot be decoded.
+    crop-major. Raises :class:`tdsk.data.DecodeError` when the file cannot be decoded,
+    and for a frame folder missing a frame file (as training does: the reason names the
+    first missing file; a gap never silently shortens the video).
     """
-    from tdsk.data.decoders import DecodeError, count_jpeg_frames
+    from tdsk.data.decoders import check_jpeg_frames
     from tdsk.data.dataset import decode_record
 
     cfg = DataConfig.from_dict(data_cfg)
     crops, clips = views if views is not None else (cfg.test_crops, cfg.test_clips)
     if os.path.isdir(path):
-        num_frames = count_jpeg_frames(path, cfg.template)
-        if num_frames == 0:
-            raise DecodeError(path, f"no frame files matching template {cfg.template!r}")
-        record = VideoRecord(path, 0, num_frames)
+        record = VideoRecord(path, 0, check_jpeg_frames(path, cfg.template))
     else:
         record = VideoRecord(path, 0, None)
     dataset = VideoClipDataset([record], cfg, "test", views=(crops, clips))

@@ -112,12 +112,18 @@ def three_crop_boxes(height: int, width: int, size: int) -> List[Tuple[int, int]
 
 def normalize(video: torch.Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
               channel_dim: int = -3) -> torch.Tensor:
-    """uint8 (or [0,255] float) -> float32 ``(x/255 - mean)/std`` along ``channel_dim``."""
+    """uint8 (or [0,255] float) -> float32 ``(x/255 - mean)/std`` along ``channel_dim``.
+
+    Returns a new tensor; ``video`` is never modified (a float32 input included).
+    """
     shape = [1] * video.dim()
     shape[channel_dim] = 3
     std_t = torch.tensor(std, dtype=torch.float32, device=video.device).view(shape)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=video.device).view(shape)
-    return video.to(torch.float32).mul_(1.0 / 255.0).sub_(mean_t).div_(std_t)
+    # ``.to`` returns ``video`` itself when it is already float32: the first op must not be in place then.
+    scaled = video.to(torch.float32)
+    scaled = scaled.mul(1.0 / 255.0) if scaled is video else scaled.mul_(1.0 / 255.0)
+    return scaled.sub_(mean_t).div_(std_t)
 
 
 class ClipRandAugment:
