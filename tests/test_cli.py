@@ -125,3 +125,25 @@ def test_models_load_checkpoint_reads_training_checkpoints(trained):
     wrong = build_model(cfg["model"], num_classes=len(demo.CLASSES) + 1)
     with pytest.raises(ValueError, match="tdsk training format"):
         load_checkpoint(wrong, trained["ckpt"])
+
+
+def test_evaluate_leaves_undecodable_videos_out_and_names_them(trained, tmp_path):
+    """An undecodable test video is not replaced by another one: it is excluded, named in
+    results.json and the log, and the per-class counts are those of the scored videos."""
+    root = trained["root"]
+    lines = [x for x in open(os.path.join(root, "val.txt")).read().split("\n") if x]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    lst = tmp_path / "test.txt"
+    lst.write_text("\n".join(lines + [f"{broken} 0"]) + "\n")
+    out = tmp_path / "eval"
+    proc = _run("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "1x1", "--out", out, "--no-progress",
+                f"data.test_list={lst}", "data.max_bad_fraction=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.load(open(out / "results.json"))
+    assert res["count"] == len(lines)  # the broken file is not scored (and not replaced by a duplicate)
+    assert [s["path"] for s in res["skipped"]] == [str(broken)] and res["skipped"][0]["reason"]
+    assert str(broken) in proc.stderr and "skipped" in proc.stderr
+    rows = list(csv.DictReader(open(out / "per_class.csv")))
+    assert sum(int(r["videos"]) for r in rows) == len(lines)
+    assert int(rows[0]["videos"]) == sum(1 for x in lines if x.split()[-1] == "0")
