@@ -82,7 +82,6 @@ setup(
         "timm>=0.9",  # RandAugment ops of the official recipe (also an open_clip dependency)
         "av>=12",
         "numpy>=1.24",
-        "einops>=0.7",
         "tqdm>=4.60",
         "pillow>=9",
         "pyyaml>=6",

@@ -234,28 +234,12 @@ _LAYOUT_HELP = {
 
 
 def _data_format(data: Mapping) -> str:
-    fmt = str(data.get("format", data.get("list_format", ""))).lower()
-    if "frame" in fmt or "jpg" in fmt or "jpeg" in fmt:
-        return "frames"
-    return "video"
+    return "frames" if str(data.get("format", "")).lower() == "frames" else "video"
 
 
 def _split_list_keys(data: Mapping, splits: Iterable[str]) -> list[tuple[str, Any]]:
-    """Find the list-file entries of ``data`` for the given splits.
-
-    Accepts the two usual spellings: ``train_list: path`` and ``lists: {train: path}``.
-    """
-    found = []
-    nested = data.get("lists") if isinstance(data.get("lists"), Mapping) else {}
-    for split in splits:
-        for key in (f"{split}_list", f"list_{split}", f"{split}_ann", f"ann_{split}"):
-            if data.get(key):
-                found.append((f"data.{key}", data[key]))
-                break
-        else:
-            if nested.get(split):
-                found.append((f"data.lists.{split}", nested[split]))
-    return found
+    """``[("data.<split>_list", path), ...]`` for the given splits (the keys DataConfig has)."""
+    return [(f"data.{split}_list", data[f"{split}_list"]) for split in splits if data.get(f"{split}_list")]
 
 
 def check_data_paths(cfg: Mapping, splits: Iterable[str] = ("train", "val")) -> None:

@@ -10,7 +10,8 @@ How a batch is made (per rank; the rank's share comes from the same
    count comes from a demux-only PyAV index (no decoding), the indices from
    :func:`sample_indices` with the same per-item generator as the CPU path, so both
    paths use identical indices and identical augmentation draws. Missing, empty,
-   unopenable and truncated files are caught here and replaced like on the CPU path.
+   unopenable and truncated files are caught here and, like on the CPU path, replaced
+   at train and left out of the batch at val/test (never replaced there).
 2. DALI decodes on the GPU (``device="mixed"``): ``fn.decoders.video(encoded,
    frames=indices)`` (NVDEC) or ``fn.decoders.image`` (nvJPEG) for frame folders.
    The ``cpu`` backend (VP8/VP9/MJPEG only) is used when no GPU is given, for tests.
@@ -19,7 +20,9 @@ How a batch is made (per rank; the rank's share comes from the same
    runs on a host copy of the frames.
 4. If DALI raises on a batch (a stream that demuxes but does not decode), the pipeline
    is rebuilt and that batch is decoded by the CPU path, which finds and replaces the
-   bad file: a corrupt file never aborts the epoch.
+   bad file: a corrupt file never aborts the epoch. JPEG batches are header-probed
+   before DALI's image decoder sees them (:meth:`DaliFrameDecoder._probe`: that decoder
+   corrupts memory when it raises on an unparseable header).
 
 Colour conversion differs slightly from PyAV's swscale (DALI's YUV->RGB: mean absolute
 difference ~1.4/255 on the test clips, same frames), so the two paths are pixel-close,
@@ -38,8 +41,8 @@ import torch
 
 from tdsk._logging import log_once, logger
 from tdsk.data.config import DataConfig
-from tdsk.data.dataset import MAX_REPLACEMENTS, EpochSampler, VideoClipDataset, collate_clips
-from tdsk.data.decoders import DecodeError, PyAVVideo
+from tdsk.data.dataset import MAX_REPLACEMENTS, EpochSampler, VideoClipDataset, collate_clips, skipped_item
+from tdsk.data.decoders import DecodeError, PyAVVideo, check_jpeg_frames
 from tdsk.data.lists import VideoRecord
 from tdsk.data.loader import VideoLoader
 from tdsk.data.sampling import sample_indices
@@ -52,6 +55,10 @@ class DaliFrameDecoder:
     """A DALI pipeline that decodes one batch: ``kind="video"`` (encoded file + frame
     indices per sample -> ``uint8[F, H, W, 3]``) or ``kind="image"`` (one JPEG per sample
     -> ``uint8[H, W, 3]``). ``device``: ``"gpu"`` (mixed backend, NVDEC/nvJPEG) or ``"cpu"``.
+
+    ``kind="image"`` batches go through a header probe first (:meth:`_probe`): DALI's image
+    decoder must never see a file whose header it cannot parse (see there why). A batch
+    that fails the probe or the decode raises; the caller then calls :meth:`reset`.
     """
 
     def __init__(self, kind: str, max_batch_size: int, device: str = "gpu", device_id: int = 0,
@@ -63,12 +70,25 @@ class DaliFrameDecoder:
         self.device_id = device_id if device == "gpu" else None
         self.num_threads, self.seed = max(1, int(num_threads)), int(seed)
         self.pipe = None
+        self.probe = None  # kind="image": the header-probe pipeline (see _probe)
+
+    def _pipeline(self, device_id):
+        from nvidia.dali import Pipeline
+
+        return Pipeline(batch_size=self.max_batch_size, num_threads=self.num_threads, device_id=device_id,
+                        seed=self.seed, exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
 
     def _build(self):
-        from nvidia.dali import Pipeline, fn, types
+        from nvidia.dali import fn, types
 
-        pipe = Pipeline(batch_size=self.max_batch_size, num_threads=self.num_threads, device_id=self.device_id,
-                        seed=self.seed, exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
+        if self.kind == "image":
+            probe = self._pipeline(None)  # CPU only: header parsing
+            with probe:
+                encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+                probe.set_outputs(fn.peek_image_shape(encoded))
+            probe.build()
+            self.probe = probe
+        pipe = self._pipeline(self.device_id)
         backend = "mixed" if self.device == "gpu" else "cpu"
         with pipe:
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
@@ -82,8 +102,30 @@ class DaliFrameDecoder:
         self.pipe = pipe
 
     def reset(self) -> None:
-        """Drop the pipeline (after an error); the next call builds a fresh one."""
-        self.pipe = None
+        """Drop the pipelines (after an error: DALI marks a pipeline that raised as no longer
+        valid); the next call builds fresh ones."""
+        self.pipe = self.probe = None
+
+    def _probe(self, encoded: List[np.ndarray]) -> None:
+        """Parse every image header with ``fn.peek_image_shape``; raises if one cannot be parsed.
+
+        Why: DALI 2.4's ``fn.decoders.image`` parses the headers of a batch of >= 32 images
+        on its thread pool *and* in the calling thread (``ImageDecoder::RunImplImpl``:
+        ``setup_task(-1); tp_->WaitForWork();``). When the calling thread's share holds an
+        unparseable header, the exception skips ``WaitForWork``: ``pipe.run()`` raises while
+        pool threads still parse the rest of the batch through references into the
+        unwound C++ frame. They then write over whatever reuses that stack and heap
+        (Python, Pillow in the CPU fallback, logging), a segfault seconds later in either
+        thread, whether or not the failed pipeline is kept alive. Nothing done after the
+        raise can fix that, so such a batch must never reach the decoder.
+        ``peek_image_shape`` runs the same nvImageCodec header parser (``CodeStreamGetImageInfo``)
+        with one pool task per sample and waits for all of them before raising, so the
+        probe fails safely exactly where the decoder's setup would. Failures after the
+        headers (truncated or corrupt scan data) are raised by the decoder only after its
+        pool is idle, and are safe. Cost: a header parse per image.
+        """
+        self.probe.feed_input("encoded", encoded)
+        self.probe.run()
 
     def __call__(self, encoded: Sequence[np.ndarray], frames: Optional[Sequence[np.ndarray]] = None,
                  out_device: Optional[torch.device] = None) -> List[torch.Tensor]:
@@ -91,8 +133,10 @@ class DaliFrameDecoder:
             return []
         if len(encoded) > self.max_batch_size:
             raise ValueError(f"batch of {len(encoded)} > max_batch_size {self.max_batch_size}")
-        if self.pipe is None:
+        if self.pipe is None or (self.kind == "image" and self.probe is None):
             self._build()
+        if self.kind == "image":
+            self._probe(list(encoded))
         self.pipe.feed_input("encoded", list(encoded))
         if self.kind == "video":
             self.pipe.feed_input("frames", [np.asarray(f, dtype=np.int32) for f in frames])
@@ -165,7 +209,7 @@ class DaliVideoLoader(VideoLoader):
                 py_rng, np_rng = ds._rngs(candidate, epoch, attempt)
                 try:
                     if record.is_frames:
-                        num_frames = record.num_frames
+                        num_frames = check_jpeg_frames(record.path, cfg.template, record.num_frames)
                     else:
                         with PyAVVideo(record.path) as video:
                             num_frames = video.num_frames
@@ -186,6 +230,8 @@ class DaliVideoLoader(VideoLoader):
                     reason = exc.reason if exc.path == record.path else str(exc)
                     ds._known_bad[candidate] = reason
                     bad.append((record.path, reason))
+            if ds.split != "train":  # evaluation: never replaced; _batch_items leaves it out
+                return dict(skip=True, index=candidate, epoch=epoch, record=record, bad=bad, requested=index)
             for _ in range(8):
                 candidate = draw.randrange(len(ds.records))
                 if candidate not in ds._known_bad:
@@ -223,6 +269,10 @@ class DaliVideoLoader(VideoLoader):
         return [t.to(self.device).permute(0, 3, 1, 2) for t in out]
 
     def _batch_items(self, prepared: List[dict]) -> List[dict]:
+        if any(p.get("skip") for p in prepared):  # val/test: bad videos are left out, in place
+            rest = [p for p in prepared if not p.get("skip")]
+            decoded = iter(self._batch_items(rest) if rest else [])
+            return [skipped_item(p["index"], *p["bad"][-1]) if p.get("skip") else next(decoded) for p in prepared]
         try:
             frames = self._decode(prepared)
         except Exception as exc:  # noqa: BLE001 - any DALI failure: fall back to the CPU path for this batch
@@ -244,9 +294,7 @@ class DaliVideoLoader(VideoLoader):
         return items
 
     def __iter__(self):
-        from tdsk.data.loader import BadSampleReport
-
-        self.bad_samples = BadSampleReport(self.epoch, self.split, len(self.sampler))
+        self._start_pass()
         order = [i for i, _ in self.sampler]
         epoch = self.epoch
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -261,13 +309,11 @@ class DaliVideoLoader(VideoLoader):
             prepared = [f.result() for f in pending]
             pending = submit(batches[b + 1]) if b + 1 < len(batches) else None  # overlaps the decode below
             batch = collate_clips(self._batch_items(prepared))
-            if batch["bad"]:
-                self._record_bad(batch["bad"])
+            if not self._accept(batch):  # val/test batch of bad videos only: nothing to yield
+                continue
             video = normalize(batch["video"].to(self.device), self.cfg.mean, self.cfg.std)
             yield video, batch["label"].to(self.device)
-        self.history.append(self.bad_samples)
-        if self.bad_samples.num_bad:
-            logger.warning(str(self.bad_samples))
+        self._finish_pass()
 
 
 def _read_bytes(path: str) -> np.ndarray:
