@@ -39,7 +39,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from tdsk._logging import log_once, logger
+from tdsk._logging import log_once
 from tdsk.data.config import DataConfig
 from tdsk.data.dataset import MAX_REPLACEMENTS, EpochSampler, VideoClipDataset, collate_clips, skipped_item
 from tdsk.data.decoders import DecodeError, PyAVVideo, check_jpeg_frames
@@ -279,7 +279,8 @@ class DaliVideoLoader(VideoLoader):
             self._video.reset()
             self._image.reset()
             log_once("dali-fallback", f"DALI could not decode a batch ({type(exc).__name__}: {exc}); "
-                                      "decoding such batches with the CPU path, which replaces the bad file",
+                                      "decoding such batches with the CPU path, which finds the bad file (replaced at "
+                                      "train, left out and reported at val/test)",
                      logging.WARNING)
             items = []
             for p in prepared:
