@@ -3,8 +3,9 @@
 The interpreter (``TRITON_INTERPRET=1``) checks what the kernels compute, not that
 they compile: this script runs the real Triton compiler (Triton's bundled ptxas,
 no driver needed) on the configurations the launchers pick for the shapes of
-issue 2's benchmarks and reports, per variant, registers, stack (spill) bytes and
-the number of vectorised global loads/stores in the PTX.
+``bench/bench_ops.py`` (the ViT-B/16 TD-Adapter training shape, a large one, and the
+SME-Adapter's 4 clips of 8 x 5 frames at 224 px) and reports, per variant, registers,
+stack (spill) bytes and the number of vectorised global loads/stores in the PTX.
 
     python bench/triton_compile_check.py           # all configurations, a table
     python bench/triton_compile_check.py --quick   # one variant per kernel code path (CI)

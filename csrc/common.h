@@ -42,10 +42,11 @@ inline int64_t spatial_block(int64_t S, int64_t per_s_bytes, int64_t outer_items
 }
 
 // ---- Portable SIMD (GCC/Clang vector extensions) ---------------------------------
-// The hot loops are written once as a body(s, tag) that uses only ld/st/splat and
-// arithmetic, comparisons and `mask ? a : b`; simd_for runs it on 16-byte vectors of
-// float/double (SSE2 on any x86-64, NEON on arm64; wider targets split or fuse them),
-// then on single elements for the tail and for half/bfloat16 (converted to float).
+// The select-heavy hot loops (temporal_pool_diff.cpp) are written once as a body(s, tag)
+// that uses only ld/st/splat and arithmetic, comparisons and `mask ? a : b`; simd_for
+// runs it on 16-byte vectors of float/double (SSE2 on any x86-64, NEON on arm64; wider
+// targets split or fuse them), then on single elements for the tail and for
+// half/bfloat16 (converted to float).
 // This does not depend on the auto-vectoriser, which leaves such select-heavy loops
 // scalar (with unpredictable branches) more often than not.
 template <typename T>

@@ -1,8 +1,9 @@
-// C++ CPU kernels of the tdsk ops, registered as torch.ops.tdsk_cpu.* (see register.cpp).
+// C++ CPU kernels of the tdsk ops: the CPU kernels of torch.ops.tdsk.* (see register.cpp).
 //
-// The Python custom ops torch.ops.tdsk.* (tdsk/ops/temporal_diff.py) validate the
-// arguments and call these for CPU tensors; the kernels re-check the preconditions
-// they rely on (TORCH_CHECK) so that a direct call cannot read out of bounds.
+// The public Python functions (tdsk/ops/temporal_pool_diff.py, tdsk/ops/frame_diff_concat.py)
+// validate the arguments before the dispatcher routes CPU tensors here; the kernels re-check
+// the preconditions they rely on (TORCH_CHECK) so that a direct call of the op cannot read
+// out of bounds.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +21,8 @@ at::Tensor temporal_pool_diff_backward(const at::Tensor& grad_out, const at::Ten
                                        int64_t kernel_size, double channel_mix);
 
 // frames: [N, T, M, C, H, W] uint8 or floating, any strides -> [N, (M-1)*C, T, H, W].
+// scale: none, or float32 [C]; float64 is accepted too when the work dtype is double (frames or
+// out_dtype float64), which is what the public op passes for float64 work.
 at::Tensor frame_diff_concat_forward(const at::Tensor& frames, const std::optional<at::Tensor>& scale,
                                      at::ScalarType out_dtype);
 

@@ -1,4 +1,5 @@
-// temporal_pool_diff: CPU forward and backward.
+// temporal_pool_diff: CPU forward and backward (the TD-Adapter's D_z = Z_s - Pool(Z_s),
+// Eq. 4 of the TDS-CLIP paper, plus the official channel-mean mix).
 //
 //   p[t] = max(x[t - k//2 .. t + k//2] that exist)          (max_pool3d, (k,1,1), pad k//2)
 //   d    = x - p
@@ -9,11 +10,13 @@
 //   grad_x[t] = g_d[t] - sum_{t' : argmax(window(t')) == t} g_d[t']
 //
 // Layout and strides: the kernels walk the (H, W) plane as one flat, stride-1 vector of
-// S = H*W elements (the inner loops auto-vectorise) and take the N, C, T strides of the
-// inputs as they are, so any permutation/slicing of the N, C, T dims (e.g. a
-// [N, T, C, H, W] tensor permuted to [N, C, T, H, W]) is read in place. Only an input
-// whose (H, W) plane is not a flat stride-1 run (channels-last, sliced/strided H or W,
-// expanded) is first copied with .contiguous(). Outputs are contiguous, x's dtype.
+// S = H*W elements (the inner loops run on explicit 16-byte SIMD vectors through
+// detail::simd_for, common.h; they do not rely on the auto-vectoriser, which leaves these
+// select-heavy loops scalar) and take the N, C, T strides of the inputs as they are, so
+// any permutation/slicing of the N, C, T dims (e.g. a [N, T, C, H, W] tensor permuted to
+// [N, C, T, H, W]) is read in place. Only an input whose (H, W) plane is not a flat
+// stride-1 run (channels-last, sliced/strided H or W, expanded) is first copied with
+// .contiguous(). Outputs are contiguous, x's dtype.
 // Arithmetic is in at::opmath_type (float for half/bfloat16/float, double for double),
 // with the same operation order as the reference, so float32 with a == 0 is bit-exact.
 #include <ATen/core/Tensor.h>
@@ -35,9 +38,13 @@ namespace {
 
 using detail::divup;
 
-// Window sizes up to kMaxUnroll frames are compile-time constants (the frame loop
-// unrolls inside the spatial loop); larger windows (k > 15, or k > 8 at the clip ends)
-// take the same code with a runtime count.
+// The window of frame t holds w = min(T - 1, t + k//2) - max(0, t - k//2) + 1 frames: k in
+// the interior of the clip, down to k//2 + 1 at its ends (and never more than T). Windows
+// of up to kMaxUnroll frames get a compile-time count (the frame loop unrolls inside the
+// spatial loop); larger ones take the same code with a runtime count. So the runtime
+// count serves every interior window once k > 8 (k >= 9), and the clip-end windows too
+// only once k//2 + 1 > 8 (k >= 17); T <= 8 never needs it. The backward's loop over the
+// windows that contain frame t has the same count and the same dispatch.
 constexpr int kMaxUnroll = 8;
 
 template <typename Fn>

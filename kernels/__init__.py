@@ -1,7 +1,8 @@
 """Triton kernels of tdsk (installed as ``tdsk.kernels``), used for CUDA tensors.
 
-The lead's dispatch in :mod:`tdsk.ops.temporal_diff` calls exactly these four
-launchers (arguments already validated, ``numel > 0``):
+These four launchers are the CUDA kernels of the ``torch.ops.tdsk.*`` ops, registered
+with ``register_kernel("cuda")`` in :mod:`tdsk.ops.temporal_pool_diff` and
+:mod:`tdsk.ops.frame_diff_concat` (arguments already validated, ``numel > 0``):
 
 * :func:`temporal_pool_diff_forward` ``(x, kernel_size, channel_mix) -> out``
 * :func:`temporal_pool_diff_backward` ``(grad_out, x, kernel_size, channel_mix) -> grad_x``

@@ -1,4 +1,5 @@
-"""Helpers shared by the tdsk Triton kernels: launcher-side checks and one ``@triton.jit`` function."""
+"""Helpers shared by the tdsk Triton kernels: launcher-side checks and the ``@triton.jit``
+helpers every kernel uses (:func:`plane_offsets`, :func:`program_coords`)."""
 import contextlib
 import os
 from typing import Sequence
@@ -114,8 +115,9 @@ def plane_offsets(hw, W, stride_h, stride_w, FLAT: tl.constexpr, USE_INT64: tl.c
 
 @triton.jit
 def program_coords(n_hw_blocks, T, n_c_blocks, USE_INT64: tl.constexpr):
-    """This program's ``(n, channel block, t, hw block)``; hw block fastest, so the
-    programs of neighbouring frames (which share window frames) run together."""
+    """This program's ``(n, channel block, t, hw block)``; hw block fastest, then t, so
+    the programs of neighbouring frames (which share window frames in
+    ``temporal_pool_diff``) run together. Used by every tdsk kernel."""
     pid = tl.program_id(0)
     hw_blk = pid % n_hw_blocks
     rest = pid // n_hw_blocks

@@ -1,4 +1,4 @@
-"""Triton kernels of ``frame_diff_concat`` (SME-Adapter input), forward and backward.
+"""Triton kernels of ``frame_diff_concat`` (SME-Adapter input, Eq. 2 of the TDS-CLIP paper), forward and backward.
 
 Layouts
 -------
@@ -19,7 +19,8 @@ float64), subtracted there (uint8 differences are then exact), scaled, and round
 once on store: the same operations in the same order as the reference, so float32
 results are bit-exact.
 
-Kernel design: one program per ``(n, t, block of channels, block of H*W)``; it walks
+Kernel design: one program per ``(n, t, block of channels, block of H*W)``
+(:func:`._common.program_coords`); it walks
 the M local frames once, keeping the previous frame in registers, so every input
 element is read exactly once and every output element written once (one fused
 pass, ``M`` loads and ``M - 1`` stores of a tile). The contiguous ``H*W`` axis is
@@ -46,30 +47,22 @@ from ._common import (
     needs_int64,
     next_pow2,
     plane_offsets,
+    program_coords,
 )
 
 __all__ = ["frame_diff_concat_forward", "frame_diff_concat_backward"]
 
 
 @triton.jit
-def _tile_indices(T, C, W, HW, n_hw_blocks, n_c_blocks,
-                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, USE_INT64: tl.constexpr):
-    # program -> (n, t, channel block, hw block), hw block fastest
-    pid = tl.program_id(0)
-    hw_blk = pid % n_hw_blocks
-    rest = pid // n_hw_blocks
-    cb = rest % n_c_blocks
-    rest = rest // n_c_blocks
-    t = rest % T
-    n = rest // T
+def _tile(cb, hw_blk, C, HW, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, USE_INT64: tl.constexpr):
+    """Channel indices ``cc``, pixel indices ``hw`` and the ``[BLOCK_C, BLOCK_HW]`` mask of
+    channel block ``cb`` and pixel block ``hw_blk`` (``cc`` int64 with ``USE_INT64``)."""
     hw = hw_blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cc = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (cc < C)[:, None] & (hw < HW)[None, :]
     if USE_INT64:
-        n = n.to(tl.int64)
-        t = t.to(tl.int64)
         cc = cc.to(tl.int64)
-    return n, t, cc, hw, mask
+    return cc, hw, mask
 
 
 @triton.jit
@@ -83,8 +76,8 @@ def _frame_diff_concat_fwd_kernel(
     HAS_SCALE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     HW_FLAT: tl.constexpr, USE_INT64: tl.constexpr, ACC: tl.constexpr,
 ):
-    n, t, cc, hw, mask = _tile_indices(T, C, W, HW, n_hw_blocks, n_c_blocks,
-                                       BLOCK_C, BLOCK_HW, USE_INT64)
+    n, cb, t, hw_blk = program_coords(n_hw_blocks, T, n_c_blocks, USE_INT64)
+    cc, hw, mask = _tile(cb, hw_blk, C, HW, BLOCK_C, BLOCK_HW, USE_INT64)
     f_hw = plane_offsets(hw, W, sfh, sfw, HW_FLAT, USE_INT64)
     if USE_INT64:
         hw = hw.to(tl.int64)
@@ -119,8 +112,8 @@ def _frame_diff_concat_bwd_kernel(
     HAS_SCALE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     HW_FLAT: tl.constexpr, USE_INT64: tl.constexpr, ACC: tl.constexpr,
 ):
-    n, t, cc, hw, mask = _tile_indices(T, C, W, HW, n_hw_blocks, n_c_blocks,
-                                       BLOCK_C, BLOCK_HW, USE_INT64)
+    n, cb, t, hw_blk = program_coords(n_hw_blocks, T, n_c_blocks, USE_INT64)
+    cc, hw, mask = _tile(cb, hw_blk, C, HW, BLOCK_C, BLOCK_HW, USE_INT64)
     g_hw = plane_offsets(hw, W, sgh, sgw, HW_FLAT, USE_INT64)
     if USE_INT64:
         hw = hw.to(tl.int64)

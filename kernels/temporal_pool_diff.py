@@ -1,4 +1,4 @@
-"""Triton kernels of ``temporal_pool_diff`` (TD-Adapter core), forward and backward.
+"""Triton kernels of ``temporal_pool_diff`` (TD-Adapter core, Eq. 4 of the TDS-CLIP paper), forward and backward.
 
 Layouts
 -------
@@ -7,9 +7,9 @@ Layouts
 * ``grad_out`` (backward): ``Tensor[N, C, T, H, W]``, any strides.
 * Results (``out``, ``grad_x``): new contiguous ``Tensor[N, C, T, H, W]`` of ``x``'s dtype.
 
-Semantics (must match :mod:`tdsk.ops.reference` and the hand-written reference
-backward in :mod:`tdsk.ops.temporal_diff`)
--------------------------------------------------------------------------
+Semantics (must match :mod:`tdsk.ops.reference`: ``temporal_pool_diff_reference``
+and the hand-written ``temporal_pool_diff_backward_reference``)
+------------------------------------------------------------------------------------
 ``p[t] = max(x[t-P .. t+P] that exist)`` with ``P = k // 2`` (padding never wins),
 ``d = x - p``, ``out = (1 - a) * d + a * mean_c(d)``. All arithmetic is done in
 float32 (float64 for float64 inputs) and rounded once on store, as PyTorch's own

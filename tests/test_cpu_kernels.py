@@ -1,33 +1,30 @@
-"""The C++ CPU kernels (``torch.ops.tdsk_cpu.*``, built into ``tdsk._C``) against the references.
+"""The C++ CPU kernels (built into ``tdsk._C``, the CPU kernels of ``torch.ops.tdsk.*``) against the references.
 
-The kernels are called directly (not through the ``torch.ops.tdsk`` custom ops), and
-compared with
+The kernels are called directly (``tdsk.ops.cpu_kernels()``: a redispatch on the CPU
+key, below the ops' autograd and argument checks), and compared with
 
 * the pure-PyTorch reference forwards (:mod:`tdsk.ops.reference`) and their autograd
   gradients, and
-* the hand-written backward references of :mod:`tdsk.ops.temporal_diff` (the formulas
-  the custom ops fall back to), which the kernels must match bit for bit where the
-  operation order is the same (float32/any dtype with ``channel_mix == 0``,
-  frame_diff_concat always).
+* the hand-written backward references of :mod:`tdsk.ops.reference` (the default
+  kernels of the ops), which the kernels must match bit for bit where the operation
+  order is the same (float32/any dtype with ``channel_mix == 0``, frame_diff_concat
+  always).
 """
 import os
 
 import pytest
 import torch
 
-try:
-    import tdsk._C  # noqa: F401  (registers torch.ops.tdsk_cpu.*)
-except Exception as exc:  # pragma: no cover - exercised only without a build
+from tdsk.ops import cpu_kernels, reference
+from tdsk.ops import temporal_diff as td
+
+K = cpu_kernels()
+if K is None:  # pragma: no cover - exercised only without a build, or with TDSK_DISABLE_EXT=1
     pytest.skip(
-        f"tdsk._C is not built ({type(exc).__name__}: {exc}); build it with "
+        "the C++ kernels do not serve the CPU (tdsk._C not built, or TDSK_DISABLE_EXT=1); build it with "
         "`pip install --no-build-isolation -e .`",
         allow_module_level=True,
     )
-
-from tdsk.ops import reference
-from tdsk.ops import temporal_diff as td
-
-K = torch.ops.tdsk_cpu
 
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (rtol, atol) where the kernel and the reference sum in a different order (the channel
@@ -80,7 +77,7 @@ ROUTES_TO_CPP = pytest.mark.skipif(
 
 @ROUTES_TO_CPP
 def test_backend_is_cpp():
-    from tdsk.ops._backends import backend_report
+    from tdsk.ops import backend_report
 
     assert backend_report()["cpu"] == "c++"
 
@@ -99,7 +96,7 @@ def test_pool_forward_backward(dtype, k, mix):
 
         gx = K.temporal_pool_diff_backward(g, x, k, mix)
         assert gx.shape == x.shape and gx.dtype == dtype and gx.is_contiguous()
-        _close(gx, td._temporal_pool_diff_reference_backward(g, x, k, mix), dtype, exact=mix == 0.0)
+        _close(gx, reference.temporal_pool_diff_backward_reference(g, x, k, mix), dtype, exact=mix == 0.0)
         _close(gx, _ref_grad(x, g, k, mix), dtype, exact=False)
 
 
@@ -115,7 +112,7 @@ def test_pool_ties_go_to_the_earliest_frame(mix):
         gx = K.temporal_pool_diff_backward(g, x, k, mix)
         # max_pool3d (the reference's autograd) also routes a tie to the earliest frame.
         _close(gx, _ref_grad(x, g, k, mix), torch.float32, exact=mix == 0.0)
-        _close(gx, td._temporal_pool_diff_reference_backward(g, x, k, mix), torch.float32, exact=mix == 0.0)
+        _close(gx, reference.temporal_pool_diff_backward_reference(g, x, k, mix), torch.float32, exact=mix == 0.0)
     # All frames equal: every window's gradient goes to its first frame.
     x = torch.zeros(1, 1, 4, 1, 1)
     g = torch.ones(1, 1, 4, 1, 1)
@@ -155,7 +152,7 @@ def test_pool_noncontiguous(mix):
         for gname, g in grads.items():
             gx = K.temporal_pool_diff_backward(g, x, 3, mix)
             assert torch.equal(gx, K.temporal_pool_diff_backward(g.contiguous(), xc, 3, mix)), (name, gname)
-            _close(gx, td._temporal_pool_diff_reference_backward(g.contiguous(), xc, 3, mix), torch.float32,
+            _close(gx, reference.temporal_pool_diff_backward_reference(g.contiguous(), xc, 3, mix), torch.float32,
                    exact=mix == 0.0)
 
 
@@ -168,7 +165,7 @@ def test_pool_spatial_blocks_and_threads():
         out = K.temporal_pool_diff_forward(x, 3, mix)
         gx = K.temporal_pool_diff_backward(g, x, 3, mix)
         _close(out, reference.temporal_pool_diff_reference(x, 3, mix), torch.float32, exact=mix == 0.0)
-        _close(gx, td._temporal_pool_diff_reference_backward(g, x, 3, mix), torch.float32, exact=mix == 0.0)
+        _close(gx, reference.temporal_pool_diff_backward_reference(g, x, 3, mix), torch.float32, exact=mix == 0.0)
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1)
@@ -270,13 +267,13 @@ def test_fdc_matches_scaled_reference_exactly(in_dtype, out_dtype, with_scale):
         scale = _scale(c, seed=50 + i) if with_scale else None
         out = K.frame_diff_concat_forward(f, scale, out_dtype)
         assert out.shape == (n, (m - 1) * c, t, h, w) and out.dtype == out_dtype and out.is_contiguous()
-        _close(out, td._frame_diff_concat_scaled_reference(f, scale, out_dtype), out_dtype, exact=True)
+        _close(out, reference.frame_diff_concat_scaled_reference(f, scale, out_dtype), out_dtype, exact=True)
         if in_dtype == torch.uint8:
             continue  # no gradient for integer frames
         g = _randn(out.shape, out_dtype, seed=200 + i)
         grad = K.frame_diff_concat_backward(g, scale, m, in_dtype)
         assert grad.shape == shape and grad.dtype == in_dtype and grad.is_contiguous()
-        _close(grad, td._frame_diff_concat_scaled_reference_backward(g, scale, m, in_dtype), in_dtype, exact=True)
+        _close(grad, reference.frame_diff_concat_backward_reference(g, scale, m, in_dtype), in_dtype, exact=True)
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
@@ -323,11 +320,11 @@ def test_fdc_noncontiguous(with_scale):
     for name, f in _noncontiguous_frames(shape):
         assert f.shape == shape and not f.is_contiguous(), name
         out = K.frame_diff_concat_forward(f, scale, torch.float32)
-        assert torch.equal(out, td._frame_diff_concat_scaled_reference(f.contiguous(), scale, torch.float32)), name
+        assert torch.equal(out, reference.frame_diff_concat_scaled_reference(f.contiguous(), scale, torch.float32)), name
     # uint8 channels-last frames, as a decoder delivers them
     f8 = _frames((n, t, m, h, w, c), torch.uint8, 6).permute(0, 1, 2, 5, 3, 4)
     assert torch.equal(K.frame_diff_concat_forward(f8, scale, torch.float32),
-                       td._frame_diff_concat_scaled_reference(f8.contiguous(), scale, torch.float32))
+                       reference.frame_diff_concat_scaled_reference(f8.contiguous(), scale, torch.float32))
     # non-contiguous incoming gradients
     out_shape = (n, (m - 1) * c, t, h, w)
     grads = {
@@ -340,7 +337,7 @@ def test_fdc_noncontiguous(with_scale):
         assert g.shape == out_shape and not g.is_contiguous(), name
         grad = K.frame_diff_concat_backward(g, scale, m, torch.float32)
         assert torch.equal(
-            grad, td._frame_diff_concat_scaled_reference_backward(g.contiguous(), scale, m, torch.float32)), name
+            grad, reference.frame_diff_concat_backward_reference(g.contiguous(), scale, m, torch.float32)), name
 
 
 def test_fdc_threads_and_empty():

@@ -435,8 +435,56 @@ def test_import_without_compiled_parts_falls_back_and_says_so_once():
     assert res.stderr.count("TDSK_DISABLE_EXT=1") == 1, res.stderr
 
 
+def test_one_op_per_function_routed_by_the_dispatcher():
+    """No second operator namespace: the C++ kernels are the CPU kernels of the tdsk:: ops."""
+    import tdsk
+
+    report = tdsk.ops.backend_report()
+    assert set(report) == {"cpu", "cuda"}
+    for name in ("temporal_pool_diff", "temporal_pool_diff_backward", "frame_diff_concat",
+                 "frame_diff_concat_backward"):
+        dump = torch._C._dispatch_dump(f"tdsk::{name}")
+        assert "CompositeExplicitAutograd" in dump  # the reference: the default kernel
+        assert ("\nCPU: registered at" in dump) == (report["cpu"] == "c++"), dump
+        assert ("\nCUDA: registered at" in dump) == (report["cuda"] == "triton"), dump
+        assert not hasattr(torch.ops.tdsk_cpu, name + "_forward") and not hasattr(torch.ops.tdsk_cpu, name)
+
+
+def test_import_without_triton_falls_back_and_says_so_once():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, tdsk\n"
+        "f = torch.randn(1, 2, 3, 3, 2, 2, requires_grad=True)\n"
+        "tdsk.ops.frame_diff_concat(f).sum().backward(); tdsk.ops.frame_diff_concat(f)\n"
+        "assert tdsk.ops.triton_kernels() is None\n"
+        "print(tdsk.ops.backend_report())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TDSK_DISABLE_TRITON"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "'cuda': 'reference'" in res.stdout
+    assert res.stderr.count("Triton kernels unavailable") == 1, res.stderr
+
+
+def test_disable_ext_holds_even_when_the_extension_is_imported():
+    code = (
+        "import torch, tdsk\n"
+        "try:\n    import tdsk._C\nexcept ImportError:\n    pass\n"
+        "x = torch.randn(1, 2, 3, 2, 2)\n"
+        "from tdsk.ops.reference import temporal_pool_diff_reference as r\n"
+        "assert torch.equal(tdsk.ops.temporal_pool_diff(x, 3, 0.5), r(x, 3, 0.5))\n"
+        "assert tdsk.ops.cpu_kernels() is None\n"
+        "print(tdsk.ops.backend_report())\n"
+    )
+    env = dict(os.environ, TDSK_DISABLE_EXT="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "'cpu': 'reference'" in res.stdout
+    assert res.stderr.count("TDSK_DISABLE_EXT=1") == 1, res.stderr
+
+
 def test_pool_diff_matches_max_pool3d_semantics_directly():
-    # Independent of the reference module: F.max_pool3d is the definition in the spec.
+    # Independent of the reference module: F.max_pool3d is Pool of Eq. 4 (the official TD-Adapter's).
     torch.manual_seed(9)
     x = with_ties(torch.randn(2, 6, 7, 3, 4))
     for k in (3, 5, 7):

@@ -1,7 +1,8 @@
 """Side-network attention: xformers ``memory_efficient_attention`` on CUDA, SDPA otherwise.
 
-One function, :func:`attention`, used by the TDS side blocks (spec 4.2(c)) and by the
-frozen ViT blocks (spec 2). Neither backend materialises or saves the ``L x S``
+One function, :func:`attention`, used by the TDS side blocks (the ViT module of the
+TDS Block, Fig. 3(b) of the TDS-CLIP paper) and by the frozen CLIP ViT blocks (Eq. 1;
+docs/model.md). Neither backend materialises or saves the ``L x S``
 probability matrix for backward (both keep only ``q, k, v``, the output and a
 per-row log-sum-exp), which is part of tdsk's training-memory budget.
 
