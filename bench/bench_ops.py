@@ -6,7 +6,7 @@ run on CUDA with the Triton kernels when a GPU is present).
 Providers:
 * ``tdsk``      -- the public op (C++ kernel on CPU, Triton on CUDA);
 * ``reference`` -- :mod:`tdsk.ops.reference`, eager (the test oracle; it pools with
-  ``F.max_pool3d``, the definition in the spec);
+  ``F.max_pool3d``, the definition of docs/model.md §6);
 * ``compiled``  -- ``torch.compile(reference)``;
 * ``shifted``   -- an eager pad + ``torch.maximum`` formulation (a fast hand-written
   PyTorch baseline; forward only, its gradient on ties differs from max_pool3d).
