@@ -6,7 +6,8 @@ sections 2-6) alone, in the official layout: sequence-first tokens, ``nn.Conv3d`
 official parameter names, and the official ``(B*T, M*3, H, W)`` input. It imports
 nothing from ``tdsk.models``. tdsk's exported official state dict is loaded into it
 *strictly*, with random weights and random BatchNorm statistics, and the logits are
-compared in float32 eval mode (max abs diff <= 1e-4; typically ~1e-6).
+compared in float32 (eval and train mode). The bound is what was measured, with a
+10x margin (:data:`MEASURED_MAX_ABS_DIFF`), so a regression of a few ulp shows.
 """
 from collections import OrderedDict
 
@@ -257,6 +258,27 @@ def random_video(setting: str, seed: int = 1):
 # ---------------------------------------------------------------------------
 
 
+# Max |logit difference| measured on CPU (fp32, torch 2.15; the same with the C++ ops
+# and with TDSK_DISABLE_EXT=1), logits of magnitude ~0.25-0.5 (one ulp ~3e-8 - 6e-8).
+# The tests allow 10x these values.
+MEASURED_MAX_ABS_DIFF = {
+    "tiny": 7.5e-8,
+    "b16": 9.7e-8,  # README: "to 9e-8 (B/16 setting)"
+    "l14": 1.2e-7,
+    "train/kernel": 4.5e-8,
+    "train/folded": 1.2e-7,
+}
+MARGIN = 10
+
+
+def _check_parity(key: str, ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    assert ours.shape == theirs.shape
+    err = (ours - theirs).abs().max().item()
+    bound = MARGIN * MEASURED_MAX_ABS_DIFF[key]
+    print(f"parity {key}: max abs logit diff {err:.3g} (bound {bound:.3g}, logit std {theirs.std().item():.3g})")
+    assert err <= bound, f"{key}: max abs logit diff {err:.3g} > {bound:.3g} (logit std {theirs.std().item():.3g})"
+
+
 @pytest.mark.parametrize("setting", ["tiny", "b16", "l14"])
 def test_eval_fp32_parity_with_independent_reference(setting):
     model, ref = build_pair(setting)
@@ -266,9 +288,7 @@ def test_eval_fp32_parity_with_independent_reference(setting):
     with torch.no_grad():
         ours = model(video)
         theirs = ref(video.reshape(-1, 15, *video.shape[-2:]))  # official (B*T, 15, H, W) layout
-    assert ours.shape == theirs.shape
-    err = (ours - theirs).abs().max().item()
-    assert err <= 1e-4, f"{setting}: max abs logit diff {err:.3g} (logit std {theirs.std().item():.3g})"
+    _check_parity(setting, ours, theirs)
 
 
 @pytest.mark.parametrize("sme_mode", ["kernel", "folded"])
@@ -280,7 +300,7 @@ def test_train_mode_parity_and_running_stats(sme_mode):
     video = random_video("tiny", seed=3)
     ours = model(video)
     theirs = ref(video.reshape(-1, 15, *video.shape[-2:]))
-    assert (ours - theirs).abs().max().item() <= 1e-4
+    _check_parity(f"train/{sme_mode}", ours, theirs)
     from tdsk.models import official_state_dict
 
     mine = official_state_dict(model)

@@ -250,15 +250,89 @@ def test_nan_cli_exit_code_and_message(small_root, tmp_path):
 
 # ----------------------------------------------------------------------------- precision
 
+class _DtypeProbe:
+    """Records the dtype of the frozen taps (``FrozenCLIPEncoder`` outputs, via a global
+    forward hook) and of the frame differences (the ``frame_diff_concat`` the SME-Adapter
+    calls, monkeypatched) of every forward of any tdsk model while it is installed."""
+
+    def __init__(self, monkeypatch):
+        import tdsk.models.sme_adapter as sme
+        from tdsk.models.clip_encoder import FrozenCLIPEncoder
+
+        self.taps, self.diffs = [], []
+        real = sme.frame_diff_concat
+
+        def recording(*args, **kwargs):
+            out = real(*args, **kwargs)
+            self.diffs.append(out.dtype)
+            return out
+
+        def hook(module, inputs, output):
+            if isinstance(module, FrozenCLIPEncoder):
+                self.taps.extend({t.dtype for t in output})
+
+        monkeypatch.setattr(sme, "frame_diff_concat", recording)
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+
+    def seen(self):
+        return set(self.taps), set(self.diffs)
+
+    def clear(self):
+        self.taps.clear()
+        self.diffs.clear()
+
+    def remove(self):
+        self.handle.remove()
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_and_accumulation_on_cpu(small_root, tmp_path, precision):
+def test_mixed_precision_and_accumulation_on_cpu(small_root, tmp_path, precision, monkeypatch):
     cfg = _cfg(small_root, f"train.precision={precision}", "solver.epochs=1", "train.limit_train_batches=2",
                "solver.grad_accumulation=2", "solver.warmup_epochs=0", "eval.limit_val_batches=1")
-    res = fit(cfg, output_dir=str(tmp_path), progress=False)
+    probe = _DtypeProbe(monkeypatch)
+    try:
+        res = fit(cfg, output_dir=str(tmp_path), progress=False)
+    finally:
+        probe.remove()
     ckpt = C.load(res.last_checkpoint)
     assert ckpt["precision"] == precision and ckpt["step"] == 2
     assert (ckpt["scaler"] is not None) == (precision == "fp16")  # GradScaler only for fp16
     assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values() if v.is_floating_point())
+    # The trainer really ran the model under autocast (training and validation forwards):
+    # the frozen taps and the frame differences are stored in the autocast dtype.
+    half = torch.bfloat16 if precision == "bf16" else torch.float16
+    assert probe.taps and probe.diffs, "no forward of the model was observed"
+    assert probe.seen() == ({half}, {half})
+
+
+# bf16 keeps 8 significant bits (relative rounding 2**-9). On the tiny model, logits of
+# magnitude ~0.3, the measured max |bf16 - fp32| is ~1.5e-3 (eval and train mode); a
+# regression that loses precision (or an op that stops following autocast) shows above 1e-2.
+BF16_LOGITS_ATOL = 1e-2
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_bf16_autocast_halves_taps_and_differences_and_keeps_the_logits(monkeypatch, train_mode):
+    from tdsk.models import build_model as build
+
+    torch.manual_seed(0)
+    model = build("tiny", clip_pretrained=None).train(train_mode)
+    v = torch.randn(2, 4, 5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    probe = _DtypeProbe(monkeypatch)
+    try:
+        with torch.no_grad():
+            ref = model(v)
+            assert probe.seen() == ({torch.float32}, {torch.float32})  # plain fp32: fp32 everywhere
+            probe.clear()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(v)
+            assert probe.seen() == ({torch.bfloat16}, {torch.bfloat16})
+    finally:
+        probe.remove()
+    assert ref.dtype == torch.float32 and out.dtype == torch.bfloat16
+    err = (out.float() - ref).abs().max().item()
+    print(f"bf16 vs fp32 logits (train={train_mode}): max |diff| {err:.2e}, max |logit| {ref.abs().max():.3f}")
+    assert 0 < err <= BF16_LOGITS_ATOL  # 0 would mean autocast changed nothing
 
 
 # ----------------------------------------------------------------------------- torch.compile

@@ -147,6 +147,47 @@ def test_param_groups_official_split_and_frozen_excluded():
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
 
 
+def test_param_groups_on_the_tdsk_model():
+    """tdsk's own module names: bn = the side network's BatchNorms, clip = the rest of the
+    side network (lr x clip_ratio), other = the head; the frozen CLIP tower is in none."""
+    import types
+
+    from tdsk.models import build_model, official_key_map
+
+    torch.manual_seed(0)
+    model = build_model("tiny", clip_pretrained=None)
+    solver = {"lr": 1e-3, "weight_decay": 0.15, "clip_ratio": 0.1}
+    groups = {g["name"]: g for g in param_groups(model, solver)}
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    side_bn = {id(p) for m in model.side.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for p in m.parameters(recurse=False)}
+    # tiny: SME rgb_bn/diff_bn, post_bn, and per block bn_1, bn_2 + the TD-Adapter's bn1, bn2
+    assert len(side_bn) == 2 * (3 + 4 * len(model.side.blocks))
+    assert set(groups) == {"bn", "clip", "other"}
+    assert ids(groups["bn"]["params"]) == side_bn
+    assert ids(groups["clip"]["params"]) == ids(model.side.parameters()) - side_bn
+    assert ids(groups["other"]["params"]) == ids(model.head.parameters())
+    # every trainable parameter exactly once, no frozen one
+    listed = [id(p) for g in groups.values() for p in g["params"]]
+    assert len(listed) == len(set(listed)) and set(listed) == ids(model.trainable_parameters())
+    assert not set(listed) & ids(model.encoder.parameters())
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    lrs = {n: (g["lr"], g["lr_scale"], g["weight_decay"]) for n, g in groups.items()}
+    assert lrs == {"bn": (pytest.approx(1e-3), 1.0, 0.15), "clip": (pytest.approx(1e-4), pytest.approx(0.1), 0.15),
+                   "other": (pytest.approx(1e-3), 1.0, 0.15)}
+    # the split is the official one: under the official names (the rule was written for
+    # them) the same parameters land in the same groups
+    mapping = official_key_map(model)
+    renamed = types.SimpleNamespace(named_parameters=lambda: [(mapping[n], p) for n, p in model.named_parameters()])
+    official = {g["name"]: ids(g["params"]) for g in param_groups(renamed, solver)}
+    assert official == {n: ids(g["params"]) for n, g in groups.items()}
+    # the mean-pool baseline trains only its head
+    torch.manual_seed(0)
+    baseline = build_model("tiny", clip_pretrained=None, variant="baseline")
+    (only,) = param_groups(baseline, solver)
+    assert only["name"] == "other" and ids(only["params"]) == ids(baseline.head.parameters())
+
+
 def test_schedule_matches_the_official_stepping():
     opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = WarmupCosine(opt, base_lr=1e-3, epochs=30, warmup_epochs=4, step_every=10)

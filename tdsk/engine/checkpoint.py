@@ -26,77 +26,36 @@ import hashlib
 import os
 import random
 import re
-import shutil
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-FORMAT = "tdsk.train/1"
+from tdsk._checkpoint_io import (  # noqa: F401  (re-exported: the engine's checkpoint API)
+    FORMAT,
+    atomic_copy,
+    atomic_save,
+    frozen_parameter_names,
+    load_model_state,
+    torch_load,
+    weights_sha256,
+)
+
 EPOCH_PATTERN = "epoch_{:04d}.pt"
 _EPOCH_RE = re.compile(r"epoch_(\d{4,})\.pt$")
 BEST_NAME = "best.pt"
 
 
-# ----------------------------------------------------------------------------- atomic IO
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` atomically: temporary file, fsync, rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def atomic_copy(src: str, dst: str) -> None:
-    """Copy ``src`` to ``dst`` atomically (temporary file, fsync, rename)."""
-    directory = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(directory, f".{os.path.basename(dst)}.tmp{os.getpid()}")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 22)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
+# ----------------------------------------------------------------------------- file IO
+# Atomic writes (atomic_save, atomic_copy), weights_only reads (torch_load) and the
+# model part of the format (FORMAT, load_model_state, weights_sha256, ...) live in
+# tdsk._checkpoint_io, shared with tdsk.models; they are re-exported above.
 
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch_load(path, map_location)
     except FileNotFoundError:
         raise
     except Exception as exc:
@@ -149,26 +108,10 @@ def set_rng_state(state: Mapping) -> None:
 
 # ----------------------------------------------------------------------------- model parts
 
-def frozen_parameter_names(model: nn.Module) -> list[str]:
-    return [name for name, p in model.named_parameters() if not p.requires_grad]
-
-
 def trainable_state_dict(model: nn.Module, include_frozen: bool = False) -> dict[str, torch.Tensor]:
     """State dict without the frozen tower (unless asked), detached CPU copies."""
     frozen = set() if include_frozen else set(frozen_parameter_names(model))
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in frozen}
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 of the frozen parameters (names, shapes, dtypes and bytes), in name order."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            continue
-        t = p.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:
@@ -190,41 +133,6 @@ def frozen_identity(model: nn.Module, clip_pretrained: Any) -> dict:
     if ident["clip_pretrained"] and os.path.isfile(os.path.expanduser(ident["clip_pretrained"])):
         ident["file_sha256"] = file_sha256(os.path.expanduser(ident["clip_pretrained"]))
     return ident
-
-
-def load_model_state(model: nn.Module, ckpt: Mapping, *, check_frozen: bool = True) -> None:
-    """Load a tdsk training checkpoint's weights into ``model``, refusing partial loads.
-
-    Keys absent from the checkpoint must all be frozen parameters, and, unless the
-    checkpoint carries them, the model's frozen weights must be the very ones the
-    run was trained with (same SHA-256); otherwise a clear error says what differs.
-    """
-    state = ckpt["model_state_dict"]
-    own = model.state_dict()
-    frozen = set(frozen_parameter_names(model))
-    unexpected = sorted(set(state) - set(own))
-    missing = sorted(set(own) - set(state))
-    missing_trainable = [k for k in missing if k not in frozen]
-    if unexpected or missing_trainable:
-        raise RuntimeError(
-            "checkpoint does not match the model: "
-            + (f"{len(unexpected)} unexpected keys (first: {unexpected[:5]}) " if unexpected else "")
-            + (f"{len(missing_trainable)} missing trainable keys (first: {missing_trainable[:5]})" if missing_trainable else "")
-            + " -- was it trained with another recipe (model.* settings)?"
-        )
-    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if shapes:
-        raise RuntimeError(f"checkpoint shapes differ from the model's (key, checkpoint, model): {shapes[:5]}")
-    model.load_state_dict(state, strict=False)
-    info = ckpt.get("frozen") or {}
-    if check_frozen and missing and info.get("weights_sha256"):
-        now = weights_sha256(model)
-        if now != info["weights_sha256"]:
-            raise RuntimeError(
-                "the frozen CLIP weights differ from those this checkpoint was trained with "
-                f"(trained with clip_pretrained={info.get('clip_pretrained')!r}, file sha256 "
-                f"{info.get('file_sha256')}); build the model with the same model.clip_pretrained"
-            )
 
 
 def is_training_checkpoint(obj: Any) -> bool:

@@ -23,11 +23,14 @@ Components (one module per paper part): :mod:`~tdsk.models.clip_encoder` (frozen
 ViT), :mod:`~tdsk.models.sme_adapter`, :mod:`~tdsk.models.td_adapter`,
 :mod:`~tdsk.models.tds_block` (+ CLS shift, side attention),
 :mod:`~tdsk.models.side_network`, :mod:`~tdsk.models.tds_clip`,
-:mod:`~tdsk.models.baseline`, :mod:`~tdsk.models.checkpoint`.
+:mod:`~tdsk.models.baseline`, :mod:`~tdsk.models.official` (the official checkpoint
+format); shared by the models: :mod:`~tdsk.models.video` (input layout, base class) and
+:mod:`~tdsk.models._common` (recompute segments, BatchNorm). Checkpoint file I/O is
+:mod:`tdsk._checkpoint_io`.
 """
-from tdsk.models.checkpoint import export_official, load_checkpoint, official_key_map, official_state_dict
 from tdsk.models.clip_encoder import register_vit_config
 from tdsk.models.factory import MODEL_DEFAULTS, build_model, list_models, model_config
+from tdsk.models.official import export_official, load_checkpoint, official_key_map, official_state_dict
 
 __all__ = [
     "build_model",

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from tdsk.models.clip_encoder import FrozenCLIPEncoder
-from tdsk.models.tds_clip import VideoClassifier, as_video
+from tdsk.models.video import VideoClassifier, as_video
 
 __all__ = ["MeanPoolCLIP"]
 

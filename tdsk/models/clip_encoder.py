@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tdsk._checkpoint_io import read_state_dict
 from tdsk._logging import log_once, logger
 from tdsk.models._common import autocast_dtype
 from tdsk.ops.attention import attention
@@ -81,32 +82,14 @@ def vision_config(arch: str) -> dict:
 # loading CLIP weights
 # ---------------------------------------------------------------------------
 
-def _read_state_dict(path: str) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        # OpenAI's released files are TorchScript archives; weights_only refuses them.
-        try:
-            obj = torch.jit.load(path, map_location="cpu").state_dict()
-        except Exception:
-            raise ValueError(f"could not read CLIP weights from {path!r}: {type(exc).__name__}: {exc}") from exc
-    if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path!r} does not hold a state dict of tensors")
-    return obj
-
-
 def load_clip_visual_state_dict(path: str) -> dict:
     """The ViT tensors of a CLIP file, keyed as in the open_clip ``VisionTransformer``.
 
     Accepts keys with a ``visual.`` prefix (CLIP / official TDS-CLIP checkpoints; a
-    ``module.`` prefix is dropped) or without (a bare vision tower).
+    ``module.`` prefix is dropped) or without (a bare vision tower). The file is read
+    with ``weights_only=True``, or as TorchScript (OpenAI's released files).
     """
-    sd = {k.replace("module.", ""): v for k, v in _read_state_dict(path).items()}
+    sd = read_state_dict(path, what="CLIP weights", torchscript=True)
     if any(k.startswith("visual.") for k in sd):
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}

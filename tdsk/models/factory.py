@@ -33,6 +33,7 @@ from typing import Dict, List, Union
 
 import torch.nn as nn
 
+from tdsk.models.video import parse_td_layers
 from tdsk.schema import ConfigError, ModelConfig, check_section
 
 __all__ = ["MODEL_DEFAULTS", "build_model", "list_models", "model_config", "parse_td_layers"]
@@ -44,15 +45,17 @@ MODEL_DEFAULTS: Dict = dataclasses.asdict(ModelConfig())
 
 
 def list_models() -> List[str]:
-    """Names of the shipped configs (``tdsk/configs/*.yaml``)."""
-    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+    """Names of the shipped configs (``tdsk/configs/*.yaml``): :func:`tdsk.config.available_configs`."""
+    from tdsk.config import available_configs  # noqa: PLC0415  (import tdsk.models stays free of it)
+
+    return available_configs()
 
 
 def _read_yaml(path: str) -> Dict:
-    import yaml  # noqa: PLC0415
+    """The ``model:`` section of a recipe file, its ``_base_`` chain resolved."""
+    from tdsk.config import read_recipe  # noqa: PLC0415
 
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_recipe(path)
     if "model" not in data:
         raise ValueError(f"{path}: no 'model:' section")
     return data["model"]
@@ -80,34 +83,13 @@ def model_config(name_or_config: Union[str, Dict], **overrides) -> Dict:
     else:
         raise TypeError(f"build_model: expected a config name, path or dict, got {type(name_or_config).__name__}")
     section.update(overrides)
-    return dataclasses.asdict(check_section(ModelConfig, section, "model"))
-
-
-def parse_td_layers(spec, layers: int) -> List[int]:
-    """``'all'`` | ``'1-6'`` | ``'1-3,7'`` | ``[1, 2]`` (1-based) -> sorted 0-based layer indices."""
-    if spec is None or spec == "all":
-        return list(range(layers))
-    if spec == "none" or spec == []:
-        return []
-    if not isinstance(spec, (str, list, tuple)):
-        raise ConfigError(f"model.td_layers={spec!r}: use all, none, a range such as '1-6', or a list "
-                          f"of 1-based layer numbers such as [{spec}]")
-    items = []
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    unknown = sorted(set(section) - set(MODEL_DEFAULTS))
     try:
-        for part in parts:
-            if isinstance(part, str) and "-" in part:
-                lo, hi = (int(v) for v in part.split("-"))
-                items.extend(range(lo, hi + 1))
-            else:
-                items.append(int(part))
-    except (TypeError, ValueError):
-        raise ConfigError(f"model.td_layers={spec!r}: use all, none, a range such as '1-6', '1-3,7' "
-                          "or a list of 1-based layer numbers") from None
-    bad = [i for i in items if not 1 <= i <= layers]
-    if bad:
-        raise ConfigError(f"model.td_layers={spec!r}: layers {bad} outside 1..{layers}")
-    return sorted({i - 1 for i in items})
+        return dataclasses.asdict(check_section(ModelConfig, section, "model"))
+    except ConfigError as exc:
+        if unknown:  # name every unknown key, not only the first
+            raise ConfigError(f"unknown model config keys {unknown}: {exc}") from None
+        raise
 
 
 def build_model(name_or_config: Union[str, Dict], **overrides) -> nn.Module:

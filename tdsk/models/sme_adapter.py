@@ -43,7 +43,7 @@ def fold_difference_weight(weight: torch.Tensor, num_local: int, channels: int =
 class SMEAdapter(nn.Module):
     """Side-network stem. ``forward(video[B, T, M, 3, H, W]) -> S0[B, D, T, g, g]``.
 
-    Parameter names follow the official checkpoint through :mod:`tdsk.models.checkpoint`:
+    Parameter names follow the official checkpoint through :mod:`tdsk.models.official`:
     ``rgb_conv``/``rgb_bn`` = ``side_conv1``/``side_pre_bn3d``, ``diff_conv``/``diff_bn`` =
     ``side_conv1_c5``/``side_pre_bn3d_c5``.
     """

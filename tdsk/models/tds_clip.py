@@ -13,63 +13,16 @@
 Inputs: ``video: Tensor[B, T, M, 3, H, W]`` normalised with CLIP's mean/std, or the
 official ``Tensor[B*T, M*3, H, W]`` layout (``T = model.num_segments``).
 """
-from typing import Dict, List, Optional
+from typing import Dict
 
 import torch
 import torch.nn as nn
 
 from tdsk.models.clip_encoder import FrozenCLIPEncoder
-from tdsk.models.factory import parse_td_layers
 from tdsk.models.side_network import SideNetwork
-from tdsk.ops.temporal_diff import official_frames_view
+from tdsk.models.video import VideoClassifier, as_video, parse_td_layers
 
-__all__ = ["TDSCLIP", "VideoClassifier", "as_video"]
-
-
-def as_video(x: torch.Tensor, num_segments: int, num_local: int, image_size: Optional[int] = None) -> torch.Tensor:
-    """``[B, T, M, 3, H, W]`` as is, or the official ``[B*T, M*3, H, W]`` viewed as it.
-
-    Raises ``TypeError`` for non-floating input (frames must be CLIP-normalised floats)
-    and ``ValueError`` for a layout, or an ``H x W`` other than ``image_size``, that the
-    model cannot take.
-    """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(
-            f"video must be a floating tensor of CLIP-normalised frames, got "
-            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__} (normalise uint8 frames first, "
-            "e.g. tdsk.data.normalize)"
-        )
-    if image_size is not None and x.dim() in (4, 6) and tuple(x.shape[-2:]) != (image_size, image_size):
-        raise ValueError(
-            f"video frames must be {image_size}x{image_size} (model.input_size), got {tuple(x.shape[-2:])}"
-        )
-    if x.dim() == 6:
-        if x.shape[2] != num_local or x.shape[3] != 3:
-            raise ValueError(
-                f"video must be Tensor[B, T, M={num_local}, 3, H, W], got shape {tuple(x.shape)}"
-            )
-        return x
-    if x.dim() == 4:
-        return official_frames_view(x, num_segments, num_local)
-    raise ValueError(
-        f"video must be Tensor[B, T, M, 3, H, W] or the official Tensor[B*T, M*3, H, W], got {tuple(x.shape)}"
-    )
-
-
-class VideoClassifier(nn.Module):
-    """What every tdsk video model shares: its model section and clip shape, and the
-    optimiser's view of it (the frozen CLIP tower has ``requires_grad=False``)."""
-
-    def __init__(self, config: Dict):
-        super().__init__()
-        self.config = dict(config)
-        self.num_segments = int(self.config["num_segments"])
-        self.num_local = int(self.config["num_local"])
-        self.num_classes = int(self.config["num_classes"])
-
-    def trainable_parameters(self) -> List[nn.Parameter]:
-        """The parameters an optimiser should see (everything but the frozen tower)."""
-        return [p for p in self.parameters() if p.requires_grad]
+__all__ = ["TDSCLIP", "VideoClassifier", "as_video"]  # the last two are tdsk.models.video's
 
 
 class TDSCLIP(VideoClassifier):

@@ -1,4 +1,4 @@
-"""Checkpoints: official TDS-CLIP training checkpoints and tdsk's own (docs/model.md §9).
+"""The official TDS-CLIP checkpoint format: names, order, export, and loading (docs/model.md §9).
 
 Official format (docs/model.md §9): ``{'epoch', 'model_state_dict', 'optimizer_state_dict'}``,
 keys ``visual.*`` and ``fc.*`` (an optional ``module.`` prefix), frozen CLIP weights
@@ -22,15 +22,19 @@ tdsk                                       official
 :func:`load_checkpoint` accepts either naming (detected from the keys), reads with
 ``torch.load(weights_only=True)``, and refuses partial loads: missing, unexpected or
 mis-shaped tensors raise a ``ValueError`` that lists them (and names the likely cause:
-another side width, class count or CLIP architecture).
+another side width, class count or CLIP architecture). It also takes tdsk's own files:
+a ``model.state_dict()`` and the training checkpoints of ``python -m tdsk.train``.
+File reading and atomic writing are :mod:`tdsk._checkpoint_io`'s.
 """
 import collections
-import os
 import re
 from typing import Dict, List, NamedTuple
 
 import torch
 import torch.nn as nn
+
+from tdsk._checkpoint_io import FORMAT as TRAINING_FORMAT
+from tdsk._checkpoint_io import atomic_save, load_file, load_model_state, state_dict_of
 
 __all__ = ["official_key_map", "official_state_dict", "export_official", "load_checkpoint", "LoadReport"]
 
@@ -106,8 +110,6 @@ def export_official(model: nn.Module, path: str, epoch: int = 0) -> None:
 
     Written atomically (temporary file, fsync, rename): a crash never leaves a torn file.
     """
-    from tdsk.engine.checkpoint import atomic_save  # noqa: PLC0415  (engine imports models)
-
     atomic_save({"epoch": epoch, "model_state_dict": official_state_dict(model)}, path)
 
 
@@ -115,36 +117,6 @@ class LoadReport(NamedTuple):
     format: str  # "official", "tdsk" (a state dict) or "tdsk.train" (a training checkpoint)
     num_tensors: int
     path: str
-
-
-def _load_file(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"cannot read checkpoint {path!r} ({os.path.getsize(path)} bytes): {type(exc).__name__}: {exc}. "
-            "The file is truncated, corrupt, or not a torch.save file."
-        ) from exc
-
-
-def _state_dict_of(obj, path: str) -> Dict[str, torch.Tensor]:
-    sd = obj
-    if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                sd = obj[key]
-                break
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"checkpoint {path!r} holds no state dict of tensors (top-level keys: "
-                         f"{list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})")
-    # DDP prefix: the official test script strips every 'module.' substring.
-    return {k.replace("module.", ""): v for k, v in sd.items()}
-
-
-def _read(path: str) -> Dict[str, torch.Tensor]:
-    return _state_dict_of(_load_file(path), path)
 
 
 def _diagnose(model: nn.Module, bad: List) -> str:
@@ -161,10 +133,6 @@ def _diagnose(model: nn.Module, bad: List) -> str:
     return (" Likely cause: " + "; ".join(dict.fromkeys(hints)) + ".") if hints else ""
 
 
-# ``format`` tag of the checkpoints written by ``python -m tdsk.train`` (tdsk.engine.checkpoint).
-TRAINING_FORMAT = "tdsk.train/1"
-
-
 def load_checkpoint(model: nn.Module, path: str, strict: bool = True) -> LoadReport:
     """Load an official TDS-CLIP checkpoint or a tdsk one into ``model`` (in place).
 
@@ -178,18 +146,16 @@ def load_checkpoint(model: nn.Module, path: str, strict: bool = True) -> LoadRep
     ``ValueError`` lists what differs. Frozen CLIP weights in the file replace the
     model's.
     """
-    obj = _load_file(path)
+    obj = load_file(path)
     if isinstance(obj, dict) and obj.get("format") == TRAINING_FORMAT:
         # A tdsk training checkpoint (python -m tdsk.train): trainable weights, plus the
         # frozen CLIP's identity (its weights only when they were randomly initialised).
-        from tdsk.engine.checkpoint import load_model_state  # noqa: PLC0415  (engine imports models)
-
         try:
             load_model_state(model, obj)
         except RuntimeError as exc:
             raise ValueError(f"checkpoint {path!r} (tdsk training format) does not fit this model: {exc}") from exc
         return LoadReport("tdsk.train", len(obj["model_state_dict"]), path)
-    sd = _state_dict_of(obj, path)
+    sd = state_dict_of(obj, path)
     own = model.state_dict()
     if any(k.startswith(("visual.", "fc.")) for k in sd):
         fmt = "official"
