@@ -165,11 +165,14 @@ def frozen_parameter_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if not p.requires_grad]
 
 
-def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 of the frozen parameters (names, shapes, dtypes and bytes), in name order."""
+def weights_sha256(model: nn.Module, names=None) -> str:
+    """SHA-256 of the frozen parameters (names, shapes, dtypes and bytes), in name order.
+
+    ``names``: hash exactly these parameters instead (e.g. those a checkpoint leaves out).
+    """
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
+        if (p.requires_grad if names is None else name not in names):
             continue
         t = p.detach().to("cpu").contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
@@ -203,7 +206,8 @@ def load_model_state(model: nn.Module, ckpt: Mapping, *, check_frozen: bool = Tr
     model.load_state_dict(state, strict=False)
     info = ckpt.get("frozen") or {}
     if check_frozen and missing and info.get("weights_sha256"):
-        now = weights_sha256(model)
+        # the tensors the checkpoint relies on the model for: exactly the frozen tower it left out
+        now = weights_sha256(model, names=set(missing))
         if now != info["weights_sha256"]:
             raise RuntimeError(
                 "the frozen CLIP weights differ from those this checkpoint was trained with "

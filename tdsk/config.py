@@ -256,11 +256,16 @@ def check_data_paths(cfg: Mapping, splits: Iterable[str] = ("train", "val")) -> 
         problems.append("data.root is not set")
     elif not os.path.isdir(os.path.expanduser(str(root))):
         problems.append(f"data.root={root!r} does not exist or is not a directory")
-    for key, value in _split_list_keys(data, splits):
+    folders = data.get("layout", "lists") == "folders"
+    entries = _split_list_keys(data, splits) + ([("data.labels", data["labels"])] if data.get("labels") else [])
+    for key, value in entries:
         path = os.path.expanduser(str(value))
         if not os.path.isabs(path) and root and not os.path.exists(path):
             path = os.path.join(os.path.expanduser(str(root)), path)
-        if not os.path.isfile(path):
+        if folders and key != "data.labels":
+            if not os.path.isdir(path):
+                problems.append(f"{key}={value!r} is not a folder of <class name>/<video> (data.layout=folders)")
+        elif not os.path.isfile(path):
             problems.append(f"{key}={value!r} does not exist")
     if not problems:
         return

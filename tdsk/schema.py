@@ -51,7 +51,7 @@ class ModelConfig:
     arch: str = "ViT-B-16"
     clip_pretrained: Optional[str] = "openai"
     quick_gelu: bool = True
-    num_classes: int = 174
+    num_classes: Optional[int] = 174  # null: the number of names in data.labels
     num_segments: int = 8
     num_local: int = 5
     input_size: int = 224
@@ -70,8 +70,10 @@ class ModelConfig:
         _choice(prefix, "variant", self.variant, ("tds_clip", "baseline"))
         _choice(prefix, "td_variant", self.td_variant, ("pool", "conv", "direct", "none"))
         _choice(prefix, "sme_mode", self.sme_mode, ("kernel", "folded"))
-        for key in ("num_classes", "num_segments", "input_size", "side_dim", "td_reduction"):
+        for key in ("num_segments", "input_size", "side_dim", "td_reduction"):
             _at_least(prefix, key, getattr(self, key), 1)
+        if self.num_classes is not None:
+            _at_least(prefix, "num_classes", self.num_classes, 1)
         if self.num_local < 1 or self.num_local % 2 == 0:
             raise ConfigError(f"{prefix}.num_local (M) must be odd and >= 1, got {self.num_local}")
         if self.pool_kernel < 1 or self.pool_kernel % 2 == 0:
@@ -141,6 +143,8 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = True
     limit_train_batches: Optional[int] = None
+    init_from: Optional[str] = None    # fine-tune: tdsk / official checkpoint or model folder (weights only)
+    freeze: List[str] = field(default_factory=list)  # module-name prefixes kept fixed, e.g. [side.sme]
 
     def validate(self, prefix: str = "train") -> None:
         _at_least(prefix, "batch_size", self.batch_size, 1)

@@ -160,8 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         cfg = load_config(args.cfg, args.overrides)
         check_data_paths(cfg, ("train", "val") if (cfg.get("eval") or {}).get("validate", True) else ("train",))
+        from tdsk.data.custom import resolve_dataset
+        from tdsk.engine.trainer import _format_output_dir
+
+        # class names from data.labels, lists derived from class folders (data.layout=folders)
+        classes = resolve_dataset(cfg, os.path.expanduser(args.output) if args.output else _format_output_dir(cfg))
         result = fit(cfg, resume=args.resume, output_dir=args.output, overwrite=args.overwrite,
-                     resume_force=args.resume_force, variant=args.variant, progress=not args.no_progress)
+                     resume_force=args.resume_force, variant=args.variant, progress=not args.no_progress,
+                     classes=classes)
     except (ConfigError, DataNotFoundError, RunDirError, ListFormatError, BadSampleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

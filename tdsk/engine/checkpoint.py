@@ -108,9 +108,15 @@ def set_rng_state(state: Mapping) -> None:
 
 # ----------------------------------------------------------------------------- model parts
 
-def trainable_state_dict(model: nn.Module, include_frozen: bool = False) -> dict[str, torch.Tensor]:
-    """State dict without the frozen tower (unless asked), detached CPU copies."""
-    frozen = set() if include_frozen else set(frozen_parameter_names(model))
+def trainable_state_dict(model: nn.Module, include_frozen: bool = False,
+                         tower: set | None = None) -> dict[str, torch.Tensor]:
+    """State dict without the frozen tower (unless asked), detached CPU copies.
+
+    ``tower``: the names of the frozen tower (default: every parameter without a
+    gradient; a run with ``train.freeze`` passes the tower alone, so the side parameters
+    it keeps fixed are still saved).
+    """
+    frozen = set() if include_frozen else (set(frozen_parameter_names(model)) if tower is None else set(tower))
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in frozen}
 
 

@@ -228,6 +228,7 @@ class _Run:
     criterion: Any = None
     precision: str = "fp32"
     frozen_info: dict = field(default_factory=dict)
+    tower: set = field(default_factory=set)  # the frozen CLIP tower's parameter names
     train_loader: Any = None
     val_loader: Any = None
     metrics: MetricsLogger | None = None
@@ -307,7 +308,7 @@ def _check_recipe_unchanged(run: _Run, ckpt: Mapping, force: bool) -> None:
             logger.info(f"resuming with a changed setting (does not alter the run): {line}")
 
 
-def _build(run: _Run, model: nn.Module | None, variant: str | None) -> None:
+def _build(run: _Run, model: nn.Module | None, variant: str | None, resuming: bool = False) -> None:
     """Model (same seed on every rank), optimiser groups, LR schedule, GradScaler, loss."""
     rc, info = run.recipe, run.info
     # The model is built from the same seed on every rank (a randomly initialised frozen
@@ -326,6 +327,15 @@ def _build(run: _Run, model: nn.Module | None, variant: str | None) -> None:
     model.to(run.device)
     _seed_everything(rc.train.seed + info.rank)  # official: 1024 + rank (torch and numpy)
     run.frozen_info = C.frozen_identity(model, rc.model.clip_pretrained if "model" in run.cfg else None)
+    run.tower = set(C.frozen_parameter_names(model))
+    if rc.train.init_from and not resuming:
+        from tdsk.engine.finetune import init_from
+
+        init_from(model, os.path.expanduser(rc.train.init_from))  # weights only; optimizer/schedule fresh
+    if rc.train.freeze:
+        from tdsk.engine.finetune import freeze
+
+        freeze(model, rc.train.freeze)
     if rc.train.sync_bn and info.enabled:
         if rc.model.recompute_cheap or rc.model.side_checkpoint:
             raise ConfigError(
@@ -597,8 +607,8 @@ def _save_checkpoint(run: _Run, epoch: int, iteration: int, sums: torch.Tensor |
         state = {
             "format": C.FORMAT,
             "run_id": run.run_id,
-            "model_state_dict": C.trainable_state_dict(run.raw_model,
-                                                       include_frozen=run.frozen_info["weights_included"]),
+            "model_state_dict": C.trainable_state_dict(run.raw_model, include_frozen=run.frozen_info["weights_included"],
+                                                       tower=run.tower),
             "optimizer_state_dict": run.optimizer.state_dict(),
             "scheduler": run.schedule.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
@@ -685,6 +695,9 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     earlier run there, nothing readable to resume) and :class:`ConfigError`.
     """
     recipe = validate_recipe(cfg)
+    if model is None and recipe.model.num_classes is None:
+        raise ConfigError("model.num_classes is not set: give data.labels (labels.txt, one class name per line) "
+                          "or model.num_classes=K")
     start_time = time.time()
     info = dist_info or D.init(recipe.train.device)
     out_dir = os.path.expanduser(output_dir) if output_dir else _format_output_dir(cfg)
@@ -694,7 +707,7 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
             run = _Run(cfg=cfg, recipe=recipe, info=info, out_dir=out_dir, stop=stop, progress=progress,
                        classes=classes, run_id=R.new_run_id())
             ckpt = _open_run_dir(run, resume, overwrite, resume_force)
-            _build(run, model, variant)
+            _build(run, model, variant, resuming=ckpt is not None)
             if ckpt is not None:
                 _restore(run, ckpt)
                 del ckpt

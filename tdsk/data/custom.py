@@ -1,0 +1,103 @@
+"""Your own dataset: class names from ``data.labels`` and lists derived from class folders.
+
+:func:`resolve_dataset` runs when a training starts (``python -m tdsk.train``), before the
+recipe is recorded:
+
+* ``data.labels`` (``labels.txt``, one class name per line, or an ``index,name`` CSV)
+  gives the class names; ``model.num_classes`` is their number (or must equal it).
+* ``data.layout: folders``: ``data.train_list`` / ``val_list`` / ``test_list`` name
+  folders (relative to ``data.root``) laid out as ``<folder>/<class name>/<video>``
+  (Kinetics style). The lists are derived from them and written to
+  ``<run dir>/lists/<split>.txt`` (``<path relative to root> <label>``; paths may contain spaces), with
+  ``labels.txt`` beside them; the recorded recipe points at those lists, so the run
+  can be resumed and evaluated like any other. Classes are the training folder's
+  sub-folders in sorted order, unless ``data.labels`` fixes the names and order.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, MutableMapping, Optional
+
+from tdsk.data.labels import read_labels
+from tdsk.schema import ConfigError
+
+__all__ = ["VIDEO_EXTENSIONS", "resolve_dataset", "scan_class_folders"]
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+
+
+def _under_root(root: str, path: str) -> str:
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(os.path.expanduser(root or ""), path)
+
+
+def scan_class_folders(folder: str) -> Dict[str, List[str]]:
+    """``{class name: [video paths, sorted]}`` of ``folder/<class>/<video>`` (hidden entries skipped)."""
+    if not os.path.isdir(folder):
+        raise ConfigError(f"data.layout=folders: {folder} is not a folder of <class>/<video>")
+    out: Dict[str, List[str]] = {}
+    for name in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, name)
+        if name.startswith(".") or not os.path.isdir(sub):
+            continue
+        out[name] = sorted(os.path.join(sub, f) for f in os.listdir(sub)
+                           if not f.startswith(".") and f.lower().endswith(VIDEO_EXTENSIONS))
+    if not out:
+        raise ConfigError(f"data.layout=folders: {folder} has no class sub-folders")
+    return out
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def resolve_dataset(cfg: MutableMapping, run_dir: str) -> Optional[List[str]]:
+    """Apply ``data.labels`` / ``data.layout`` to ``cfg`` in place; returns the class names (or None)."""
+    data, model = cfg["data"], cfg.setdefault("model", {})
+    root = data.get("root") or ""
+    names = read_labels(_under_root(root, data["labels"])) if data.get("labels") else None
+    if data.get("layout", "lists") == "folders":
+        names = _derive_lists(data, root, names, os.path.join(run_dir, "lists"))
+    if names is None:
+        return None
+    if model.get("num_classes") is None:
+        model["num_classes"] = len(names)
+    elif int(model["num_classes"]) != len(names):
+        raise ConfigError(f"model.num_classes={model['num_classes']} but data.labels has {len(names)} class names")
+    return names
+
+
+def _derive_lists(data: MutableMapping, root: str, names: Optional[List[str]], out: str) -> List[str]:
+    train = data.get("train_list")
+    if not train:
+        raise ConfigError("data.layout=folders needs data.train_list: the training folder (relative to data.root)")
+    scanned = {split: scan_class_folders(_under_root(root, data[f"{split}_list"]))
+               for split in ("train", "val", "test") if data.get(f"{split}_list")}
+    if names is None:
+        names = list(scanned["train"])
+    index = {n: i for i, n in enumerate(names)}
+    os.makedirs(out, exist_ok=True)
+    base = os.path.abspath(os.path.expanduser(root)) if root else None
+    for split, classes in scanned.items():
+        unknown = sorted(set(classes) - set(index))
+        if unknown:
+            raise ConfigError(f"data.{split}_list={data[f'{split}_list']!r}: class folder(s) {unknown[:5]} are not in "
+                              "data.labels")
+        lines = []
+        for name, videos in classes.items():
+            for v in videos:
+                rel = os.path.relpath(os.path.abspath(v), base) if base else os.path.abspath(v)
+                lines.append(f"{rel} {index[name]}\n")
+        if not lines:
+            raise ConfigError(f"data.{split}_list={data[f'{split}_list']!r}: no videos ({', '.join(VIDEO_EXTENSIONS)})")
+        path = os.path.join(out, f"{split}.txt")
+        _write(path, "".join(lines))
+        data[f"{split}_list"] = path
+    _write(os.path.join(out, "labels.txt"), "".join(n + "\n" for n in names))
+    data["labels"] = os.path.join(out, "labels.txt")
+    data["layout"] = "lists"
+    data["format"] = "video"
+    return names
