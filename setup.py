@@ -107,6 +107,7 @@ setup(
             "tdsk-train=tdsk.train:main",
             "tdsk-evaluate=tdsk.evaluate:main",
             "tdsk-predict=tdsk.predict:main",
+            "tdsk-doctor=tdsk.doctor:main",
         ]
     },
 )

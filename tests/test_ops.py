@@ -10,6 +10,8 @@ import sys
 
 import pytest
 import torch
+
+from tdsk.ops.tolerances import OP_TOLERANCES
 import torch.nn.functional as F
 
 from tdsk.ops import reference
@@ -19,12 +21,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # Per-dtype tolerances (atol, rtol). float32 with channel_mix=0 is asserted exactly
 # in its own test; with a channel mean the summation order may differ.
-TOL = {
-    torch.float64: (1e-12, 1e-12),
-    torch.float32: (2e-6, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
+TOL = OP_TOLERANCES  # one table with tdsk.doctor's self-test
 DTYPES = list(TOL)
 
 # (N, C, T, H, W): T = 1, 2, 3, 16; odd/prime H and W; N = 0; channels 1..64.
