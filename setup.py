@@ -76,8 +76,8 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[
-        "torch>=2.6",
-        "triton>=3.2; platform_system == 'Linux'",
+        "torch>=2.11",  # lowest tested: 2.11 (the GPU machine; rehearsed in bench/gpu)
+        "triton>=3.6; platform_system == 'Linux'",
         "open-clip-torch>=2.24",
         "timm>=0.9",  # RandAugment ops of the official recipe (also an open_clip dependency)
         "av>=12",

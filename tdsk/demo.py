@@ -297,6 +297,11 @@ class MemoryClipLoader:
     with training for the cores. Train augmentation: horizontal flip with the label
     swaps left<->right and rotate_cw<->rotate_ccw (like Something-Something's flip). Randomness
     is a function of (seed, rank, epoch, index), as in tdsk.data, so resuming is exact.
+    The sharding (:class:`~tdsk.data.dataset.EpochSampler`), the item's entropy
+    (:func:`~tdsk.data.items.item_seed`) and the repeated copies with their label swap
+    (:func:`~tdsk.data.items.augment_copies`) are tdsk.data's own; only the per-copy
+    transform is the demo's (:meth:`_augment`: frames are pre-decoded, so each copy draws
+    its own indices, then the flip).
     """
 
     def __init__(self, data_cfg, split: str, *, batch_size: int, device="cpu", num_workers=None, rank: int = 0,
@@ -321,10 +326,10 @@ class MemoryClipLoader:
         self.flip = self.cfg.get("flip", "sth") != "none"
         pairs = self.cfg.get("flip_label_pairs") or [(CLASSES.index("left"), CLASSES.index("right")),
                                                      (CLASSES.index("rotate_cw"), CLASSES.index("rotate_ccw"))]
-        self.swap = {}
-        for a, b in pairs:
-            self.swap[int(a)], self.swap[int(b)] = int(b), int(a)
+        from tdsk.data.config import label_swap
         from tdsk.data.dataset import EpochSampler
+
+        self.swap = label_swap(pairs)
 
         # tdsk.data's sharding: padded at train (equal steps per rank), each video once at val/test
         self.sampler = EpochSampler(len(self.labels), shuffle=split == "train", rank=self.rank,
@@ -339,25 +344,29 @@ class MemoryClipLoader:
             return max(1, len(self.sampler) // self.batch_size)
         return -(-len(self.sampler) // self.batch_size)
 
-    def _item(self, index: int):
+    def _augment(self, frames, rng):
+        """One augmented copy of pre-decoded ``frames[F, 3, S, S]``: ``(clip[T*M, 3, S, S], flipped)``.
+
+        Indices of the split (val ones at test) drawn from ``rng``, then, at train, the
+        horizontal flip p=0.5; :func:`~tdsk.data.items.augment_copies` swaps a flipped copy's label.
+        """
         import torch
 
         from tdsk.data import sample_indices
 
-        rng = np.random.default_rng([self.seed, self.rank, self.epoch, index])
-        frames = self.frames[index]
         mode = "train" if self.split == "train" else "val"
-        clips, labels = [], []
-        for _ in range(self.num_sample):
-            idx = sample_indices(len(frames), self.num_segments, self.num_local, mode, rng=rng)
-            clip = frames[torch.from_numpy(np.asarray(idx).reshape(-1))]
-            label = int(self.labels[index])
-            if self.split == "train" and self.flip and rng.random() < 0.5:
-                clip = clip.flip(-1)
-                label = self.swap.get(label, label)
-            clips.append(clip.view(self.num_segments, self.num_local, *clip.shape[1:]))
-            labels.append(label)
-        return clips, labels
+        idx = sample_indices(len(frames), self.num_segments, self.num_local, mode, rng=rng)
+        clip = frames[torch.from_numpy(np.asarray(idx).reshape(-1))]
+        flipped = self.split == "train" and self.flip and rng.random() < 0.5
+        return (clip.flip(-1) if flipped else clip), flipped
+
+    def _item(self, index: int):
+        """``(video[S, T, M, 3, S, S] uint8, labels int64[S])`` of item ``index`` this epoch."""
+        from tdsk.data.items import augment_copies, item_seed
+
+        rng = np.random.default_rng(item_seed(self.seed, self.rank, self.epoch, index))
+        return augment_copies(self.frames[index], int(self.labels[index]), rng, self._augment, self.num_sample,
+                              self.swap, (self.num_segments, self.num_local))
 
     def __iter__(self):
         import torch
@@ -368,15 +377,11 @@ class MemoryClipLoader:
         n_batches = len(self) - self.sampler.start // self.batch_size  # after a mid-epoch resume's skip
         for b in range(n_batches):
             chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
-            clips, labels = [], []
-            for index in chunk:
-                c, l = self._item(index)
-                clips += c
-                labels += l
-            video = normalize(torch.stack(clips).to(self.device))
+            clips, labels = zip(*(self._item(index) for index in chunk))
+            video = normalize(torch.cat(clips).to(self.device))
             if self.split == "test":
                 video = video.unsqueeze(1)
-            yield video, torch.tensor(labels, dtype=torch.int64, device=self.device)
+            yield video, torch.cat(labels).to(self.device)
 
 
 def main(argv=None) -> None:

@@ -6,6 +6,8 @@ Keys (defaults are the official Something-Something recipe, spec 8.1/8.4/9)::
     format: auto              # list format: frames (<dir> <n> <label>) | video (<path> <label>) | auto
     root: ""                  # list entries are relative to this directory
     train_list / val_list / test_list: paths of the annotation lists
+    labels: null              # class names (labels.txt, or index,name CSV); sets model.num_classes
+    layout: lists             # lists | folders: the *_list keys name <class>/<video> folders
     template: "{:05d}.jpg"    # frame file names, numbered from 1
     num_segments: 8           # T
     num_local: 5              # M
@@ -35,9 +37,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from tdsk.data.transforms import CLIP_MEAN, CLIP_STD
 from tdsk.schema import ConfigError, check_section
 
-__all__ = ["DataConfig", "SS_FLIP_LABEL_PAIRS"]
+__all__ = ["DataConfig", "SS_FLIP_LABEL_PAIRS", "label_swap"]
 
 SS_FLIP_LABEL_PAIRS = ((86, 87), (93, 94), (166, 167))
+
+
+def label_swap(pairs: Sequence[Sequence[int]]) -> Dict[int, int]:
+    """``{a: b, b: a}`` for each pair: the label a horizontally flipped clip of class ``a`` gets."""
+    swap: Dict[int, int] = {}
+    for a, b in pairs:
+        swap[int(a)] = int(b)
+        swap[int(b)] = int(a)
+    return swap
 
 
 @dataclass
@@ -48,6 +59,8 @@ class DataConfig:
     train_list: Optional[str] = None
     val_list: Optional[str] = None
     test_list: Optional[str] = None
+    labels: Optional[str] = None      # class names: labels.txt or index,name CSV (sets model.num_classes)
+    layout: str = "lists"             # lists | folders (<list key> names a folder of <class>/<video>)
     template: str = "{:05d}.jpg"
     num_segments: int = 8
     num_local: int = 5
@@ -90,6 +103,7 @@ class DataConfig:
         check(self.format in ("auto", "frames", "video"), "format", f"must be auto, frames or video, got {self.format!r}")
         check(self.flip in ("sth", "plain", "none"), "flip", f"must be sth, plain or none, got {self.flip!r}")
         check(self.decoder in ("auto", "dali", "pyav"), "decoder", f"must be auto, dali or pyav, got {self.decoder!r}")
+        check(self.layout in ("lists", "folders"), "layout", f"must be lists or folders, got {self.layout!r}")
         for key in ("num_segments", "num_local", "num_sample", "input_size", "test_clips", "decode_threads"):
             check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
@@ -119,11 +133,7 @@ class DataConfig:
 
     @property
     def label_swap(self) -> Dict[int, int]:
-        swap: Dict[int, int] = {}
-        for a, b in self.flip_label_pairs:
-            swap[int(a)] = int(b)
-            swap[int(b)] = int(a)
-        return swap
+        return label_swap(self.flip_label_pairs)
 
     def list_for(self, split: str) -> Optional[str]:
         return {"train": self.train_list, "val": self.val_list, "test": self.test_list}[split]

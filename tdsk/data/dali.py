@@ -7,10 +7,10 @@ How a batch is made (per rank; the rank's share comes from the same
 :class:`~tdsk.data.dataset.EpochSampler` as the CPU loader):
 
 1. Host threads read each sample's encoded bytes and pick its frame indices: the frame
-   count comes from a demux-only PyAV index (no decoding), the indices from
-   :func:`sample_indices` with the same per-item generator as the CPU path, so both
-   paths use identical indices and identical augmentation draws. Missing, empty,
-   unopenable and truncated files are caught here and, like on the CPU path, replaced
+   count comes from a demux-only PyAV index (no decoding); everything else is the CPU
+   path's own plan of the item (:meth:`tdsk.data.items.ItemPlanner.plan`: the same
+   generators, :func:`sample_indices` indices and augmentation draws). Missing, empty,
+   unopenable and truncated files are caught here and, as on the CPU path, replaced
    at train and left out of the batch at val/test (never replaced there).
 2. DALI decodes on the GPU (``device="mixed"``): ``fn.decoders.video(encoded,
    frames=indices)`` (NVDEC) or ``fn.decoders.image`` (nvJPEG) for frame folders.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Tuple
 
@@ -40,12 +39,12 @@ import numpy as np
 import torch
 
 from tdsk._logging import log_once
+from tdsk.data.base import VideoLoader, available_cores
 from tdsk.data.config import DataConfig
-from tdsk.data.dataset import MAX_REPLACEMENTS, EpochSampler, VideoClipDataset, collate_clips, skipped_item
+from tdsk.data.dataset import EpochSampler, VideoClipDataset, collate_clips, skipped_item
 from tdsk.data.decoders import DecodeError, PyAVVideo, check_jpeg_frames
+from tdsk.data.items import ItemPlan
 from tdsk.data.lists import VideoRecord
-from tdsk.data.loader import VideoLoader
-from tdsk.data.sampling import sample_indices
 from tdsk.data.transforms import normalize
 
 __all__ = ["DaliFrameDecoder", "DaliVideoLoader", "build_dali_loader"]
@@ -164,7 +163,7 @@ def _to_torch(out, device: Optional[torch.device]) -> List[torch.Tensor]:
 
 
 class DaliVideoLoader(VideoLoader):
-    """Same interface and output as :class:`~tdsk.data.loader.VideoLoader`, decoding with DALI."""
+    """Same interface and output as the CPU :class:`~tdsk.data.base.VideoLoader`, decoding with DALI."""
 
     def __init__(self, cfg: DataConfig, split: str, records: Sequence[VideoRecord], *, batch_size: int,
                  device: torch.device, rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -178,10 +177,8 @@ class DaliVideoLoader(VideoLoader):
         self.drop_last = split == "train" and cfg.drop_last and len(sampler) >= batch_size
         self.dali_device = dali_device or ("gpu" if device.type == "cuda" else "cpu")
         threads = cfg.num_workers if num_workers is None else num_workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.num_threads = max(1, min(int(threads), cores))
-        clips = dataset.clips if split == "test" else 1
-        frames_per_video = clips * cfg.num_segments * cfg.num_local
+        self.num_threads = max(1, min(int(threads), available_cores()))
+        frames_per_video = dataset.items.num_clips * cfg.num_segments * cfg.num_local
         device_id = device.index if device.index is not None else (
             torch.cuda.current_device() if device.type == "cuda" else 0)
         self._video = DaliFrameDecoder("video", self.batch_size, self.dali_device, device_id, self.num_threads, seed)
@@ -194,85 +191,56 @@ class DaliVideoLoader(VideoLoader):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     # -- host side: pick indices, read bytes, replace what cannot be opened ----------------
-    def _prepare(self, index: int, epoch: int) -> dict:
-        ds, cfg = self.dataset, self.cfg
-        bad: List[Tuple[str, str]] = []
-        candidate = index
-        draw = random.Random(int(np.random.SeedSequence([ds.seed, ds.rank, epoch, index, 7919]).generate_state(1)[0]))
-        clips = ds.clips if ds.split == "test" else 1
-        wrap = cfg.kinetics_wrap and cfg.dataset == "kinetics"
-        for attempt in range(MAX_REPLACEMENTS + 1):
-            record = ds.records[candidate]
-            if candidate in ds._known_bad:
-                bad.append((record.path, ds._known_bad[candidate]))
-            else:
-                py_rng, np_rng = ds._rngs(candidate, epoch, attempt)
-                try:
-                    if record.is_frames:
-                        num_frames = check_jpeg_frames(record.path, cfg.template, record.num_frames)
-                    else:
-                        with PyAVVideo(record.path) as video:
-                            num_frames = video.num_frames
-                    if num_frames < 1:
-                        raise DecodeError(record.path, "zero frames")
-                    modes = range(clips) if ds.split == "test" else [0]
-                    indices = np.stack([sample_indices(num_frames, cfg.num_segments, cfg.num_local, ds.split, k,
-                                                       clips, cfg.dataset, np_rng, wrap_negative=wrap)
-                                        for k in modes]).reshape(-1)
-                    if record.is_frames:
-                        payload = [_read_bytes(os.path.join(record.path, cfg.template.format(int(i) + 1)))
-                                   for i in indices]
-                    else:
-                        payload = _read_bytes(record.path)
-                    return dict(index=candidate, attempt=attempt, epoch=epoch, record=record, indices=indices,
-                                payload=payload, py_rng=py_rng, bad=bad, requested=index)
-                except DecodeError as exc:
-                    reason = exc.reason if exc.path == record.path else str(exc)
-                    ds._known_bad[candidate] = reason
-                    bad.append((record.path, reason))
-            if ds.split != "train":  # evaluation: never replaced; _batch_items leaves it out
-                return dict(skip=True, index=candidate, epoch=epoch, record=record, bad=bad, requested=index)
-            for _ in range(8):
-                candidate = draw.randrange(len(ds.records))
-                if candidate not in ds._known_bad:
-                    break
-        listed = "\n  ".join(f"{p}: {r}" for p, r in bad[:10])
-        raise RuntimeError(f"{len(bad)} consecutive bad samples while loading item {index} of the "
-                           f"{ds.split} list; first offenders:\n  {listed}")
+    def _read(self, record: VideoRecord, pick):
+        """The encoded bytes of ``record`` at ``pick(num_frames)``: the video file (frame count from a
+        demux-only index), or one JPEG per picked frame."""
+        if record.is_frames:
+            indices = pick(check_jpeg_frames(record.path, self.cfg.template, record.num_frames))
+            return [_read_bytes(os.path.join(record.path, self.cfg.template.format(int(i) + 1)))
+                    for i in indices.reshape(-1)]
+        with PyAVVideo(record.path) as video:
+            num_frames = video.num_frames
+        pick(num_frames)
+        return _read_bytes(record.path)
+
+    def _prepare(self, index: int, epoch: int) -> ItemPlan:
+        """Item ``index`` of ``epoch`` as the CPU path plans it (same indices, generators and
+        replacements: :meth:`tdsk.data.items.ItemPlanner.plan`), with its bytes read."""
+        return self.dataset.items.plan(index, epoch, self._read)
 
     # -- device side -------------------------------------------------------------------------
-    def _decode(self, prepared: List[dict]) -> List[torch.Tensor]:
+    def _decode(self, prepared: List[ItemPlan]) -> List[torch.Tensor]:
         """Decoded frames per item as ``uint8[F, 3, H, W]`` on ``self.device``."""
         out: List[Optional[torch.Tensor]] = [None] * len(prepared)
-        videos = [i for i, p in enumerate(prepared) if not p["record"].is_frames]
-        folders = [i for i, p in enumerate(prepared) if p["record"].is_frames]
+        videos = [i for i, p in enumerate(prepared) if not p.record.is_frames]
+        folders = [i for i, p in enumerate(prepared) if p.record.is_frames]
         target = self.device if self.dali_device == "gpu" else None
         if videos:
-            decoded = self._video([prepared[i]["payload"] for i in videos],
-                                  [prepared[i]["indices"] for i in videos], out_device=target)
-            for i, frames in zip(videos, decoded):
-                if frames.shape[0] != len(prepared[i]["indices"]):
-                    raise DecodeError(prepared[i]["record"].path, f"DALI returned {frames.shape[0]} frames, "
-                                                                   f"asked for {len(prepared[i]['indices'])}")
+            wanted = [prepared[i].indices.reshape(-1) for i in videos]
+            decoded = self._video([prepared[i].payload for i in videos], wanted, out_device=target)
+            for i, want, frames in zip(videos, wanted, decoded):
+                if frames.shape[0] != len(want):
+                    raise DecodeError(prepared[i].record.path, f"DALI returned {frames.shape[0]} frames, "
+                                                               f"asked for {len(want)}")
                 out[i] = frames
         if folders:
-            images = [img for i in folders for img in prepared[i]["payload"]]
+            images = [img for i in folders for img in prepared[i].payload]
             decoded = self._image(images, out_device=target)
             start = 0
             for i in folders:
-                n = len(prepared[i]["payload"])
+                n = len(prepared[i].payload)
                 try:
                     out[i] = torch.stack(decoded[start:start + n])
                 except RuntimeError:
-                    raise DecodeError(prepared[i]["record"].path, "frames of different sizes") from None
+                    raise DecodeError(prepared[i].record.path, "frames of different sizes") from None
                 start += n
         return [t.to(self.device).permute(0, 3, 1, 2) for t in out]
 
-    def _batch_items(self, prepared: List[dict]) -> List[dict]:
-        if any(p.get("skip") for p in prepared):  # val/test: bad videos are left out, in place
-            rest = [p for p in prepared if not p.get("skip")]
+    def _batch_items(self, prepared: List[ItemPlan]) -> List[dict]:
+        if any(p.skipped for p in prepared):  # val/test: bad videos are left out, in place
+            rest = [p for p in prepared if not p.skipped]
             decoded = iter(self._batch_items(rest) if rest else [])
-            return [skipped_item(p["index"], *p["bad"][-1]) if p.get("skip") else next(decoded) for p in prepared]
+            return [skipped_item(p.index, *p.bad[-1]) if p.skipped else next(decoded) for p in prepared]
         try:
             frames = self._decode(prepared)
         except Exception as exc:  # noqa: BLE001 - any DALI failure: fall back to the CPU path for this batch
@@ -284,14 +252,14 @@ class DaliVideoLoader(VideoLoader):
                      logging.WARNING)
             items = []
             for p in prepared:
-                item = self.dataset[(p["requested"], p["epoch"])]
-                item["bad"] = p["bad"] + item["bad"]
+                item = self.dataset[(p.requested, p.epoch)]
+                item["bad"] = p.bad + item["bad"]
                 items.append(item)
             return items
         items = []
         for p, clip in zip(prepared, frames):
-            video, label = self.dataset.augment(clip, p["record"].label, p["py_rng"])
-            items.append({"video": video, "label": label, "bad": p["bad"], "index": p["index"]})
+            video, label = self.dataset.augment(clip, p.record.label, p.py_rng)
+            items.append({"video": video, "label": label, "bad": p.bad, "index": p.index})
         return items
 
     def __iter__(self):

@@ -10,26 +10,34 @@ and the score): the item comes back *skipped* (``video`` None) and :func:`collat
 leaves it out of the batch. Every failure travels back with the item as
 ``(path, reason)`` so the main process can warn once per file, count per epoch and list
 what evaluation skipped (:mod:`tdsk.data.loader`).
+
+Those rules (generators, frame indices, replacement, augmentation) are defined once, in
+:mod:`tdsk.data.items`, for this dataset and the DALI loader alike; this module decodes.
 """
 from __future__ import annotations
 
-import os
-import random
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from tdsk.data.config import DataConfig
-from tdsk.data.decoders import DecodeError, PyAVVideo, check_jpeg_frames, read_jpeg_frames
+from tdsk.data.decoders import PyAVVideo, check_jpeg_frames, read_jpeg_frames
+from tdsk.data.items import MAX_REPLACEMENTS, ItemPlanner, frame_indices  # noqa: F401  (MAX_REPLACEMENTS: re-exported)
 from tdsk.data.lists import VideoRecord
-from tdsk.data.sampling import sample_indices
-from tdsk.data.transforms import EvalTransform, TrainTransform
 
 __all__ = ["VideoClipDataset", "EpochSampler", "collate_clips", "decode_record", "skipped_item"]
 
-MAX_REPLACEMENTS = 20
+
+def _decode(record: VideoRecord, cfg: DataConfig, pick, threads: int = 1) -> np.ndarray:
+    """Frames ``uint8[K*T*M, H, W, 3]`` of ``record`` at ``pick(num_frames)`` (``int64[K, T, M]``)."""
+    if record.is_frames:
+        # every frame file 1..num_frames must be there, not only the sampled ones
+        indices = pick(check_jpeg_frames(record.path, cfg.template, record.num_frames))
+        return read_jpeg_frames(record.path, indices.reshape(-1), cfg.template)
+    with PyAVVideo(record.path, threads=threads) as video:
+        return video.get_frames(pick(video.num_frames).reshape(-1))
 
 
 def decode_record(record: VideoRecord, cfg: DataConfig, mode: str, num_clips: int = 1,
@@ -40,23 +48,14 @@ def decode_record(record: VideoRecord, cfg: DataConfig, mode: str, num_clips: in
     Returns ``(frames uint8[K*T*M, H, W, 3], indices int64[K, T, M])`` with K = ``num_clips``
     (test) or 1; frames are in (clip, segment, local) order. Raises :class:`DecodeError`.
     """
-    t, m = cfg.num_segments, cfg.num_local
-    wrap = cfg.kinetics_wrap and cfg.dataset == "kinetics"
+    picked = []
 
-    def indices_for(num_frames: int) -> np.ndarray:
-        if num_frames < 1:
-            raise DecodeError(record.path, "zero frames")
-        clips = range(num_clips) if mode == "test" else [0]
-        return np.stack([sample_indices(num_frames, t, m, mode, k, num_clips, cfg.dataset, rng,
-                                        wrap_negative=wrap) for k in clips])
+    def pick(num_frames: int) -> np.ndarray:
+        picked.append(frame_indices(cfg, mode, num_frames, num_clips=num_clips, rng=rng, path=record.path))
+        return picked[-1]
 
-    if record.is_frames:
-        # every frame file 1..num_frames must be there, not only the sampled ones
-        indices = indices_for(check_jpeg_frames(record.path, cfg.template, record.num_frames))
-        return read_jpeg_frames(record.path, indices.reshape(-1), cfg.template), indices
-    with PyAVVideo(record.path, threads=threads) as video:
-        indices = indices_for(video.num_frames)
-        return video.get_frames(indices.reshape(-1)), indices
+    frames = _decode(record, cfg, pick, threads)
+    return frames, picked[-1]
 
 
 class VideoClipDataset(Dataset):
@@ -73,105 +72,43 @@ class VideoClipDataset(Dataset):
     * ``skipped``: val/test only: ``[(path, reason)]`` when the item's own video could not
       be decoded (then ``video`` and ``label`` are None: evaluation never substitutes
       another video), else ``[]``.
+
+    Which frames, which augmentation draws and which replacement an item gets is decided
+    by its :class:`~tdsk.data.items.ItemPlanner` (``self.items``), shared with the DALI
+    loader; this class only decodes.
     """
 
     def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, split: str, *, seed: int = 0,
                  rank: int = 0, views: Optional[Tuple[int, int]] = None):
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be train, val or test, got {split!r}")
-        if not records:
-            raise ValueError(f"no {split} samples (empty list after filtering)")
-        self.records = list(records)
+        self.items = ItemPlanner(records, cfg, split, seed=seed, rank=rank, views=views)
+        self.records = self.items.records
         self.cfg = cfg
         self.split = split
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self.crops, self.clips = views if views is not None else (cfg.test_crops, cfg.test_clips)
-        if split == "train":
-            self.transform = TrainTransform(cfg.input_size, cfg.resize_size, cfg.rand_augment,
-                                            flip=cfg.flip != "none", grayscale_p=cfg.grayscale_p)
-        else:
-            self.transform = EvalTransform(cfg.input_size, cfg.resize_size, crops=self.crops if split == "test" else 1)
-        self._swap = cfg.label_swap if cfg.flip == "sth" else {}
-        self._known_bad: Dict[int, str] = {}  # per process (per worker): do not decode a bad file twice
+        self.seed, self.rank = self.items.seed, self.items.rank
+        self.crops, self.clips = self.items.crops, self.items.clips
+        self.transform = self.items.transform
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _rngs(self, index: int, epoch: int, attempt: int) -> Tuple[random.Random, np.random.Generator]:
-        seq = np.random.SeedSequence([self.seed, self.rank, epoch, index, attempt])
-        a, b = seq.generate_state(2, dtype=np.uint64)
-        return random.Random(int(a)), np.random.default_rng(int(b))
-
-    def _load(self, index: int, epoch: int, attempt: int):
-        record = self.records[index]
-        py_rng, np_rng = self._rngs(index, epoch, attempt)
-        frames, _ = decode_record(record, self.cfg, self.split, num_clips=self.clips, rng=np_rng,
-                                  threads=self.cfg.decode_threads)
-        return self.augment(frames, record.label, py_rng)
-
-    def augment(self, frames, label: int, py_rng: random.Random):
+    def augment(self, frames, label: int, py_rng):
         """Decoded frames (numpy ``uint8[F, H, W, 3]`` or a tensor ``uint8[F, 3, H, W]`` on any
         device; F = K*T*M in (clip, segment, local) order) -> ``(video, label)`` of this split."""
-        cfg = self.cfg
-        t, m = cfg.num_segments, cfg.num_local
-        mode = self.split
-        record_label = label
-        if mode == "train":
-            clips, labels = [], []
-            for _ in range(cfg.num_sample):
-                clip, flipped = self.transform(frames, py_rng)
-                clips.append(clip.view(t, m, *clip.shape[1:]))
-                labels.append(self._swap.get(record_label, record_label) if flipped else record_label)
-            return torch.stack(clips), torch.tensor(labels, dtype=torch.int64)
-        if mode == "val":
-            clip = self.transform(frames)[0]
-            return clip.view(t, m, *clip.shape[1:]), torch.tensor(record_label, dtype=torch.int64)
-        k = self.clips
-        views = []
-        for clip in frames.reshape(k, t * m, *frames.shape[1:]):  # numpy [H,W,3] or tensor [3,H,W] frames
-            views.append(self.transform(clip))  # [crops, T*M, 3, S, S]
-        video = torch.stack(views, dim=1)  # [crops, clips, T*M, 3, S, S]: crop-major, then clip
-        video = video.reshape(self.crops * k, t, m, *video.shape[-3:])
-        return video, torch.tensor(record_label, dtype=torch.int64)
+        return self.items.augment(frames, label, py_rng)
+
+    def _read(self, record: VideoRecord, pick) -> np.ndarray:
+        return _decode(record, self.cfg, pick, self.cfg.decode_threads)
 
     def __getitem__(self, item) -> dict:
         index, epoch = item if isinstance(item, tuple) else (int(item), 0)
+        plan = self.items.plan(index, epoch, self._read)
+        if plan.skipped:  # val/test: the item's own video, or a skipped item; never a replacement
+            return skipped_item(plan.index, *plan.bad[-1])
+        video, label = self.augment(plan.payload, plan.record.label, plan.py_rng)
+        item = {"video": video, "label": label, "bad": plan.bad, "index": plan.index}
         if self.split != "train":
-            return self._eval_item(index, epoch)
-        bad: List[Tuple[str, str]] = []
-        candidate = index
-        draw = random.Random(int(np.random.SeedSequence([self.seed, self.rank, epoch, index, 7919]).generate_state(1)[0]))
-        for attempt in range(MAX_REPLACEMENTS + 1):
-            if candidate in self._known_bad:
-                bad.append((self.records[candidate].path, self._known_bad[candidate]))
-            else:
-                try:
-                    video, label = self._load(candidate, epoch, attempt)
-                    return {"video": video, "label": label, "bad": bad, "index": candidate}
-                except DecodeError as exc:
-                    reason = exc.reason if exc.path == self.records[candidate].path else str(exc)
-                    self._known_bad[candidate] = reason
-                    bad.append((self.records[candidate].path, reason))
-            # Replacement: another sample drawn at random, preferring ones not known bad.
-            for _ in range(8):
-                candidate = draw.randrange(len(self.records))
-                if candidate not in self._known_bad:
-                    break
-        listed = "\n  ".join(f"{p}: {r}" for p, r in bad[:10])
-        raise RuntimeError(f"{len(bad)} consecutive bad samples while loading item {index} of the "
-                           f"{self.split} list; first offenders:\n  {listed}")
-
-    def _eval_item(self, index: int, epoch: int) -> dict:
-        """Val/test: the item's own video, or a skipped item; never a replacement."""
-        path = self.records[index].path
-        if index not in self._known_bad:
-            try:
-                video, label = self._load(index, epoch, 0)
-                return {"video": video, "label": label, "bad": [], "index": index, "skipped": []}
-            except DecodeError as exc:
-                self._known_bad[index] = exc.reason if exc.path == path else str(exc)
-        return skipped_item(index, path, self._known_bad[index])
+            item["skipped"] = []
+        return item
 
 
 def skipped_item(index: int, path: str, reason: str) -> dict:
