@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import assert_bit_identical
 from tdsk import demo
 from tdsk.config import ConfigError, load_config
 from tdsk.engine import checkpoint as C
@@ -43,21 +44,6 @@ def _fit(root, out, *extra, **kw):
     kw.setdefault("progress", False)
     kw.setdefault("loader_factory", demo.MemoryClipLoader)
     return fit(_cfg(root, *extra), output_dir=str(out), **kw)
-
-
-def _tensors(ckpt):
-    out = {f"model/{k}": v for k, v in ckpt["model_state_dict"].items()}
-    for pid, st in ckpt["optimizer_state_dict"]["state"].items():
-        out.update({f"opt/{pid}/{k}": v for k, v in st.items()})
-    return out
-
-
-def _assert_bit_identical(a, b):
-    ta, tb = _tensors(a), _tensors(b)
-    assert ta.keys() == tb.keys()
-    diff = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:5]}"
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
 
 
 def _env():
@@ -145,7 +131,7 @@ def test_mid_epoch_checkpoint_resume_is_bit_identical(root, tmp_path):
     assert mid["epoch"] == 1 and mid["step"] == 8 and mid["epoch_progress"]["iteration"] == 2
     resumed = _fit(root, tmp_path / "killed", *common, resume="auto")
     assert resumed.last_checkpoint.endswith("epoch_0002.pt")
-    _assert_bit_identical(C.load(straight.last_checkpoint), C.load(resumed.last_checkpoint))
+    assert_bit_identical(C.load(straight.last_checkpoint), C.load(resumed.last_checkpoint))
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(root, tmp_path):

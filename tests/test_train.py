@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import assert_bit_identical
 from tdsk import demo
 from tdsk.engine import checkpoint as C
 from tdsk.engine.metrics import read_metrics
@@ -50,23 +51,6 @@ def _env():
 
 def _train_cmd(cfg_path, out, *extra):
     return [sys.executable, "-m", "tdsk.train", "--cfg", cfg_path, "--output", str(out), "--no-progress", *extra]
-
-
-def _tensors(ckpt):
-    """Every tensor a checkpoint carries for training: weights, buffers, optimizer moments."""
-    out = {f"model/{k}": v for k, v in ckpt["model_state_dict"].items()}
-    for pid, st in ckpt["optimizer_state_dict"]["state"].items():
-        for k, v in st.items():
-            out[f"opt/{pid}/{k}"] = v
-    return out
-
-
-def assert_bit_identical(a, b):
-    ta, tb = _tensors(a), _tensors(b)
-    assert ta.keys() == tb.keys()
-    diff = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:5]}"
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
 
 
 # ----------------------------------------------------------------------------- demo
