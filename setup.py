@@ -108,6 +108,8 @@ setup(
             "tdsk-evaluate=tdsk.evaluate:main",
             "tdsk-predict=tdsk.predict:main",
             "tdsk-doctor=tdsk.doctor:main",
+            "tdsk-check=tdsk.data.check:main",
+            "tdsk-prepare=tdsk.data.prepare:main",
         ]
     },
 )

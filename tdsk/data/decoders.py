@@ -131,6 +131,11 @@ def _orient(rgb: np.ndarray, orientation: Orientation) -> np.ndarray:
     return rgb
 
 
+# Public names of the two steps, for tools that decode frames themselves (tdsk.data.prepare).
+frame_orientation = _frame_orientation
+apply_orientation = _orient
+
+
 class PyAVVideo:
     """A video opened with PyAV, indexed by presentation order.
 
