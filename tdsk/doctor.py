@@ -62,8 +62,7 @@ ATTENTION_TOLERANCES: Dict[torch.dtype, Tuple[float, float]] = {
 
 CHECK_GROUPS = ("ops", "attention", "dali", "model")
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from tdsk.schema import CLIP_MEAN, CLIP_STD  # noqa: E402
 
 
 # ---------------------------------------------------------------------------

@@ -28,8 +28,7 @@ __all__ = [
     "center_crop_box", "three_crop_boxes", "TrainTransform", "EvalTransform", "normalize",
 ]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from tdsk.schema import CLIP_MEAN, CLIP_STD  # noqa: E402 - the recipe's defaults (docs/model.md §2)
 
 Size = Union[int, Sequence[int]]
 
