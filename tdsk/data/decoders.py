@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -49,26 +50,30 @@ class DecodeError(RuntimeError):
         self.reason = reason
 
 
-_REFORMATTER = None
-_REFORMATTER_PID = None
+_LOCAL = threading.local()
 
 
 def _to_rgb(frame) -> np.ndarray:
     """``uint8[H, W, 3]``; same pixels as ``frame.to_ndarray(format="rgb24")``.
 
-    One reformatter per process keeps its swscale context between frames (a fresh one
-    per frame costs ~20x more on small frames). swscale runs single-threaded: its
-    default thread pool, once started in a parent process, makes swscale hang in
-    forked loader workers (seen with PyAV 18 / FFmpeg 8.1). The reformatter is
-    re-created after a fork all the same.
+    One reformatter per thread (and process) keeps its swscale context between frames
+    (a fresh one per frame costs ~20x more on small frames). Per *thread*: a swscale
+    context is not thread-safe, and two threads converting frames of different sizes
+    through one context crash the process (a user decoding in a thread pool, or
+    ``tdsk.extract``). swscale runs single-threaded: its default thread pool, once
+    started in a parent process, makes swscale hang in forked loader workers (seen with
+    PyAV 18 / FFmpeg 8.1). The reformatter is re-created after a fork all the same.
     """
-    global _REFORMATTER, _REFORMATTER_PID
-    if _REFORMATTER is None or _REFORMATTER_PID != os.getpid():
+    fmt = getattr(_LOCAL, "reformatter", None)
+    if fmt is None or getattr(_LOCAL, "pid", None) != os.getpid():
         from av.video.reformatter import VideoReformatter
 
-        _REFORMATTER = VideoReformatter()
-        _REFORMATTER_PID = os.getpid()
-    return _REFORMATTER.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        fmt = _LOCAL.reformatter = VideoReformatter()
+        _LOCAL.pid = os.getpid()
+    return fmt.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+
+to_rgb = _to_rgb  # public name, for tools that decode frames themselves (tdsk.data.prepare)
 
 
 # (transpose, flip_horizontal, flip_vertical) applied in that order; None = leave as stored.

@@ -58,28 +58,12 @@ EXIT_OK, EXIT_BAD_VIDEOS, EXIT_USAGE = 0, 1, 2
 
 # -- decoding (PyAVVideo's frames, streamed) ---------------------------------------------------
 
-_REFORMATTER = None
-_REFORMATTER_PID = None
-
-
-def _to_rgb(frame) -> np.ndarray:
-    """``uint8[H, W, 3]``, as ``frame.to_ndarray(format="rgb24")``; one single-threaded
-    swscale context per process (the decoders module explains why single-threaded)."""
-    global _REFORMATTER, _REFORMATTER_PID
-    if _REFORMATTER is None or _REFORMATTER_PID != os.getpid():
-        from av.video.reformatter import VideoReformatter
-
-        _REFORMATTER = VideoReformatter()
-        _REFORMATTER_PID = os.getpid()
-    return _REFORMATTER.reformat(frame, format="rgb24", threads=1).to_ndarray()
-
-
 def _decoded(path: str, expected: int) -> Iterator[Tuple[Optional[float], np.ndarray]]:
     """``(time in s or None, uint8[H, W, 3])`` for the ``expected`` frames of ``path`` in
     presentation order (one sequential decode). Raises DecodeError."""
     import av
 
-    from tdsk.data.decoders import DecodeError, apply_orientation, frame_orientation
+    from tdsk.data.decoders import DecodeError, apply_orientation, frame_orientation, to_rgb
 
     try:
         container = av.open(path)
@@ -104,7 +88,7 @@ def _decoded(path: str, expected: int) -> Iterator[Tuple[Optional[float], np.nda
                 raise DecodeError(path, f"decoding failed at frame {count} ({type(exc).__name__}: {exc})") from None
             if not known:
                 orientation, known = frame_orientation(frame, path), True
-            rgb = apply_orientation(_to_rgb(frame), orientation)
+            rgb = apply_orientation(to_rgb(frame), orientation)
             if shape is None:
                 shape = rgb.shape
             elif rgb.shape != shape:

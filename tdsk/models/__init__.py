@@ -18,6 +18,10 @@ Public API
     strict, read with ``weights_only=True``.
 ``export_official(model, path)``
     writes the official ``{'epoch', 'model_state_dict'}`` format.
+``save_pretrained(model, folder, labels=None, recipe=None, include_clip=True, card=None)`` / ``from_pretrained(folder)``
+    model folders (``config.json`` + ``model.safetensors`` + ``labels.txt`` + ``README.md``),
+    loaded with no pickle (:mod:`~tdsk.models.pretrained`); ``load_pretrained(folder)``
+    also returns the recipe and the class names.
 
 Components (one module per paper part): :mod:`~tdsk.models.clip_encoder` (frozen
 ViT), :mod:`~tdsk.models.sme_adapter`, :mod:`~tdsk.models.td_adapter`,
@@ -31,6 +35,7 @@ format); shared by the models: :mod:`~tdsk.models.video` (input layout, base cla
 from tdsk.models.clip_encoder import register_vit_config
 from tdsk.models.factory import MODEL_DEFAULTS, build_model, list_models, model_config
 from tdsk.models.official import export_official, load_checkpoint, official_key_map, official_state_dict
+from tdsk.models.pretrained import from_pretrained, is_model_folder, load_pretrained, save_pretrained
 
 __all__ = [
     "build_model",
@@ -42,4 +47,8 @@ __all__ = [
     "list_models",
     "MODEL_DEFAULTS",
     "register_vit_config",
+    "save_pretrained",
+    "from_pretrained",
+    "load_pretrained",
+    "is_model_folder",
 ]

@@ -1,0 +1,449 @@
+"""Inference API: ``tdsk.Recognizer`` -- a trained model plus its recipe's test protocol.
+
+::
+
+    import tdsk
+
+    rec = tdsk.Recognizer.from_pretrained("runs/demo/best.pt")      # or a model folder, or
+    # tdsk.Recognizer.from_pretrained("tdsclip_ssv1.pt", cfg="ssv1_b16")  (official checkpoint)
+    pred = rec.predict("clip.mp4", top_k=5)     # a file, a JPEG frame folder, or uint8 frames [N, H, W, 3]
+    pred[0].label, pred[0].prob                  # best class; pred.top is the list, pred.to_dict() JSON-ready
+    feat = rec.features("clip.mp4")              # pooled side-network feature [D] (per_view=True: [V, D])
+
+Inputs (:meth:`Recognizer.prepare`):
+
+* a video file or a JPEG frame folder: read by :func:`tdsk.data.load_video_clip` (the
+  code path of ``python -m tdsk.predict``);
+* decoded frames: ``uint8`` numpy array or tensor ``[N, H, W, 3]`` (RGB), e.g. from a
+  webcam, or a list of ``[H, W, 3]`` frames: the test sampling
+  (:func:`tdsk.data.sample_indices` over the N frames, ``clips`` temporal clips) and the
+  same test transforms (resize, ``crops`` crops, CLIP normalisation);
+* an already prepared float tensor ``[V, T, M, 3, S, S]`` (what :meth:`prepare` returns).
+
+Views (crops x clips) default to the recipe's ``eval.views`` (else ``data.test_crops`` x
+``data.test_clips``); each view is scored, the softmax probabilities are averaged (the
+official test protocol). A view with non-finite logits (or non-finite averaged
+probabilities) raises :class:`NonFiniteOutputError`: it is never a prediction.
+
+Precision (``precision=``): ``"auto"`` (default) runs under bf16 autocast where the
+hardware has fast bf16 (CPU: AMX or AVX512-BF16, ``torch.cpu._is_amx_tile_supported`` /
+``_is_avx512_bf16_supported``; CUDA: ``torch.cuda.is_bf16_supported()``) and in fp32
+elsewhere; ``"fp32"``, ``"bf16"``, ``"fp16"`` force one. The choice and its reason are
+logged once per recognizer (``[tdsk] INFO: inference: ...``) and kept in
+``rec.precision`` / ``rec.precision_reason``. ``compile=True`` wraps the model with
+``torch.compile``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tdsk._logging import logger
+
+__all__ = ["Recognizer", "Prediction", "Label", "NonFiniteOutputError", "load_model", "resolve_device",
+           "resolve_precision", "cpu_bf16_support", "frames_to_clip", "read_labels", "PRECISIONS"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN/inf for a video: there is no prediction for it."""
+
+    def __init__(self, message: str, views: int = 0, bad_views: int = 0):
+        super().__init__(message)
+        self.views, self.bad_views = int(views), int(bad_views)
+
+
+@dataclass(frozen=True)
+class Label:
+    """One of the top-k classes: ``index`` (class id), ``label`` (its name), ``prob``."""
+
+    index: int
+    label: str
+    prob: float
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one video, best first; iterate / index it like a list of :class:`Label`."""
+
+    top: List[Label]
+    views: int
+    source: Optional[str] = None
+    probs: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)  # [K], view-averaged
+
+    def __iter__(self) -> Iterator[Label]:
+        return iter(self.top)
+
+    def __len__(self) -> int:
+        return len(self.top)
+
+    def __getitem__(self, i):
+        return self.top[i]
+
+    @property
+    def label(self) -> str:
+        return self.top[0].label
+
+    @property
+    def index(self) -> int:
+        return self.top[0].index
+
+    @property
+    def prob(self) -> float:
+        return self.top[0].prob
+
+    def to_dict(self) -> dict:
+        """``{"path", "views", "top": [{"index", "label", "prob"}, ...]}`` (``tdsk.predict --json``)."""
+        return {"path": self.source, "views": self.views, "top": [asdict(t) for t in self.top]}
+
+
+# ----------------------------------------------------------------------------- device, precision
+
+def resolve_device(device: Union[None, str, torch.device] = "auto") -> torch.device:
+    """``"auto"``: this rank's CUDA GPU (``LOCAL_RANK``) when there is one, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    from tdsk.engine.distributed import pick_device
+
+    return pick_device(device or "auto", int(os.environ.get("LOCAL_RANK", "0") or 0))
+
+
+def cpu_bf16_support() -> Tuple[bool, str]:
+    """``(fast bf16 on this CPU, what)``: AMX tiles or AVX512-BF16 (torch 2.11-2.15:
+    ``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``). Any failure
+    to ask means no."""
+    cpu = getattr(torch, "cpu", None)
+    for attr, what in (("_is_amx_tile_supported", "AMX"), ("_is_avx512_bf16_supported", "AVX512-BF16")):
+        probe = getattr(cpu, attr, None)
+        try:
+            if probe is not None and bool(probe()):
+                return True, what
+        except Exception:
+            continue
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        cap = "unknown"
+    return False, f"no AMX or AVX512-BF16 (CPU capability {cap})"
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device]) -> Tuple[str, str]:
+    """``(fp32 | bf16 | fp16, reason)`` for ``precision`` (``auto`` or one of those) on ``device``."""
+    p = str(precision or "auto").lower()
+    p = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}.get(p, p)
+    if p not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if p != "auto":
+        return p, "requested"
+    if device.type == "cpu":
+        ok, what = cpu_bf16_support()
+        return ("bf16", f"auto: the CPU has {what}") if ok else ("fp32", f"auto: {what}")
+    if device.type == "cuda":
+        try:
+            try:
+                ok = torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:
+                ok = torch.cuda.is_bf16_supported()
+        except Exception:
+            ok = False
+        return ("bf16", "auto: the GPU supports bf16") if ok else ("fp32", "auto: the GPU has no native bf16")
+    return "fp32", f"auto: no bf16 autocast rule for {device.type}"
+
+
+def autocast_for(precision: str, device: Union[str, torch.device]):
+    """The autocast context of a resolved precision (``nullcontext`` for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _load_recipe(cfg: Union[str, Mapping], overrides: Sequence[str]) -> dict:
+    from tdsk.config import apply_overrides, load_config
+
+    if isinstance(cfg, Mapping):
+        return apply_overrides(dict(cfg), overrides)
+    return load_config(str(cfg), overrides)
+
+
+def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequence[str] = (),
+               device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, dict, Optional[List[str]]]:
+    """``(model, recipe, classes)`` for a tdsk checkpoint, an official one (+ ``cfg``) or a model folder.
+
+    ``cfg`` (a recipe name, YAML path or dict) replaces the recipe stored in a tdsk
+    checkpoint or model folder; it is required for official TDS-CLIP checkpoints.
+    ``overrides`` are ``section.key=value`` items. ``classes`` is ``None`` unless the
+    file stores class names. The model is in eval mode on ``device``.
+    """
+    from tdsk.config import apply_overrides
+    from tdsk.engine import checkpoint as C
+    from tdsk.models import build_model, load_checkpoint
+    from tdsk.models.pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_folder, load_pretrained, read_folder_config
+
+    path = os.path.expanduser(str(path))
+    device = torch.device(device)
+    if os.path.isdir(path):
+        if not is_model_folder(path):
+            raise IsADirectoryError(
+                f"{path}: is a directory, expected a checkpoint file (e.g. <run dir>/best.pt) or a model folder "
+                f"({CONFIG_NAME} + {WEIGHTS_NAME}, written by tdsk.models.save_pretrained)")
+        recipe = (_load_recipe(cfg, overrides) if cfg is not None
+                  else apply_overrides(read_folder_config(path)["recipe"], overrides))
+        model, recipe, classes, _ = load_pretrained(path, recipe=recipe, device=device)
+        return model, recipe, classes
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    ckpt = C.load(path)
+    classes = None
+    if C.is_training_checkpoint(ckpt):
+        recipe = _load_recipe(cfg, overrides) if cfg is not None else apply_overrides(dict(ckpt["config"]), overrides)
+        model = build_model(recipe["model"])
+        C.load_model_state(model, ckpt)
+        classes = ckpt.get("classes")
+    else:
+        if cfg is None:
+            raise ValueError(f"{path} is not a tdsk training checkpoint; pass --cfg (cfg=) with the recipe it "
+                             "belongs to (e.g. --cfg ssv1_b16 for an official TDS-CLIP B/16 SSv1 checkpoint)")
+        recipe = _load_recipe(cfg, overrides)
+        model = build_model(recipe["model"])
+        del ckpt
+        load_checkpoint(model, path)
+    model.to(device).eval()
+    return model, recipe, (list(classes) if classes else None)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _data_config(cfg: Mapping, model: Optional[nn.Module] = None):
+    """The recipe's ``data:`` section as a :class:`tdsk.data.DataConfig`; the clip shape
+    (T, M, input size) filled in from the model section where the data section is silent."""
+    from tdsk.data import DataConfig
+
+    data = dict(cfg.get("data") or {})
+    msec = dict(cfg.get("model") or getattr(model, "config", None) or {})
+    for key in ("num_segments", "num_local", "input_size"):
+        if key not in data and key in msec:
+            data[key] = msec[key]
+    return DataConfig.from_dict(data)
+
+
+def frames_to_clip(frames, data_cfg, views: Tuple[int, int], device: Union[str, torch.device] = "cpu"
+                   ) -> torch.Tensor:
+    """Decoded RGB frames ``uint8 [N, H, W, 3]`` -> normalised test views ``float32 [V, T, M, 3, S, S]``.
+
+    The frames are sampled as a video of N frames is at test time (:func:`tdsk.data.sample_indices`,
+    ``clips`` clips) and go through the same test transform as a decoded file.
+    """
+    from tdsk.data import sample_indices
+    from tdsk.data.transforms import EvalTransform, normalize
+
+    if isinstance(frames, torch.Tensor):
+        arr = frames.detach().cpu().numpy()
+    elif isinstance(frames, (list, tuple)):
+        arr = np.stack([np.asarray(f) for f in frames]) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+    else:
+        arr = np.asarray(frames)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"frames must be uint8 RGB [N, H, W, 3], got dtype {arr.dtype}")
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 RGB [N, H, W, 3], got shape {tuple(arr.shape)}")
+    n = int(arr.shape[0])
+    if n < 1:
+        raise ValueError("frames: no frames (N = 0)")
+    crops, clips = (int(v) for v in views)
+    t, m, s = data_cfg.num_segments, data_cfg.num_local, data_cfg.input_size
+    wrap = bool(data_cfg.kinetics_wrap and data_cfg.dataset == "kinetics")
+    idx = np.stack([sample_indices(n, t, m, "test", k, clips, data_cfg.dataset, None, wrap_negative=wrap)
+                    for k in range(clips)])
+    picked = arr[idx.reshape(-1)]
+    transform = EvalTransform(s, data_cfg.resize_size, crops=crops)
+    per_clip = [transform(c) for c in picked.reshape(clips, t * m, *picked.shape[1:])]  # [crops, T*M, 3, S, S]
+    video = torch.stack(per_clip, dim=1).reshape(crops * clips, t, m, 3, s, s)
+    return normalize(video.to(torch.device(device)), data_cfg.mean, data_cfg.std)
+
+
+def _views_of(cfg: Mapping, data_cfg) -> Tuple[int, int]:
+    v = (cfg.get("eval") or {}).get("views")
+    if v:
+        return int(v[0]), int(v[1])
+    return int(data_cfg.test_crops), int(data_cfg.test_clips)
+
+
+# ----------------------------------------------------------------------------- the recognizer
+
+class Recognizer:
+    """A model ready for inference: weights, recipe (test sampling and transforms), class names.
+
+    Build it with :meth:`from_pretrained`, or wrap a model you have:
+    ``Recognizer(model, cfg, classes)`` (``cfg``: the recipe dict, at least its ``model``
+    and ``data`` sections). Attributes: ``model``, ``cfg``, ``data_cfg``, ``classes``
+    (``None`` when unknown: labels are then the class indices), ``num_classes``,
+    ``device``, ``precision`` (resolved), ``precision_reason``, ``views`` (crops, clips).
+    """
+
+    def __init__(self, model: nn.Module, cfg: Mapping, classes: Optional[Sequence[str]] = None, *,
+                 device: Union[None, str, torch.device] = None, precision: str = "auto", compile: bool = False,
+                 views: Optional[Tuple[int, int]] = None, source: Optional[str] = None):
+        if device is None:
+            try:
+                device = next(model.parameters()).device
+            except StopIteration:
+                device = torch.device("cpu")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = dict(cfg)
+        self.data_cfg = _data_config(self.cfg, model)
+        self.classes = list(classes) if classes else None
+        self.views = tuple(int(v) for v in views) if views else _views_of(self.cfg, self.data_cfg)
+        self.source = source
+        self.precision, self.precision_reason = resolve_precision(precision, self.device)
+        self.compiled = bool(compile)
+        self._forward = torch.compile(self.model) if compile else self.model
+        self._features = None
+        logger.info(f"inference: {self.precision}{' autocast' if self.precision != 'fp32' else ''} on {self.device} "
+                    f"({self.precision_reason}){', torch.compile' if compile else ''}")
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: Union[str, torch.device] = "auto", precision: str = "auto",
+                        cfg: Union[None, str, Mapping] = None, *, overrides: Sequence[str] = (),
+                        labels: Union[None, str, Sequence[str]] = None, views: Optional[Tuple[int, int]] = None,
+                        compile: bool = False) -> "Recognizer":
+        """Load ``path``: a tdsk checkpoint (``best.pt``, ``epoch_*.pt``), an official TDS-CLIP
+        checkpoint (then ``cfg=`` names its recipe, e.g. ``"ssv1_b16"``) or a model folder.
+
+        ``cfg`` replaces the stored recipe; ``overrides`` (``section.key=value``) amend it;
+        ``labels`` (a list or a file, one name per line) replaces the stored class names.
+        """
+        dev = resolve_device(device)
+        model, recipe, classes = load_model(path, cfg, overrides, device=dev)
+        if labels is not None:
+            classes = _labels(labels)
+        return cls(model, recipe, classes, device=dev, precision=precision, compile=compile, views=views,
+                   source=str(path))
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        n = getattr(self.model, "num_classes", None) or (self.cfg.get("model") or {}).get("num_classes")
+        return int(n) if n else 0
+
+    def label_of(self, index: int) -> str:
+        return self.classes[index] if self.classes and 0 <= index < len(self.classes) else str(index)
+
+    def autocast(self):
+        """The autocast context of ``self.precision`` on ``self.device``."""
+        return autocast_for(self.precision, self.device)
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """The module to call for logits (the compiled one with ``compile=True``)."""
+        return self._forward
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def prepare(self, video: Any, views: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """``video`` (path, frame folder, uint8 frames ``[N, H, W, 3]``, or prepared views) ->
+        normalised views ``float32 [V, T, M, 3, S, S]`` on ``self.device``."""
+        from tdsk.data import load_video_clip
+
+        views = tuple(views) if views else self.views
+        if isinstance(video, (str, os.PathLike)):
+            return load_video_clip(os.fspath(video), self.data_cfg, views=views, device=self.device)
+        if isinstance(video, torch.Tensor) and video.is_floating_point():
+            if video.dim() == 5:
+                video = video.unsqueeze(0)
+            if video.dim() != 6:
+                raise ValueError(f"a float video must be prepared views [V, T, M, 3, S, S], got {tuple(video.shape)} "
+                                 "(pass decoded frames as uint8 [N, H, W, 3])")
+            return video.to(self.device)
+        if isinstance(video, (np.ndarray, torch.Tensor, list, tuple)):
+            return frames_to_clip(video, self.data_cfg, views, self.device)
+        raise TypeError(f"video must be a file path, a frame folder, uint8 frames [N, H, W, 3] or prepared views, "
+                        f"got {type(video).__name__}")
+
+    # -- outputs -----------------------------------------------------------------------------------
+    def logits(self, video: Any, views: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Per-view logits ``float32 [V, K]`` (on the CPU)."""
+        clip = self.prepare(video, views)
+        with torch.no_grad(), self.autocast():
+            out = self._forward(clip)
+        return out.float().cpu()
+
+    def probabilities(self, video: Any, views: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """View-averaged softmax probabilities ``[K]``; :class:`NonFiniteOutputError` on NaN/inf."""
+        return self._probs(self.logits(video, views))
+
+    @staticmethod
+    def _probs(logits: torch.Tensor) -> torch.Tensor:
+        v = int(logits.shape[0])
+        bad = int((~torch.isfinite(logits).all(-1)).sum())
+        probs = logits.softmax(-1).mean(0)
+        if bad or not bool(torch.isfinite(probs).all()):
+            raise NonFiniteOutputError(f"non-finite model output (NaN/inf logits in {bad} of {v} views)", v, bad)
+        return probs
+
+    def predict(self, video: Any, top_k: int = 5, views: Optional[Tuple[int, int]] = None) -> Prediction:
+        """The ``top_k`` classes of ``video`` with their view-averaged probabilities, best first."""
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        logits = self.logits(video, views)
+        probs = self._probs(logits)
+        values, indices = probs.topk(min(int(top_k), probs.shape[-1]))
+        top = [Label(int(i), self.label_of(int(i)), float(p)) for p, i in zip(values, indices)]
+        source = os.fspath(video) if isinstance(video, (str, os.PathLike)) else None
+        return Prediction(top, int(logits.shape[0]), source, probs)
+
+    __call__ = predict
+
+    def features(self, video: Any, per_view: bool = False, views: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """The pooled side-network feature (before the classifier): ``float32 [D]`` averaged
+        over the views, or ``[V, D]`` with ``per_view=True`` (on the CPU)."""
+        feats = getattr(self.model, "features", None)
+        if feats is None:
+            raise TypeError(f"{type(self.model).__name__} has no features() method")
+        if self._features is None:
+            self._features = torch.compile(feats) if self.compiled else feats
+        clip = self.prepare(video, views)
+        with torch.no_grad(), self.autocast():
+            out = self._features(clip)
+        out = out.float().cpu()
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out).all(-1)).sum())
+            raise NonFiniteOutputError(f"non-finite features (NaN/inf in {bad} of {out.shape[0]} views)",
+                                       int(out.shape[0]), bad)
+        return out if per_view else out.mean(0)
+
+    def __repr__(self) -> str:
+        return (f"Recognizer({type(self.model).__name__}, {self.num_classes} classes, views={self.views[0]}x"
+                f"{self.views[1]}, device={self.device}, precision={self.precision})")
+
+
+def read_labels(path: str) -> List[str]:
+    """Class names, one per line (``name``, ``index name`` or ``index,name``), in index order."""
+    names: dict = {}
+    with open(path, encoding="utf-8") as f:
+        rows = [line.strip() for line in f if line.strip()]
+    for i, row in enumerate(rows):
+        for sep in (",", "\t", " "):
+            head, _, tail = row.partition(sep)
+            if tail and head.strip().isdigit():
+                names[int(head)] = tail.strip().strip('"')
+                break
+        else:
+            names[i] = row
+    return [names.get(i, str(i)) for i in range(max(names) + 1)] if names else []
+
+
+def _labels(labels: Union[str, os.PathLike, Sequence[str]]) -> List[str]:
+    if isinstance(labels, (str, os.PathLike)):
+        return read_labels(os.fspath(labels))
+    return [str(x) for x in labels]
