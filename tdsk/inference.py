@@ -422,6 +422,28 @@ class Recognizer:
                                        int(out.shape[0]), bad)
         return out if per_view else out.mean(0)
 
+    def timeline(self, video: Any, stride: Optional[int] = None, out_dir: Optional[str] = None, top_k: int = 5,
+                 **kw):
+        """Slide the model's window over a whole video, reusing each frame's frozen-CLIP
+        features across windows (:func:`tdsk.timeline.timeline`; docs/timeline.md)."""
+        from tdsk.timeline import timeline
+
+        return timeline(self, video, stride, out_dir=out_dir, top_k=top_k, **kw)
+
+    def stream(self, frames: Any, fps: float, stride: Optional[int] = None, top_k: int = 5, **kw):
+        """Predictions every ``stride`` segments from an iterator of ``uint8 [H, W, 3]`` frames
+        (a webcam, an RTSP stream): :func:`tdsk.timeline.stream`."""
+        from tdsk.timeline import stream
+
+        return stream(self, frames, fps, stride, top_k=top_k, **kw)
+
+    def explain(self, video: Any, out_dir: str, target_class: Optional[int] = None, **kw):
+        """Per segment: centre frame, SME motion energy, class-activation map (PNG grid + GIF):
+        :func:`tdsk.explain.explain`."""
+        from tdsk.explain import explain
+
+        return explain(self, video, out_dir, target_class, **kw)
+
     def __repr__(self) -> str:
         return (f"Recognizer({type(self.model).__name__}, {self.num_classes} classes, views={self.views[0]}x"
                 f"{self.views[1]}, device={self.device}, precision={self.precision})")

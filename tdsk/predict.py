@@ -118,6 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="auto: bf16 autocast where the hardware has fast bf16 (AMX / AVX512-BF16 CPUs, "
                         "bf16 GPUs), else fp32 (logged)")
     p.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    p.add_argument("--timeline", action="store_true",
+                   help="long videos: slide the window over the whole video (per-window top-k as JSON/CSV, "
+                        "merged segments, a timeline PNG in --out); docs/timeline.md")
+    p.add_argument("--stride", type=_positive_int, help="--timeline: windows every N segments (default 1)")
+    p.add_argument("--clip-seconds", type=float, default=4.0, help="--timeline: seconds one window covers (4)")
+    p.add_argument("--explain", metavar="DIR",
+                   help="write per-segment centre frame, motion energy and class-activation map (PNG + GIF) to DIR")
+    p.add_argument("--class", dest="target_class", type=int, help="--explain: the class to explain (default: top-1)")
+    p.add_argument("--out", default=".", help="--timeline: output folder (default: the current folder)")
     args = p.parse_intermixed_args(argv)  # videos and overrides may come before or after the options
     overrides = [v for v in args.videos if is_override(v)]
     videos = [v for v in args.videos if not is_override(v)]
@@ -164,12 +173,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                          views=views, source=args.checkpoint)
     except tev.user_errors(loading=True) as exc:
         return usage_error(exc)
+    if args.timeline or args.explain:
+        failed += _long_video_modes(rec, present, args, emit)
+        return 1 if failed else 0
     try:
         results = predict(rec, cfg, present, views=views, top=args.top, on_result=emit)
     except tev.user_errors() as exc:
         return usage_error(exc)
     failed += sum("error" in r for r in results)
     return 1 if failed else 0
+
+
+def _long_video_modes(rec, paths, args, emit) -> int:
+    """``--timeline`` / ``--explain`` for each video; returns the number of videos that failed."""
+    import json
+
+    from tdsk import evaluate as tev
+
+    failed = 0
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+        try:
+            if args.timeline:
+                res = rec.timeline(path, stride=args.stride, out_dir=args.out, top_k=args.top,
+                                   clip_seconds=args.clip_seconds, stem=f"{stem}_timeline")
+                if args.json:
+                    print(json.dumps({"path": path, **tev.json_safe(res.to_dict()), "files": res.paths}))
+                else:
+                    print(f"{path}: {len(res.rows)} windows")
+                    for seg in res.segments:
+                        print(f"  {seg['start']:7.1f} - {seg['end']:7.1f} s  {seg['label']}  ({seg['mean_prob']:.2f})")
+                    for kind, file in res.paths.items():
+                        print(f"  {kind:5s} {file}")
+            if args.explain:
+                ex = rec.explain(path, args.explain, args.target_class, stem=stem)
+                msg = {"path": path, "explained": ex.label, "prob": ex.prob, "grid": ex.grid_path, "gif": ex.gif_path}
+                print(json.dumps(msg) if args.json else f"{path}: explained {ex.label} ({100 * ex.prob:.1f}%): "
+                                                        f"{ex.grid_path}, {ex.gif_path}")
+        except tev.user_errors(loading=True) as exc:
+            emit({"path": path, "error": str(exc)})
+            failed += 1
+    return failed
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -257,3 +257,19 @@ def test_user_errors_reach_the_terminal_without_traceback(tiny, tmp_path):
     proc = _run("tdsk.predict", tiny["video"], "--checkpoint", tiny["ckpt"], "data.test_crops=2")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert any(x.startswith("error: ") for x in proc.stderr.splitlines()), proc.stderr
+
+
+def test_predict_timeline_and_explain_from_the_cli(tiny, tmp_path, capsys):
+    """`python -m tdsk.predict VIDEO --timeline --out DIR --explain DIR`: files written, segments printed."""
+    from tdsk.predict import main
+
+    out = tmp_path / "tl"
+    rc = main([tiny["video"], "--checkpoint", tiny["ckpt"], "--timeline", "--out", str(out), "--explain",
+               str(tmp_path / "ex"), "--device", "cpu", "--precision", "fp32", "--clip-seconds", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert " windows" in text and " s  " in text
+    stem = "left_0000_timeline"
+    for ext in ("json", "csv", "png"):
+        assert (out / f"{stem}.{ext}").stat().st_size > 0
+    assert "explained" in text and list((tmp_path / "ex").glob("*.png")) and list((tmp_path / "ex").glob("*.gif"))

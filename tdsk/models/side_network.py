@@ -124,6 +124,41 @@ class SideNetwork(nn.Module):
             x = self._layer(k, x, z, recompute_cheap=self.recompute_cheap)
         return self.pool(x)
 
+    # -- precomputed per-frame taps (tdsk.timeline): LN + Linear of a tap act on each frame's tokens
+    # alone, so u_k = taps[k](z_k) can be computed once per frame, like z_k itself.
+
+    def project_taps(self, taps: List[torch.Tensor]) -> List[torch.Tensor]:
+        """``u_k = Linear_k(LN_k(z_k))`` for every layer: ``L x [F, N+1, C] -> L x [F, N+1, D]``
+        (per frame; docs/model.md §5 step 1)."""
+        if len(taps) != len(self.blocks):
+            raise ValueError(f"side network has {len(self.blocks)} layers but got {len(taps)} frozen taps")
+        return [self.taps[k](z) for k, z in enumerate(taps)]
+
+    def forward_projected(self, video: torch.Tensor, projected: List[torch.Tensor]) -> torch.Tensor:
+        """``forward`` with the taps already projected (:meth:`project_taps`): ``[B, D]``.
+        Same ops as ``forward`` without recompute segments (inference)."""
+        if len(projected) != len(self.blocks):
+            raise ValueError(f"side network has {len(self.blocks)} layers but got {len(projected)} projected taps")
+        x = self.stem(video)
+        for k, u in enumerate(projected):
+            b, t, n, d = x.shape
+            block = self.blocks[k]
+            x = block.temporal_branch(0.5 * x + 0.5 * u[:, 1:].reshape(b, t, n, d))
+            x = block.attention_branch(x, u[:, 0], self.pos_embed)
+            x = block.mlp_branch(x)
+        return self.pool(x)
+
+    def tokens(self, video: torch.Tensor, taps: List[torch.Tensor]) -> torch.Tensor:
+        """The side stream after the last TDS block, ``[B, T, N, D]`` (before ``BN_post`` and the
+        pooling; ``forward == pool(tokens)``). No recompute segments: for inspection (Grad-CAM
+        in :mod:`tdsk.explain`), not for memory-lean training."""
+        if len(taps) != len(self.blocks):
+            raise ValueError(f"side network has {len(self.blocks)} layers but got {len(taps)} frozen taps")
+        x = self.stem(video)
+        for k, z in enumerate(taps):
+            x = self._layer(k, x, z, recompute_cheap=False)
+        return x
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """``BN_post`` then the global average over ``T * g * g`` (docs/model.md §7): ``[B, D]``."""
         return batch_norm_channels_last(self.post_bn, x).mean(dim=(1, 2))

@@ -1,0 +1,202 @@
+"""Pictures of what the model saw: centre frames, SME motion energy and a class-activation map
+per segment (docs/timeline.md §4).
+
+::
+
+    from tdsk.explain import explain
+
+    ex = explain(rec, "clip.mp4", "out/")            # rec: tdsk.Recognizer or a TDS-CLIP model
+    ex.label, ex.prob, ex.grid_path, ex.gif_path
+    ex.motion[t], ex.cam[t]                           # float32 [S, S] in [0, 1], the crop's size
+
+For one view of the clip (the centre crop, the recipe's test sampling of clip 0; the
+frames the model is fed):
+
+* **centre frame** of each segment (the frozen CLIP's input), un-normalised;
+* **motion energy**: ``sqrt(sum_j,c Delta_j,c^2)`` per pixel, the magnitude of the ``M - 1``
+  frame differences the SME-Adapter's difference stem sees (docs/model.md §4: on the
+  CLIP-normalised local frames), divided by its per-segment maximum;
+* **class activation** (Grad-CAM, Selvaraju et al. 2017) for the predicted class, or
+  ``target_class``: on the side stream after the last TDS block ``A[t, n, d]`` (before
+  ``BN_post`` and the pooling), weights ``w[t, d]`` = the mean over the patches of
+  ``d logit / d A``, map ``ReLU(sum_d w[t, d] A[t, n, d])`` on the ``g x g`` patch grid,
+  upsampled bilinearly to the frame and divided by its per-segment maximum. (The head is
+  BN + average + linear, so the weights are the same for every segment: this is CAM.)
+  The SME stem's one-pixel grid shift (docs/model.md §4) is ignored: <= 1 input pixel.
+
+Files: ``<stem>_explain.png`` (rows: frame, motion energy overlay, class activation overlay;
+one column per segment), ``<stem>_explain.gif`` (one frame per segment: the three panels
+side by side) and ``<stem>_explain.npz`` (``frames``, ``motion``, ``cam``, ``logits``).
+Runs in fp32 whatever the recognizer's precision (the gradient needs it).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["explain", "Explanation", "motion_energy", "grad_cam"]
+
+
+@dataclass
+class Explanation:
+    """``frames uint8 [T, S, S, 3]`` (centre frames), ``motion`` and ``cam`` ``float32 [T, S, S]`` in
+    [0, 1], the explained class (``index``, ``label``, ``prob``), ``predicted`` (top-1 index) and
+    the paths written."""
+
+    frames: np.ndarray
+    motion: np.ndarray
+    cam: np.ndarray
+    index: int
+    label: str
+    prob: float
+    predicted: int
+    logits: np.ndarray = field(repr=False)
+    grid_path: Optional[str] = None
+    gif_path: Optional[str] = None
+    npz_path: Optional[str] = None
+
+
+def _unit(maps: torch.Tensor) -> torch.Tensor:
+    """Each ``[..., H, W]`` map divided by its maximum (all-zero maps stay zero); clamped to [0, 1]."""
+    peak = maps.flatten(-2).amax(-1)[..., None, None]
+    return torch.where(peak > 0, maps / peak.clamp_min(1e-30), torch.zeros_like(maps)).clamp_(0.0, 1.0)
+
+
+def motion_energy(video: torch.Tensor) -> torch.Tensor:
+    """``video[T, M, 3, H, W]`` (normalised local frames) -> ``[T, H, W]`` in [0, 1]: the per-pixel
+    magnitude of the ``M - 1`` consecutive differences (the SME-Adapter's Delta), per-segment max = 1."""
+    if video.shape[1] < 2:
+        return torch.zeros(video.shape[0], *video.shape[-2:])
+    d = (video[:, 1:] - video[:, :-1]).float()
+    return _unit(d.pow(2).sum(dim=(1, 2)).sqrt())
+
+
+def grad_cam(model: nn.Module, video: torch.Tensor, target_class: Optional[int] = None):
+    """``(cam [T, S, S] in [0, 1], logits [K], target)`` for ``video[1, T, M, 3, S, S]`` on a TDS-CLIP
+    model (eval mode, fp32); Grad-CAM on the side stream after the last TDS block."""
+    if not hasattr(model, "side") or not hasattr(model.side, "tokens"):
+        raise TypeError(f"explain needs a TDS-CLIP model (with a side network), got {type(model).__name__}")
+    t, m = video.shape[1], video.shape[2]
+    s = video.shape[-1]
+    with torch.no_grad():
+        taps = model.frame_taps(video[:, :, m // 2].reshape(t, *video.shape[3:]))
+    with torch.enable_grad():
+        x = model.side.tokens(video, taps)                      # [1, T, N, D]
+        logits = model.head(model.side.pool(x))[0]
+        target = int(logits.argmax()) if target_class is None else int(target_class)
+        if not 0 <= target < logits.shape[-1]:
+            raise ValueError(f"target_class {target_class} outside 0..{logits.shape[-1] - 1}")
+        (grad,) = torch.autograd.grad(logits[target], x)
+    weights = grad.mean(dim=2, keepdim=True)                    # [1, T, 1, D]
+    cam = F.relu((weights * x.detach()).sum(-1))[0]             # [T, N]
+    g = int(round(cam.shape[-1] ** 0.5))
+    cam = F.interpolate(cam.reshape(t, 1, g, g), size=(s, s), mode="bilinear", align_corners=False)[:, 0]
+    return _unit(cam), logits.detach(), target
+
+
+def _colour(maps: np.ndarray, name: str) -> np.ndarray:
+    """``[..., H, W]`` in [0, 1] -> uint8 RGB with a matplotlib colormap."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name]
+    return (cmap(np.clip(maps, 0.0, 1.0))[..., :3] * 255).round().astype(np.uint8)
+
+
+def _overlay(frame: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    return (frame.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).round().astype(np.uint8)
+
+
+def _load(r: dict, clip: Any) -> torch.Tensor:
+    if isinstance(clip, torch.Tensor) and clip.is_floating_point():
+        video = clip if clip.dim() == 6 else clip.unsqueeze(0)
+        return video[:1].float()
+    rec = r.get("recognizer")
+    if rec is not None:
+        return rec.prepare(clip, views=(1, 1))[:1].float()
+    from tdsk.data import load_video_clip
+
+    model = r["model"]
+    data = {"num_segments": int(model.num_segments), "num_local": int(model.num_local),
+            "input_size": r["size"], "resize": r["size"], "test_crops": 1, "test_clips": 1}
+    return load_video_clip(os.fspath(clip), data, views=(1, 1), device=r["device"])[:1].float()
+
+
+def explain(model_or_recognizer, clip_path, out_dir: Optional[str], target_class: Optional[int] = None, *,
+            classes: Optional[Sequence[str]] = None, scale: Optional[int] = None, stem: Optional[str] = None,
+            gif_ms: int = 500) -> Explanation:
+    """Write the per-segment centre frame, SME motion-energy map and class-activation map of
+    ``clip_path`` (a video file, a frame folder, uint8 frames with a Recognizer, or a prepared
+    float view ``[1, T, M, 3, S, S]``) as one grid PNG and an animated GIF under ``out_dir``
+    (nothing is written when it is None). ``target_class``: the class to explain (default the
+    predicted one). ``scale``: display magnification (default: panels at least 128 px).
+    """
+    from tdsk.timeline import _eval_mode, _resolve
+
+    r = _resolve(model_or_recognizer)
+    if hasattr(model_or_recognizer, "data_cfg"):
+        r["recognizer"] = model_or_recognizer
+    model = r["model"]
+    names = list(classes) if classes is not None else (list(r["classes"]) if r["classes"] else None)
+    video = _load(r, clip_path).to(r["device"])
+    with _eval_mode(model):
+        cam, logits, target = grad_cam(model, video, target_class)
+    local = video[0]                                            # [T, M, 3, S, S]
+    motion = motion_energy(local)
+    mean = torch.tensor(r["mean"], device=local.device).view(3, 1, 1)
+    std = torch.tensor(r["std"], device=local.device).view(3, 1, 1)
+    centre = local[:, local.shape[1] // 2] * std + mean
+    frames = (centre.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    probs = logits.float().softmax(-1).cpu()
+    label = names[target] if names and target < len(names) else str(target)
+    ex = Explanation(frames=frames, motion=motion.cpu().numpy().astype(np.float32),
+                     cam=cam.cpu().numpy().astype(np.float32), index=target, label=label,
+                     prob=float(probs[target]), predicted=int(probs.argmax()), logits=logits.float().cpu().numpy())
+    if out_dir is not None:
+        if stem is None:
+            stem = (os.path.splitext(os.path.basename(os.fspath(clip_path)))[0]
+                    if isinstance(clip_path, (str, os.PathLike)) else "clip")
+        _write(ex, out_dir, stem, scale, gif_ms)
+    return ex
+
+
+def _write(ex: Explanation, out_dir: str, stem: str, scale: Optional[int], gif_ms: int) -> None:
+    from PIL import Image, ImageDraw
+
+    os.makedirs(out_dir, exist_ok=True)
+    t, s = ex.frames.shape[0], ex.frames.shape[1]
+    k = int(scale) if scale else max(1, -(-128 // s))
+    size = s * k
+    heat_m, heat_c = _colour(ex.motion, "inferno"), _colour(ex.cam, "jet")
+    panels: List[List[Image.Image]] = []
+    for i in range(t):
+        row = [ex.frames[i], _overlay(ex.frames[i], heat_m[i]), _overlay(ex.frames[i], heat_c[i])]
+        panels.append([Image.fromarray(p).resize((size, size), Image.BICUBIC if k > 1 else Image.NEAREST)
+                       for p in row])
+    pad, head, left = 4, 18, 110
+    grid = Image.new("RGB", (left + t * (size + pad), head + 3 * (size + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for j, name in enumerate(("centre frame", "motion energy", f"CAM: {ex.label}"[:18])):
+        draw.text((4, head + j * (size + pad) + size // 2 - 6), name, fill=(0, 0, 0))
+    for i in range(t):
+        draw.text((left + i * (size + pad) + 2, 3), f"segment {i}", fill=(0, 0, 0))
+        for j in range(3):
+            grid.paste(panels[i][j], (left + i * (size + pad), head + j * (size + pad)))
+    ex.grid_path = os.path.join(out_dir, f"{stem}_explain.png")
+    grid.save(ex.grid_path)
+    gif = []
+    for i in range(t):
+        fr = Image.new("RGB", (3 * size + 2 * pad, size + head), (255, 255, 255))
+        ImageDraw.Draw(fr).text((2, 3), f"segment {i}/{t}  {ex.label} {ex.prob:.2f}", fill=(0, 0, 0))
+        for j in range(3):
+            fr.paste(panels[i][j], (j * (size + pad), head))
+        gif.append(fr)
+    ex.gif_path = os.path.join(out_dir, f"{stem}_explain.gif")
+    gif[0].save(ex.gif_path, save_all=True, append_images=gif[1:], duration=int(gif_ms), loop=0)
+    ex.npz_path = os.path.join(out_dir, f"{stem}_explain.npz")
+    np.savez_compressed(ex.npz_path, frames=ex.frames, motion=ex.motion, cam=ex.cam, logits=ex.logits)

@@ -1,0 +1,589 @@
+"""Timeline inference over a whole video, and over a live stream (docs/timeline.md).
+
+::
+
+    from tdsk.timeline import timeline, stream
+
+    res = timeline(rec, "long.mp4", out_dir="out/")   # rec: tdsk.Recognizer or a TDS-CLIP model
+    res.rows        # one dict per window: start/end (s), top-k labels and probabilities
+    res.segments    # consecutive windows with the same top-1 merged: "label from t0 to t1"
+    res.paths       # {'json', 'csv', 'png'} written under out_dir
+
+    for row in stream(rec, frames, fps=30):           # any iterator of uint8 [H, W, 3] RGB frames
+        print(row["start"], row["top"][0]["label"])
+
+Sampling (docs/timeline.md §1). The model's window is ``T`` segments of ``M`` local frames
+around a centre. Centres sit on a fixed grid: segment ``j`` spans frames
+``[j*s, (j+1)*s)`` and its centre is ``c_j = j*s + s//2``; its local frames are
+``c_j - M//2 .. c_j + M//2``, clamped to the video (docs/sampling.md §2). The spacing
+``s = max(1, round(clip_seconds * fps / T))`` (``clip_seconds = 4``) is the recipe's
+average training segment length (TSN: ``n / T``) for a clip of ``clip_seconds`` at the
+video's frame rate, so one window covers what a training clip covers. Window ``w`` is
+segments ``w*stride .. w*stride + T - 1`` (``stride`` in segments, default 1). When the
+windows of the grid do not reach the end of the video, one last window ends at the last
+segment (a video shorter than a window gives one window whose missing segments repeat
+the last frame).
+
+Reuse (docs/timeline.md §2). The frozen CLIP sees each centre frame on its own, so each
+segment's taps (:meth:`tdsk.models.tds_clip.TDSCLIP.frame_taps`) are computed once and kept
+in a ring buffer of the last ``T`` segments; per window only the side network runs
+(:meth:`~tdsk.models.tds_clip.TDSCLIP.forward_from_taps`). The logits equal independent
+per-window inference (``reuse=False``) up to float rounding (<= 1e-5 in fp32, tested).
+
+Memory: frames are decoded as a stream (PyAV, sequential); the engine holds the last
+``M`` preprocessed frames, the last ``T`` segments (local frames + taps) and a few
+thumbnails, whatever the video's length.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["timeline", "stream", "TimelineEngine", "NonFiniteWindowError", "TimelineResult", "VideoFrames", "segment_spacing",
+           "segment_frame_indices", "window_frame_indices", "smooth_segments", "write_rows_csv",
+           "plot_timeline", "DEFAULT_CLIP_SECONDS"]
+
+class NonFiniteWindowError(RuntimeError):
+    """The model produced NaN/inf for a window: there is no prediction for it. (Not
+    :class:`tdsk.inference.NonFiniteOutputError`, so that tdsk.inference can import this module
+    without an import cycle.)"""
+
+
+#: the length of a "typical training clip" one window should cover (docs/timeline.md §1)
+DEFAULT_CLIP_SECONDS = 4.0
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def segment_spacing(fps: float, num_segments: int = 8, clip_seconds: float = DEFAULT_CLIP_SECONDS) -> int:
+    """Frames between consecutive segment centres: ``max(1, round(clip_seconds * fps / T))``.
+
+    The recipe's average training segment length for a ``clip_seconds`` clip (TSN segments of
+    ``n / T`` frames, ``n = clip_seconds * fps``), e.g. 6 frames (0.5 s) at 12 fps, 15 at 30 fps.
+    """
+    if not fps or fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return max(1, int(round(float(clip_seconds) * float(fps) / int(num_segments))))
+
+
+def segment_frame_indices(j: int, spacing: int, num_local: int, num_frames: Optional[int] = None) -> np.ndarray:
+    """Local frame indices ``int64[M]`` of segment ``j`` (centre ``j*s + s//2``), clamped to
+    ``[0, num_frames - 1]`` (docs/sampling.md §2; no upper clamp when ``num_frames`` is None)."""
+    c = int(j) * int(spacing) + int(spacing) // 2
+    idx = c - num_local // 2 + np.arange(num_local, dtype=np.int64)
+    if num_frames is not None:
+        idx = np.minimum(idx, int(num_frames) - 1)
+    return np.maximum(idx, 0)
+
+
+def window_frame_indices(first_segment: int, num_segments: int, spacing: int, num_local: int,
+                         num_frames: Optional[int] = None) -> np.ndarray:
+    """``int64[T, M]`` frame indices of the window starting at ``first_segment`` (what
+    independent inference of that window samples)."""
+    return np.stack([segment_frame_indices(first_segment + t, spacing, num_local, num_frames)
+                     for t in range(num_segments)])
+
+
+# ----------------------------------------------------------------------------- frames of a file
+
+class VideoFrames:
+    """A video file's frames as a stream: ``uint8 [H, W, 3]`` RGB, presentation order, one at a
+    time (PyAV sequential decode; display rotation applied like :class:`tdsk.data.PyAVVideo`).
+
+    ``fps`` (average frame rate), ``num_frames_hint`` (the container's count or
+    duration x fps; 0 when unknown) are known before iterating.
+    """
+
+    def __init__(self, path: str, threads: int = 0, autorotate: bool = True):
+        import av
+
+        from tdsk.data.decoders import DecodeError
+
+        self.path = os.fspath(path)
+        self.autorotate = autorotate
+        if not os.path.isfile(self.path):
+            raise DecodeError(self.path, "file not found")
+        try:
+            self._container = av.open(self.path)
+        except Exception as exc:
+            raise DecodeError(self.path, f"cannot open as a video ({type(exc).__name__}: {exc})") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise DecodeError(self.path, "no video stream")
+        st = self._container.streams.video[0]
+        if threads != 1:
+            st.thread_type = "AUTO"
+            st.codec_context.thread_count = int(threads)
+        self._stream = st
+        rate = st.average_rate or st.guessed_rate or st.base_rate
+        if not rate:
+            self._container.close()
+            raise DecodeError(self.path, "no frame rate in the stream; use tdsk.timeline.stream(frames, fps=...)")
+        self.fps = float(rate)
+        hint = int(st.frames or 0)
+        if not hint and self._container.duration:
+            hint = int(round(self._container.duration / 1e6 * self.fps))
+        self.num_frames_hint = hint
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        from tdsk.data.decoders import _frame_orientation, _orient, _to_rgb
+
+        orientation, known = None, not self.autorotate
+        try:
+            for frame in self._container.decode(self._stream):
+                if not known:
+                    orientation, known = _frame_orientation(frame, self.path), True
+                yield _orient(_to_rgb(frame), orientation)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+# ----------------------------------------------------------------------------- the engine
+
+@dataclass
+class _Segment:
+    index: int
+    frames: torch.Tensor                         # [M, 3, S, S] normalised local frames
+    taps: Optional[List[torch.Tensor]] = None    # L x [N+1, C], computed when a window needs them
+
+
+def _resolve(model_or_recognizer) -> Dict[str, Any]:
+    """model, classes, transform sizes, normalisation, device and autocast of a Recognizer or model."""
+    from tdsk.schema import CLIP_MEAN, CLIP_STD
+
+    if hasattr(model_or_recognizer, "data_cfg") and hasattr(model_or_recognizer, "model"):
+        rec = model_or_recognizer
+        d = rec.data_cfg
+        return dict(model=rec.model, classes=rec.classes, size=int(d.input_size), resize=d.resize_size,
+                    mean=list(d.mean), std=list(d.std), device=rec.device, autocast=rec.autocast)
+    model = model_or_recognizer
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a tdsk.Recognizer or a TDS-CLIP model, got {type(model).__name__}")
+    cfg = getattr(model, "config", {}) or {}
+    size = int(cfg.get("input_size", 224))
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    return dict(model=model, classes=None, size=size, resize=size, mean=list(CLIP_MEAN), std=list(CLIP_STD),
+                device=device, autocast=contextlib.nullcontext)
+
+
+class TimelineEngine:
+    """Frames in (``push``), per-window predictions out, with frozen-tap reuse.
+
+    ``push(frame)`` takes one ``uint8 [H, W, 3]`` RGB frame and returns the rows of the
+    windows that frame completed (usually zero or one); ``finish()`` flushes the end of the
+    video (segments whose local frames run past the end are clamped to the last frame, and
+    a last window is added when the stride grid stops short of the end). A row is::
+
+        {"window": w, "first_segment": j0, "start": s0, "end": s1, "time": centre,
+         "top": [{"index", "label", "prob"}, ...]}   (+ "logits": Tensor[K] with keep_logits)
+
+    ``reuse=False`` runs the full model on every window instead (the reference the reuse is
+    tested against; also what the benchmark compares with).
+    """
+
+    def __init__(self, model_or_recognizer, fps: float, *, stride: Optional[int] = None,
+                 spacing: Optional[int] = None, clip_seconds: float = DEFAULT_CLIP_SECONDS, top_k: int = 5,
+                 classes: Optional[Sequence[str]] = None, reuse: bool = True, keep_logits: bool = False,
+                 max_thumbs: int = 0, thumb_height: int = 48, thumb_every: int = 1):
+        r = _resolve(model_or_recognizer)
+        self.model: nn.Module = r["model"]
+        self.classes = list(classes) if classes is not None else (list(r["classes"]) if r["classes"] else None)
+        self.device = torch.device(r["device"])
+        self._autocast = r["autocast"]
+        self.T = int(getattr(self.model, "num_segments", 8))
+        self.M = int(getattr(self.model, "num_local", 5))
+        self.fps = float(fps)
+        if not self.fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.spacing = int(spacing) if spacing else segment_spacing(self.fps, self.T, clip_seconds)
+        if self.spacing < 1:
+            raise ValueError(f"spacing must be >= 1 frame, got {spacing}")
+        self.stride = int(stride) if stride else 1
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1 segment, got {stride}")
+        self.top_k = int(top_k)
+        self.keep_logits = bool(keep_logits)
+        self.reuse = bool(reuse) and hasattr(self.model, "frame_taps") and hasattr(self.model, "forward_from_taps")
+        # cache the side network's per-frame tap projections (D wide) rather than the raw taps (C wide)
+        self._project = self.reuse and hasattr(self.model, "project_taps")
+        from tdsk.data.transforms import EvalTransform
+
+        self._transform = EvalTransform(r["size"], r["resize"], crops=1)
+        self._mean = torch.tensor(r["mean"], dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(r["std"], dtype=torch.float32).view(3, 1, 1)
+        self._recent: "collections.deque[Tuple[int, torch.Tensor]]" = collections.deque(maxlen=self.M)
+        self._segments: "collections.deque[_Segment]" = collections.deque(maxlen=self.T)
+        self.frames_seen = 0
+        self._next_segment = 0      # the next segment to assemble
+        self._next_window = 0       # the next window of the stride grid
+        self._last_end = 0          # first segment after the last emitted window
+        self._windows = 0
+        self.finished = False
+        self.taps_computed = 0      # frozen-CLIP frames run (the reuse: one per segment used)
+        self.max_buffered_frames = 0
+        # thumbnails: one every `thumb_every` frames, decimated to stay under 2 * max_thumbs
+        self.max_thumbs, self.thumb_height, self._thumb_every = int(max_thumbs), int(thumb_height), max(1, thumb_every)
+        self.thumbs: List[Tuple[float, np.ndarray]] = []
+
+    # -- geometry ------------------------------------------------------------------------------
+    @property
+    def segment_seconds(self) -> float:
+        return self.spacing / self.fps
+
+    @property
+    def window_seconds(self) -> float:
+        return self.T * self.spacing / self.fps
+
+    def meta(self) -> Dict[str, Any]:
+        return {"fps": self.fps, "frames": self.frames_seen, "duration": self.frames_seen / self.fps,
+                "num_segments": self.T, "num_local": self.M, "spacing_frames": self.spacing,
+                "segment_seconds": self.segment_seconds, "window_seconds": self.window_seconds,
+                "stride_segments": self.stride, "stride_seconds": self.stride * self.segment_seconds,
+                "reuse": self.reuse, "windows": self._windows, "clip_frames_run": self.taps_computed}
+
+    # -- input ---------------------------------------------------------------------------------
+    def _prepare(self, frame) -> torch.Tensor:
+        arr = np.asarray(frame)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 RGB [H, W, 3], got {arr.dtype} {tuple(arr.shape)}")
+        clip = self._transform(arr[None])[0, 0]            # uint8 [3, S, S], the test transform of one frame
+        x = clip.to(torch.float32).mul_(1.0 / 255.0).sub_(self._mean).div_(self._std)
+        return x.to(self.device)
+
+    def _keep_thumb(self, i: int, frame) -> None:
+        if not self.max_thumbs or i % self._thumb_every:
+            return
+        from PIL import Image
+
+        img = Image.fromarray(np.asarray(frame))
+        w = max(1, int(round(img.width * self.thumb_height / max(1, img.height))))
+        self.thumbs.append((i / self.fps, np.asarray(img.resize((w, self.thumb_height), Image.BILINEAR))))
+        if len(self.thumbs) > 2 * self.max_thumbs:
+            self.thumbs = self.thumbs[::2]
+            self._thumb_every *= 2
+
+    def push(self, frame) -> List[dict]:
+        """Add the next frame; returns the rows of the windows it completed."""
+        if self.finished:
+            raise RuntimeError("push() after finish()")
+        i = self.frames_seen
+        self._keep_thumb(i, frame)
+        self._recent.append((i, self._prepare(frame)))
+        self.frames_seen += 1
+        rows = []
+        # segment j is complete once its last local frame c_j + M//2 has arrived
+        while self._segment_last_frame(self._next_segment) <= i:
+            rows.extend(self._add_segment(self._next_segment, num_frames=None))
+        return rows
+
+    def _segment_last_frame(self, j: int) -> int:
+        return j * self.spacing + self.spacing // 2 + self.M // 2
+
+    def _add_segment(self, j: int, num_frames: Optional[int]) -> List[dict]:
+        idx = segment_frame_indices(j, self.spacing, self.M, num_frames)
+        have = dict(self._recent)
+        frames = torch.stack([have[int(k)] for k in idx])
+        self._segments.append(_Segment(j, frames))
+        self._next_segment = j + 1
+        self.max_buffered_frames = max(self.max_buffered_frames, len(self._recent) + self.M * len(self._segments))
+        rows = []
+        start = self._next_window * self.stride
+        if j == start + self.T - 1:
+            rows.append(self._run_window(start))
+            self._next_window += 1
+        return rows
+
+    def finish(self) -> List[dict]:
+        """End of the video: clamp the pending segments, add the last window if needed."""
+        if self.finished:
+            return []
+        self.finished = True
+        n = self.frames_seen
+        rows: List[dict] = []
+        if n == 0:
+            return rows
+        num_segments = -(-n // self.spacing)          # segments that start inside the video
+        while self._next_segment < num_segments:
+            rows.extend(self._add_segment(self._next_segment, num_frames=n))
+        if self._last_end < num_segments or self._windows == 0:
+            while self._next_segment < self.T:         # a video shorter than one window
+                self._add_segment_clamped(self._next_segment, n)
+            rows.append(self._run_window(max(0, num_segments - self.T) if num_segments >= self.T else 0,
+                                         last=True))
+        if rows:
+            rows[-1]["end"] = min(rows[-1]["end"], n / self.fps)
+        return rows
+
+    def _add_segment_clamped(self, j: int, n: int) -> None:
+        idx = segment_frame_indices(j, self.spacing, self.M, n)
+        have = dict(self._recent)
+        self._segments.append(_Segment(j, torch.stack([have[int(k)] for k in idx])))
+        self._next_segment = j + 1
+
+    # -- the model -----------------------------------------------------------------------------
+    def _window_segments(self, first: int) -> List[_Segment]:
+        segs = [s for s in self._segments if first <= s.index < first + self.T]
+        if len(segs) != self.T:  # never: the ring buffer holds the last T segments
+            raise RuntimeError(f"window at segment {first}: {len(segs)} of {self.T} segments buffered")
+        return segs
+
+    def _run_window(self, first: int, last: bool = False) -> dict:
+        segs = self._window_segments(first)
+        video = torch.stack([s.frames for s in segs]).unsqueeze(0)    # [1, T, M, 3, S, S]
+        with torch.no_grad(), self._autocast():
+            if self.reuse:
+                todo = [s for s in segs if s.taps is None]
+                if todo:
+                    centres = torch.stack([s.frames[self.M // 2] for s in todo])
+                    taps = self.model.frame_taps(centres)              # L x [len(todo), N+1, C]
+                    if self._project:
+                        taps = self.model.project_taps(taps)           # L x [len(todo), N+1, D]
+                    for k, s in enumerate(todo):
+                        s.taps = [z[k] for z in taps]
+                    self.taps_computed += len(todo)
+                layers = len(segs[0].taps)
+                taps = [torch.stack([s.taps[l] for s in segs]) for l in range(layers)]
+                logits = (self.model.forward_from_taps(video, taps, projected=True) if self._project
+                          else self.model.forward_from_taps(video, taps))
+            else:
+                logits = self.model(video)
+                self.taps_computed += self.T
+        logits = logits.float()[0].cpu()
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteWindowError(f"non-finite logits in the window at segment {first} "
+                                       f"({first * self.spacing / self.fps:.2f} s)")
+        probs = logits.softmax(-1)
+        values, indices = probs.topk(min(self.top_k, probs.shape[-1]))
+        start = first * self.spacing / self.fps
+        end = (first + self.T) * self.spacing / self.fps
+        row = {"window": self._windows, "first_segment": first, "start": start, "end": end,
+               "time": 0.5 * (start + end),
+               "top": [{"index": int(i), "label": self._label(int(i)), "prob": float(p)}
+                       for p, i in zip(values, indices)]}
+        if self.keep_logits:
+            row["logits"] = logits
+        self._windows += 1
+        self._last_end = first + self.T
+        return row
+
+    def _label(self, i: int) -> str:
+        return self.classes[i] if self.classes and 0 <= i < len(self.classes) else str(i)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def stream(model_or_recognizer, frames: Iterable, fps: float, stride: Optional[int] = None, *,
+           spacing: Optional[int] = None, clip_seconds: float = DEFAULT_CLIP_SECONDS, top_k: int = 5,
+           classes: Optional[Sequence[str]] = None, reuse: bool = True, keep_logits: bool = False,
+           engine: Optional[TimelineEngine] = None) -> Iterator[dict]:
+    """Predictions over a live stream: consume ``frames`` (any iterator of ``uint8 [H, W, 3]``
+    RGB arrays, e.g. a webcam or RTSP source opened with PyAV) one at a time, and yield a row
+    (see :class:`TimelineEngine`) every ``stride`` segments as soon as its window is complete,
+    with the same frozen-tap reuse as :func:`timeline`. When the iterator ends, the tail is
+    flushed as :func:`timeline` does for a file (same rows for the same frames).
+
+    ``fps``: the source's frame rate (it sets the segment spacing and the times).
+    """
+    eng = engine or TimelineEngine(model_or_recognizer, fps, stride=stride, spacing=spacing,
+                                   clip_seconds=clip_seconds, top_k=top_k, classes=classes, reuse=reuse,
+                                   keep_logits=keep_logits)
+    with _eval_mode(eng.model):
+        for frame in frames:
+            yield from eng.push(frame)
+        yield from eng.finish()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@dataclass
+class TimelineResult:
+    """What :func:`timeline` returns: ``rows`` (per window), ``segments`` (smoothed),
+    ``meta`` (fps, duration, spacing, ...), ``paths`` (files written; empty without ``out_dir``),
+    ``thumbs`` (``(time, uint8 [h, w, 3])`` frames for the plot)."""
+
+    rows: List[dict]
+    segments: List[dict]
+    meta: Dict[str, Any]
+    paths: Dict[str, str] = field(default_factory=dict)
+    thumbs: List[Tuple[float, np.ndarray]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        rows = [{k: v for k, v in r.items() if k != "logits"} for r in self.rows]
+        return {**self.meta, "windows": rows, "segments": self.segments}
+
+    def save(self, out_dir: str, stem: str = "timeline", plot: bool = True, classes_in_plot: int = 5) -> Dict[str, str]:
+        """Write ``<stem>.json``, ``<stem>.csv`` and (``plot``) ``<stem>.png`` under ``out_dir``."""
+        os.makedirs(out_dir, exist_ok=True)
+        paths = {"json": os.path.join(out_dir, f"{stem}.json"), "csv": os.path.join(out_dir, f"{stem}.csv")}
+        with open(paths["json"], "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        write_rows_csv(self.rows, paths["csv"])
+        if plot:
+            paths["png"] = os.path.join(out_dir, f"{stem}.png")
+            plot_timeline(self, paths["png"], classes_in_plot)
+        self.paths.update(paths)
+        return paths
+
+
+def timeline(recognizer_or_model, video_path: str, stride: Optional[int] = None, *,
+             out_dir: Optional[str] = None, top_k: int = 5, spacing: Optional[int] = None,
+             clip_seconds: float = DEFAULT_CLIP_SECONDS, classes: Optional[Sequence[str]] = None,
+             reuse: bool = True, keep_logits: bool = False, plot: bool = True, max_thumbs: int = 12,
+             threads: int = 0, stem: Optional[str] = None) -> TimelineResult:
+    """Slide the model's window over the whole of ``video_path`` (decoded as a stream).
+
+    ``stride``: windows advance by this many segments (default 1: consecutive windows share
+    ``T - 1`` centre frames, whose frozen taps are reused). ``spacing``: frames between segment
+    centres (default :func:`segment_spacing` of the video's fps and ``clip_seconds``).
+    With ``out_dir``, writes ``<stem>.json`` (meta + windows + segments), ``<stem>.csv`` (one
+    line per window) and ``<stem>.png`` (``plot``: class-probability ribbons under a strip of
+    thumbnails); ``stem`` defaults to the video's file name without extension.
+    """
+    frames = VideoFrames(video_path, threads=threads)
+    eng = TimelineEngine(recognizer_or_model, frames.fps, stride=stride, spacing=spacing,
+                         clip_seconds=clip_seconds, top_k=top_k, classes=classes, reuse=reuse,
+                         keep_logits=keep_logits, max_thumbs=max_thumbs if plot else 0,
+                         thumb_every=max(1, frames.num_frames_hint // max(1, 2 * max_thumbs)))
+    rows = list(stream(None, frames, frames.fps, engine=eng))
+    meta = {"source": os.fspath(video_path), **eng.meta()}
+    res = TimelineResult(rows, smooth_segments(rows, meta["duration"]), meta, thumbs=_pick_thumbs(eng.thumbs, max_thumbs))
+    if out_dir is not None:
+        res.save(out_dir, stem or os.path.splitext(os.path.basename(os.fspath(video_path)))[0] or "timeline", plot)
+    return res
+
+
+def _pick_thumbs(thumbs, k: int):
+    if len(thumbs) <= k or k <= 0:
+        return list(thumbs)
+    pick = np.linspace(0, len(thumbs) - 1, k).round().astype(int)
+    return [thumbs[i] for i in pick]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def smooth_segments(rows: Sequence[dict], duration: Optional[float] = None) -> List[dict]:
+    """Merge consecutive windows with the same top-1 class into ``{"label", "index", "start",
+    "end", "windows", "mean_prob"}``.
+
+    Each window owns the span between the midpoints to its neighbours' centres (the first
+    from 0, the last to ``duration``), so the merged segments tile the video without overlap.
+    """
+    if not rows:
+        return []
+    bounds = _own_bounds(rows, duration)
+    out: List[dict] = []
+    for k, r in enumerate(rows):
+        top = r["top"][0]
+        if out and out[-1]["index"] == top["index"]:
+            seg = out[-1]
+            seg["end"] = bounds[k + 1]
+            seg["windows"] += 1
+            seg["_sum"] += top["prob"]
+        else:
+            out.append({"label": top["label"], "index": top["index"], "start": bounds[k], "end": bounds[k + 1],
+                        "windows": 1, "_sum": top["prob"]})
+    for seg in out:
+        seg["mean_prob"] = seg.pop("_sum") / seg["windows"]
+    return out
+
+
+def _own_bounds(rows: Sequence[dict], duration: Optional[float] = None) -> List[float]:
+    """``len(rows) + 1`` times: window k owns ``[b[k], b[k+1])`` (midpoints between centres)."""
+    centres = [r["time"] for r in rows]
+    end_all = float(duration) if duration is not None else rows[-1]["end"]
+    return [0.0] + [0.5 * (a + b) for a, b in zip(centres, centres[1:])] + [end_all]
+
+
+def write_rows_csv(rows: Sequence[dict], path: str) -> None:
+    """One line per window: ``window,start,end,label_1,prob_1,...,label_k,prob_k``."""
+    k = max((len(r["top"]) for r in rows), default=0)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["window", "start", "end"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"prob_{i}")])
+        for r in rows:
+            w.writerow([r["window"], f"{r['start']:.3f}", f"{r['end']:.3f}"]
+                       + [v for t in r["top"] for v in (t["label"], f"{t['prob']:.6f}")])
+
+
+def plot_timeline(result: TimelineResult, path: str, classes: int = 5) -> str:
+    """PNG: time on x, stacked probability ribbons of the ``classes`` most probable classes
+    (highest peak top-k probability; the rest of the top-k mass as "other"), a strip of frame
+    thumbnails on top, the smoothed segments as a bar under the ribbons."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = result.rows
+    duration = float(result.meta.get("duration") or (rows[-1]["end"] if rows else 1.0)) or 1.0
+    peak: Dict[int, float] = {}
+    names: Dict[int, str] = {}
+    for r in rows:
+        for t in r["top"]:
+            peak[t["index"]] = max(peak.get(t["index"], 0.0), t["prob"])
+            names[t["index"]] = t["label"]
+    chosen = sorted(peak, key=lambda i: -peak[i])[:classes]
+    series = np.array([[next((t["prob"] for t in r["top"] if t["index"] == c), 0.0) for r in rows] for c in chosen])
+    if rows:  # piecewise constant: each window over the span it owns (as in the smoothed segments)
+        b = _own_bounds(rows, duration)
+        times = np.array([v for k in range(len(rows)) for v in (b[k], b[k + 1])], dtype=np.float64)
+        series = np.repeat(series, 2, axis=1).reshape(len(chosen), -1)
+    fig = plt.figure(figsize=(12, 4.8), dpi=100)
+    ax_img = fig.add_axes([0.06, 0.74, 0.74, 0.22])
+    ax = fig.add_axes([0.06, 0.16, 0.74, 0.55], sharex=ax_img)
+    ax_seg = fig.add_axes([0.06, 0.06, 0.74, 0.06], sharex=ax_img)
+    thumbs = result.thumbs
+    if thumbs:
+        slot = duration / len(thumbs)
+        for k, (_, img) in enumerate(thumbs):
+            ax_img.imshow(img, extent=(k * slot, (k + 1) * slot, 0, 1), aspect="auto")
+    ax_img.set_ylim(0, 1)
+    ax_img.set_yticks([])
+    ax_img.tick_params(labelbottom=False)
+    ax_img.set_title(os.path.basename(str(result.meta.get("source", ""))) +
+                     f"  ({result.meta.get('window_seconds', 0):.2f} s windows, stride "
+                     f"{result.meta.get('stride_seconds', 0):.2f} s)", fontsize=9)
+    cmap = plt.get_cmap("tab10")
+    if len(rows):
+        other = np.clip(1.0 - series.sum(0), 0.0, 1.0)
+        ax.stackplot(times, *series, other, labels=[names[c] for c in chosen] + ["other"],
+                     colors=[cmap(k % 10) for k in range(len(chosen))] + [(0.85, 0.85, 0.85)], alpha=0.9)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, duration)
+    ax.set_ylabel("probability")
+    ax.tick_params(labelbottom=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    colour = {c: cmap(k % 10) for k, c in enumerate(chosen)}
+    for seg in result.segments:
+        ax_seg.barh(0, seg["end"] - seg["start"], left=seg["start"], height=1.0,
+                    color=colour.get(seg["index"], (0.6, 0.6, 0.6)), edgecolor="white", linewidth=0.5)
+    ax_seg.set_yticks([])
+    ax_seg.set_xlabel("time (s)")
+    fig.savefig(path)
+    plt.close(fig)
+    return path
