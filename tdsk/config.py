@@ -157,6 +157,8 @@ def _merge(base: dict, child: Mapping) -> dict:
     """``child`` over ``base``: mappings merge key by key, everything else (lists too) replaces."""
     out = copy.deepcopy(base)
     for key, value in child.items():
+        if value is None and isinstance(out.get(key), Mapping):
+            continue  # an empty section in the file (`eval:` with comments only) keeps the base's
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = _merge(dict(out[key]), value)
         else:

@@ -221,8 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     crops, clips = rec.views
     num_views = crops * clips
     dim = int(getattr(rec.model, "head").in_features) if hasattr(rec.model, "head") else None
+    ck = os.stat(args.checkpoint) if os.path.isfile(args.checkpoint) else None
     settings = {"checkpoint": os.path.abspath(args.checkpoint), "cfg": args.cfg, "overrides": list(args.overrides),
                 "views": [crops, clips], "per_view": bool(args.per_view), "root": os.path.abspath(root),
+                # a checkpoint rewritten in place (best.pt after more training) is another model
+                "checkpoint_file": [ck.st_size, int(ck.st_mtime)] if ck else None,
+                "precision": getattr(rec, "precision", None),
                 "feature": "pooled side-network feature (classifier input), float32"}
     meta_path = os.path.join(args.out, "extract.json")
     if os.path.isfile(meta_path) and not args.overwrite:
@@ -231,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 before = json.load(f).get("settings", {})
         except (OSError, ValueError):
             before = {}
-        differ = [k for k in ("checkpoint", "cfg", "overrides", "views", "per_view") if before.get(k) != settings[k]]
+        differ = [k for k in ("checkpoint", "checkpoint_file", "cfg", "overrides", "views", "per_view", "root",
+                              "precision") if before.get(k) != settings[k]]
         if differ:
             return fail(f"--out {args.out} holds features of other settings ("
                         + ", ".join(f"{k}: {before.get(k)!r} then, {settings[k]!r} now" for k in differ)

@@ -204,7 +204,7 @@ class OutputConfig:
             _at_least(prefix, "checkpoint_every", self.checkpoint_every, 1)
         try:
             self.dir.format(name="x")
-        except (IndexError, KeyError, ValueError) as exc:
+        except (IndexError, KeyError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{prefix}.dir={self.dir!r}: only {{name}} may be substituted ({exc})") from None
 
 
@@ -398,6 +398,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # a name or path that YAML read as a number (data.root=2024)
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")

@@ -144,7 +144,7 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     from tdsk.config import ConfigError, DataNotFoundError, check_data_paths, load_config
     from tdsk.data.lists import ListFormatError
     from tdsk.data.loader import BadSampleError
@@ -160,14 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         cfg = load_config(args.cfg, args.overrides)
         check_data_paths(cfg, ("train", "val") if (cfg.get("eval") or {}).get("validate", True) else ("train",))
-        from tdsk.data.custom import resolve_dataset
-        from tdsk.engine.trainer import _format_output_dir
-
-        # class names from data.labels, lists derived from class folders (data.layout=folders)
-        classes = resolve_dataset(cfg, os.path.expanduser(args.output) if args.output else _format_output_dir(cfg))
+        # fit() reads the class names (data.labels) and derives lists from class folders
+        # (data.layout=folders) once it holds the run directory
         result = fit(cfg, resume=args.resume, output_dir=args.output, overwrite=args.overwrite,
-                     resume_force=args.resume_force, variant=args.variant, progress=not args.no_progress,
-                     classes=classes)
+                     resume_force=args.resume_force, variant=args.variant, progress=not args.no_progress)
     except (ConfigError, DataNotFoundError, RunDirError, ListFormatError, BadSampleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -177,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume_cmd = " ".join(["python -m tdsk.train", "--cfg", args.cfg or "<recipe>"]
                               + (["--output", args.output] if args.output else []) + list(args.overrides)
                               + ["--resume", "auto"])
-        print(f"stopped by {signal.Signals(exc.signum).name}: checkpoint {exc.checkpoint}; continue with: "
+        name = signal.Signals(exc.signum).name if exc.signum in set(signal.Signals) else f"signal {exc.signum}"
+        print(f"stopped by {name}: checkpoint {exc.checkpoint}; continue with: "
               f"{resume_cmd}", file=sys.stderr)
         return 128 + int(exc.signum)
     except NonFiniteLossError as exc:

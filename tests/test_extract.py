@@ -105,3 +105,22 @@ def test_extract_bare_path_list_averaged_features_exit_0(trained, tmp_path, caps
         assert arr.shape == (64,) and np.allclose(arr, rec.features(r["path"]).numpy(), atol=1e-6)
     assert tex.main([str(tmp_path / "nope.txt"), "--checkpoint", trained["ckpt"], "--out", str(out)]) == 2
     assert "no such list" in capsys.readouterr().err
+
+
+def test_extract_refuses_to_resume_with_a_rewritten_checkpoint_or_other_root(trained, tmp_path, capsys):
+    """Features of best.pt before more training are not features of best.pt after it."""
+    import shutil
+
+    root = trained["root"]
+    paths = [x.rsplit(None, 1)[0] for x in open(os.path.join(root, "val.txt")).read().split("\n") if x][:2]
+    lst = tmp_path / "paths.txt"
+    lst.write_text("\n".join(paths) + "\n")
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(trained["ckpt"], ckpt)
+    args = [str(lst), "--checkpoint", str(ckpt), "--out", str(tmp_path / "f"), "--root", root, "--no-progress",
+            "--prefetch", "0", "--precision", "fp32"]
+    assert tex.main(args) == 0
+    capsys.readouterr()
+    os.utime(ckpt, (1, 1))  # rewritten (another mtime)
+    assert tex.main(args) == 2 and "checkpoint_file" in capsys.readouterr().err
+    os.utime(ckpt, None)

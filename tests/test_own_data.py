@@ -130,16 +130,29 @@ def test_custom_recipe_on_class_folders_end_to_end(source, tmp_path):
             shutil.copy(os.path.join(source["root"], rel), dst / os.path.basename(rel))
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "tdsk.train", "--cfg", "custom_demo", "--output", str(out),
-                           "--no-progress", f"data.root={root}", "data.layout=folders", "data.train_list=train",
-                           "data.val_list=val", "solver.epochs=1", "train.limit_train_batches=1",
-                           "train.num_workers=0", "data.num_workers=0", "train.tensorboard=false"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, timeout=300)
+    cmd = [sys.executable, "-m", "tdsk.train", "--cfg", "custom_demo", "--output", str(out),
+           "--no-progress", f"data.root={root}", "data.layout=folders", "data.train_list=train",
+           "data.val_list=val", "solver.epochs=1", "train.limit_train_batches=1",
+           "train.num_workers=0", "data.num_workers=0", "train.tensorboard=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = sorted(n.replace("_", " ") for n in names)
-    assert read_labels(str(out / "lists" / "labels.txt")) == want
-    train = open(out / "lists" / "train.txt").read().split("\n")
+    (labels,), (train_list,) = (out / "lists").glob("labels-*.txt"), (out / "lists").glob("train-*.txt")
+    assert read_labels(str(labels)) == want
+    train = open(train_list).read().split("\n")
     assert len([x for x in train if x]) == 2 * len(names)
     ckpt = C.load(str(out / "epoch_0001.pt"))
     assert ckpt["classes"] == want and ckpt["config"]["model"]["num_classes"] == len(names)
-    assert ckpt["config"]["data"]["train_list"] == str(out / "lists" / "train.txt")
+    assert ckpt["config"]["data"]["train_list"] == str(train_list)
+    # resuming with the same folders derives the same lists (same names: nothing replaced)
+    again = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p.name for p in (out / "lists").iterdir()) == sorted(
+        [labels.name, train_list.name] + [p.name for p in (out / "lists").glob("val-*.txt")])
+    # a video added to a class folder changes the list: the resume check reports it
+    first = sorted((root / "train").iterdir())[0]
+    shutil.copy(next(first.iterdir()), first / "added.mp4")
+    changed = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             env=env, timeout=300)
+    assert changed.returncode == 2 and "data.train_list" in changed.stderr, changed.stderr[-2000:]

@@ -425,3 +425,83 @@ def test_train_cli_user_errors_exit_2_without_traceback(root, tmp_path):
                           timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{bad}:1" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+def test_explicit_resume_refuses_later_checkpoints_of_another_timeline(root, tmp_path):
+    args = ("solver.epochs=3", "eval.validate=false", "train.limit_train_batches=1")
+    _fit(root, tmp_path, *args)
+    first = str(tmp_path / "epoch_0001.pt")
+    with pytest.raises(R.RunDirError, match=r"later checkpoints \(epoch_0002.pt, epoch_0003.pt\)"):
+        _fit(root, tmp_path, *args, resume=first)
+    res = _fit(root, tmp_path, *args, resume=first, overwrite=True)  # explicit: the later ones go
+    assert res.last_checkpoint.endswith("epoch_0003.pt") and C.load(res.last_checkpoint)["epoch"] == 3
+
+
+def test_resume_with_another_number_of_processes_is_a_recipe_change(root, tmp_path):
+    _fit(root, tmp_path, "solver.epochs=2", "eval.validate=false", "train.limit_train_batches=1")
+    path = tmp_path / "epoch_0001.pt"
+    ckpt = C.load(str(path))
+    (tmp_path / "epoch_0002.pt").unlink()
+    ckpt["world_size"] = 2
+    C.atomic_save(ckpt, str(path))
+    with pytest.raises(ConfigError, match=r"world size \(processes\): 2 -> 1"):
+        _fit(root, tmp_path, "solver.epochs=2", "eval.validate=false", "train.limit_train_batches=1", resume="auto")
+    ckpt["epoch_progress"] = {"iteration": 1, "sums": [0.0, 0.0, 1.0]}
+    C.atomic_save(ckpt, str(path))
+    with pytest.raises(ConfigError, match="mid-epoch checkpoint of 2 process"):
+        _fit(root, tmp_path, "solver.epochs=2", "eval.validate=false", "train.limit_train_batches=1", resume="auto",
+             resume_force=True)
+
+
+def test_init_from_keeps_the_frozen_tower_of_clip_pretrained(root, tmp_path):
+    """A source holding another CLIP tower must not replace the tower that checkpoints recreate
+    from model.clip_pretrained (the run would be trained on one tower and evaluated on another)."""
+    from tdsk.models import export_official
+
+    cfg = _cfg(root)
+    a, b = build_model(cfg), build_model(cfg)
+    torch.manual_seed(99)
+    b = build_model(cfg)  # another random tower
+    clip_file = tmp_path / "clip_a.pt"
+    torch.save({"visual." + k: v for k, v in a.encoder.state_dict().items()}, clip_file)
+    export_official(b, str(tmp_path / "source_b.pt"))
+    extra = ("solver.epochs=1", "eval.validate=false", "train.limit_train_batches=1",
+             f"model.clip_pretrained={clip_file}", f"train.init_from={tmp_path / 'source_b.pt'}")
+    trained = build_model(_cfg(root, *extra))
+    _fit(root, tmp_path / "run", *extra, model=trained)
+    for k, v in a.encoder.state_dict().items():  # trained on tower A, as checkpoints will recreate it
+        assert torch.equal(trained.encoder.state_dict()[k], v), k
+    side = [k for k in trained.state_dict() if k.startswith("side.sme.rgb_conv")]
+    assert side  # while the side network did come from the source (then trained one step)
+
+
+def test_empty_section_in_a_child_recipe_keeps_the_base(tmp_path):
+    path = tmp_path / "child.yaml"
+    path.write_text("_base_: k400_b16\neval:\n  # nothing changed here yet\n")
+    cfg = load_config(str(path))
+    assert cfg["eval"]["views"] == [3, 4] and cfg["eval"]["skip_epochs"][0] == 1
+
+
+def test_output_dir_placeholder_and_numeric_names():
+    with pytest.raises(ConfigError, match=r"output\.dir"):
+        load_config("demo", ["output.dir=runs/{name.x}"])
+    assert load_config("demo", ["data.root=2024"])["data"]["root"] == 2024  # YAML int, accepted as a name
+    from tdsk.schema import validate_recipe
+
+    assert validate_recipe(load_config("demo", ["data.root=2024"])).data.root == "2024"
+
+
+def test_replacement_of_a_bad_item_does_not_depend_on_the_worker_history():
+    from types import SimpleNamespace
+
+    from tdsk.data import DataConfig
+    from tdsk.data.items import ItemPlanner
+
+    records = [SimpleNamespace(path=f"v{i}.mp4", label=i, num_frames=None, line=i + 1) for i in range(6)]
+    planner = ItemPlanner(records, DataConfig(), "train", seed=3, rank=0)
+    fresh = [planner.replacement(planner.replacement_draw(i, 0)) for i in range(6)]
+    planner.known_bad.update({0: "bad", 2: "bad", 4: "bad"})
+    again = [planner.replacement(planner.replacement_draw(i, 0)) for i in range(6)]
+    assert fresh == again

@@ -8,20 +8,25 @@ recipe is recorded:
 * ``data.layout: folders``: ``data.train_list`` / ``val_list`` / ``test_list`` name
   folders (relative to ``data.root``) laid out as ``<folder>/<class name>/<video>``
   (Kinetics style). The lists are derived from them and written to
-  ``<run dir>/lists/<split>.txt`` (``<path relative to root> <label>``; paths may contain spaces), with
-  ``labels.txt`` beside them; the recorded recipe points at those lists, so the run
-  can be resumed and evaluated like any other. Classes are the training folder's
+  ``<run dir>/lists/<split>-<hash>.txt`` (``<path relative to root> <label>``; paths may
+  contain spaces), with ``labels-<hash>.txt`` beside them. The name holds a hash of the
+  content, so a file is never replaced: a resumed run whose folders changed (videos
+  added) points at other lists, which the resume check reports as a changed recipe.
+  The recorded recipe points at those lists, so the run can be resumed and evaluated
+  like any other. The files are written only once the run holds its directory. Classes are the training folder's
   sub-folders in sorted order, unless ``data.labels`` fixes the names and order.
 """
 from __future__ import annotations
 
 import os
+import hashlib
+from dataclasses import dataclass, field
 from typing import Dict, List, MutableMapping, Optional
 
 from tdsk.data.labels import read_labels
 from tdsk.schema import ConfigError
 
-__all__ = ["VIDEO_EXTENSIONS", "resolve_dataset", "scan_class_folders"]
+__all__ = ["VIDEO_EXTENSIONS", "DatasetPlan", "plan_dataset", "resolve_dataset", "scan_class_folders"]
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
@@ -47,30 +52,56 @@ def scan_class_folders(folder: str) -> Dict[str, List[str]]:
     return out
 
 
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+@dataclass
+class DatasetPlan:
+    """Class names and the list files still to write (``{path: text}``)."""
+
+    names: Optional[List[str]] = None
+    files: Dict[str, str] = field(default_factory=dict)
+
+    def write(self) -> None:
+        """Write the files that do not exist yet (same name = same content)."""
+        for path, text in self.files.items():
+            if os.path.exists(path):
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
 
 
-def resolve_dataset(cfg: MutableMapping, run_dir: str) -> Optional[List[str]]:
-    """Apply ``data.labels`` / ``data.layout`` to ``cfg`` in place; returns the class names (or None)."""
+def plan_dataset(cfg: MutableMapping, run_dir: str) -> DatasetPlan:
+    """Apply ``data.labels`` / ``data.layout`` to ``cfg`` in place, writing nothing yet."""
     data, model = cfg["data"], cfg.setdefault("model", {})
     root = data.get("root") or ""
+    plan = DatasetPlan()
     names = read_labels(_under_root(root, data["labels"])) if data.get("labels") else None
     if data.get("layout", "lists") == "folders":
-        names = _derive_lists(data, root, names, os.path.join(run_dir, "lists"))
+        names = _derive_lists(data, root, names, os.path.join(run_dir, "lists"), plan.files)
     if names is None:
-        return None
+        return plan
     if model.get("num_classes") is None:
         model["num_classes"] = len(names)
     elif int(model["num_classes"]) != len(names):
         raise ConfigError(f"model.num_classes={model['num_classes']} but data.labels has {len(names)} class names")
-    return names
+    plan.names = names
+    return plan
 
 
-def _derive_lists(data: MutableMapping, root: str, names: Optional[List[str]], out: str) -> List[str]:
+def resolve_dataset(cfg: MutableMapping, run_dir: str) -> Optional[List[str]]:
+    """:func:`plan_dataset` and write its files; returns the class names (or None)."""
+    plan = plan_dataset(cfg, run_dir)
+    plan.write()
+    return plan.names
+
+
+def _hashed(out: str, stem: str, text: str) -> str:
+    return os.path.join(out, f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:10]}.txt")
+
+
+def _derive_lists(data: MutableMapping, root: str, names: Optional[List[str]], out: str,
+                  files: Dict[str, str]) -> List[str]:
     train = data.get("train_list")
     if not train:
         raise ConfigError("data.layout=folders needs data.train_list: the training folder (relative to data.root)")
@@ -79,7 +110,6 @@ def _derive_lists(data: MutableMapping, root: str, names: Optional[List[str]], o
     if names is None:
         names = list(scanned["train"])
     index = {n: i for i, n in enumerate(names)}
-    os.makedirs(out, exist_ok=True)
     base = os.path.abspath(os.path.expanduser(root)) if root else None
     for split, classes in scanned.items():
         unknown = sorted(set(classes) - set(index))
@@ -93,11 +123,13 @@ def _derive_lists(data: MutableMapping, root: str, names: Optional[List[str]], o
                 lines.append(f"{rel} {index[name]}\n")
         if not lines:
             raise ConfigError(f"data.{split}_list={data[f'{split}_list']!r}: no videos ({', '.join(VIDEO_EXTENSIONS)})")
-        path = os.path.join(out, f"{split}.txt")
-        _write(path, "".join(lines))
+        text = "".join(lines)
+        path = _hashed(out, split, text)
+        files[path] = text
         data[f"{split}_list"] = path
-    _write(os.path.join(out, "labels.txt"), "".join(n + "\n" for n in names))
-    data["labels"] = os.path.join(out, "labels.txt")
+    text = "".join(n + "\n" for n in names)
+    data["labels"] = _hashed(out, "labels", text)
+    files[data["labels"]] = text
     data["layout"] = "lists"
     data["format"] = "video"
     return names

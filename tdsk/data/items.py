@@ -150,12 +150,11 @@ class ItemPlanner:
         return random.Random(int(item_seed(self.seed, self.rank, epoch, index, _REPLACEMENT_SALT).generate_state(1)[0]))
 
     def replacement(self, draw: random.Random) -> int:
-        """The next replacement candidate: drawn at random, preferring ones not known bad."""
-        for _ in range(8):
-            candidate = draw.randrange(len(self.records))
-            if candidate not in self.known_bad:
-                break
-        return candidate
+        """The next replacement candidate, drawn at random. It does not look at ``known_bad``
+        (a known-bad candidate costs one attempt, not a decode): which item replaces a bad
+        one must not depend on what this worker happened to see before, or a resumed run
+        and another ``num_workers`` would train on other items."""
+        return draw.randrange(len(self.records))
 
     def indices(self, num_frames: int, rng: Optional[np.random.Generator], path: str = "") -> np.ndarray:
         """``int64[K, T, M]`` frame indices for a video of ``num_frames`` frames (see :func:`frame_indices`)."""

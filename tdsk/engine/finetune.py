@@ -84,9 +84,14 @@ def read_source_state(path: str, model: nn.Module) -> Dict[str, torch.Tensor]:
     return state
 
 
-def init_from(model: nn.Module, path: str) -> InitReport:
-    """Load every tensor of ``path`` whose name and shape match ``model``'s (see module docstring)."""
-    source = read_source_state(path, model)
+def init_from(model: nn.Module, path: str, keep: Sequence[str] = ()) -> InitReport:
+    """Load every tensor of ``path`` whose name and shape match ``model``'s (see module docstring).
+
+    ``keep``: names never loaded (the frozen CLIP tower when it comes from
+    ``model.clip_pretrained``: checkpoints leave it out and recreate it from there).
+    """
+    keep = set(keep)
+    source = {k: v for k, v in read_source_state(path, model).items() if k not in keep}
     own = model.state_dict()
     report = InitReport()
     take = {}
@@ -98,7 +103,7 @@ def init_from(model: nn.Module, path: str) -> InitReport:
         else:
             take[name] = value
             report.loaded.append(name)
-    report.kept = [n for n in own if n not in source]
+    report.kept = [n for n in own if n not in source and n not in keep]
     if not take:
         raise ConfigError(f"train.init_from={path!r}: no tensor of it matches this model by name and shape "
                           "(another architecture?)")

@@ -72,7 +72,8 @@ class RunInterrupted(Exception):
     """SIGINT/SIGTERM: the run wrote ``checkpoint`` and stopped (continue with ``--resume auto``)."""
 
     def __init__(self, checkpoint: str | None, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint {checkpoint}")
+        name = signal.Signals(signum).name if signum in set(signal.Signals) else f"signal {signum}"
+        super().__init__(f"interrupted by {name}; checkpoint {checkpoint}")
         self.checkpoint, self.signum = checkpoint, signum
 
 
@@ -267,8 +268,21 @@ def _open_run_dir(run: _Run, resume: str | None, overwrite: bool, resume_force: 
         ckpt = C.load(resume, map_location="cpu")
         if not C.is_training_checkpoint(ckpt):
             raise ValueError(f"{resume} is not a tdsk training checkpoint (to fine-tune from official "
-                             "weights, load them into the model instead of resuming)")
+                             "weights, use train.init_from instead of resuming)")
         run.resumed_from = resume
+        # Checkpoints in the run directory beyond the resumed one belong to another
+        # timeline: continuing would mix the two (and --resume auto would pick them later).
+        here = (int(ckpt["epoch"]), int((ckpt.get("epoch_progress") or {}).get("iteration", 0)))
+        newer = [p for key, p in R.checkpoint_files(out_dir)
+                 if key > here and os.path.abspath(p) != os.path.abspath(resume)]
+        if newer and not overwrite:
+            raise R.RunDirError(f"--resume {resume}: {out_dir} already holds later checkpoints "
+                                f"({R.describe([(None, p) for p in newer])}) of another run or an abandoned "
+                                "continuation. Resume into another --output, or pass --overwrite to delete them.")
+        if newer and info.is_main:
+            for p in newer:
+                os.remove(p)
+            logger.warning(f"--overwrite: deleted {len(newer)} later checkpoint(s): {R.describe([(None, p) for p in newer])}")
     if ckpt is not None:
         _check_recipe_unchanged(run, ckpt, resume_force)
         return ckpt
@@ -296,6 +310,14 @@ def _open_run_dir(run: _Run, resume: str | None, overwrite: bool, resume_force: 
 def _check_recipe_unchanged(run: _Run, ckpt: Mapping, force: bool) -> None:
     saved = ckpt.get("config") or {}
     altering, harmless = config_changes(saved, run.cfg)
+    saved_world = int(ckpt.get("world_size") or 1)
+    if saved_world != run.info.world_size:
+        if (ckpt.get("epoch_progress") or {}).get("iteration"):
+            raise ConfigError(f"{run.resumed_from} is a mid-epoch checkpoint of {saved_world} process(es); it can "
+                              f"only be resumed with {saved_world} (this run has {run.info.world_size}): each rank's "
+                              "share of the epoch depends on it. Resume from an epoch checkpoint to change it.")
+        altering.append(f"world size (processes): {saved_world} -> {run.info.world_size} "
+                        "(the effective batch changes)")
     if altering and not force:
         raise ConfigError(
             f"{run.resumed_from} was trained with another recipe; resuming would change the run:\n  "
@@ -331,7 +353,12 @@ def _build(run: _Run, model: nn.Module | None, variant: str | None, resuming: bo
     if rc.train.init_from and not resuming:
         from tdsk.engine.finetune import init_from
 
-        init_from(model, os.path.expanduser(rc.train.init_from))  # weights only; optimizer/schedule fresh
+        # weights only (optimizer/schedule fresh). The frozen tower stays the one of
+        # model.clip_pretrained when checkpoints recreate it from there.
+        init_from(model, os.path.expanduser(rc.train.init_from),
+                  keep=() if run.frozen_info["weights_included"] else run.tower)
+        if run.frozen_info["weights_included"]:
+            run.frozen_info = C.frozen_identity(model, rc.model.clip_pretrained)
     if rc.train.freeze:
         from tdsk.engine.finetune import freeze
 
@@ -694,19 +721,28 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     writing a checkpoint), :class:`tdsk.engine.rundir.RunDirError` (directory in use,
     earlier run there, nothing readable to resume) and :class:`ConfigError`.
     """
-    recipe = validate_recipe(cfg)
-    if model is None and recipe.model.num_classes is None:
-        raise ConfigError("model.num_classes is not set: give data.labels (labels.txt, one class name per line) "
-                          "or model.num_classes=K")
+    from tdsk.data.custom import plan_dataset
+
+    validate_recipe(cfg)
     start_time = time.time()
-    info = dist_info or D.init(recipe.train.device)
+    info = dist_info or D.init(validate_recipe(cfg).train.device)
     out_dir = os.path.expanduser(output_dir) if output_dir else _format_output_dir(cfg)
-    lock = R.RunLock(out_dir).acquire() if info.is_main else None
+    lock = _take_lock(out_dir, info)
     try:
+        # class names (data.labels) and lists derived from class folders (data.layout=folders):
+        # planned in memory now, written only once the directory checks below have passed
+        dataset = plan_dataset(cfg, out_dir)
+        recipe = validate_recipe(cfg)
+        if model is None and recipe.model.num_classes is None:
+            raise ConfigError("model.num_classes is not set: give data.labels (labels.txt, one class name per "
+                              "line) or model.num_classes=K")
         with _StopFlag() as stop:
             run = _Run(cfg=cfg, recipe=recipe, info=info, out_dir=out_dir, stop=stop, progress=progress,
-                       classes=classes, run_id=R.new_run_id())
+                       classes=classes if classes is not None else dataset.names, run_id=R.new_run_id())
             ckpt = _open_run_dir(run, resume, overwrite, resume_force)
+            if info.is_main:
+                dataset.write()
+            D.barrier(info)
             _build(run, model, variant, resuming=ckpt is not None)
             if ckpt is not None:
                 _restore(run, ckpt)
@@ -735,6 +771,31 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     return result
 
 
+def _take_lock(out_dir: str, info: D.DistInfo):
+    """Rank 0 takes the run lock; every rank learns whether it did (no rank left in a collective)."""
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = R.RunLock(out_dir).acquire()
+        except R.RunDirError as exc:
+            error = exc
+    if info.enabled:
+        flag = D.all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=info.device), info)
+        if error is None and float(flag.item()) > 0:
+            raise R.RunDirError(f"{out_dir}: rank 0 could not take the run lock (see its message)")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _agreed_stop(run: _Run) -> int:
+    """The signal number if any rank got SIGINT/SIGTERM (one collective on every rank), else 0."""
+    local = float(run.stop.signum)
+    if run.info.enabled:
+        local = float(D.all_reduce_sum(torch.tensor([local], dtype=torch.float64, device=run.device), run.info).item())
+    return (run.stop.signum or int(signal.SIGTERM)) if local > 0 else 0
+
+
 def _loop(run: _Run) -> RunResult:
     """Epochs from where the run stands: train, checkpoint, validate; stop cleanly on a signal."""
     result = RunResult(out_dir=run.out_dir, metrics=os.path.join(run.out_dir, "metrics.jsonl"))
@@ -746,11 +807,12 @@ def _loop(run: _Run) -> RunResult:
     for epoch in range(run.epoch, run.recipe.solver.epochs):
         stopped_at = _train_epoch(run, epoch)
         if stopped_at is not None:
-            raise RunInterrupted(run.last_path, run.stop.signum)
+            raise RunInterrupted(run.last_path, run.stop.signum or int(signal.SIGTERM))
         path = _save_checkpoint(run, epoch, 0, None)
         result.last_checkpoint = path
-        if run.stop.signum:
-            raise RunInterrupted(path, run.stop.signum)
+        signum = _agreed_stop(run)  # a signal during the last step or the checkpoint, on any rank
+        if signum:
+            raise RunInterrupted(path, signum)
         res = _validate(run, epoch, path)
         result.val = res or result.val
         if run.info.is_main:
