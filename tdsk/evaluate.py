@@ -346,8 +346,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"({type(loader).__name__} has none)")
         rec = Recognizer(model, {**cfg, "data": data}, classes, device=info.device, precision=args.precision,
                          compile=args.compile, views=tuple(views))
+        setup_error = None
     except user_errors(loading=True) as exc:
-        return fail(exc)
+        setup_error = exc
+    if info.enabled:  # a check that failed on one rank (rank 0's output checks) stops every rank
+        import torch
+
+        flag = D.all_reduce_sum(torch.tensor([0.0 if setup_error is None else 1.0], device=info.device), info)
+        if setup_error is None and float(flag.item()) > 0:
+            setup_error = RuntimeError("another rank could not set up the evaluation (see its message)")
+    if setup_error is not None:
+        return fail(setup_error)
     try:
         result = E.evaluate(rec.forward_module, loader, device=info.device, autocast=rec.autocast(),
                             dist_info=info, progress=not args.no_progress, desc=f"test {views[0]}x{views[1]}")
