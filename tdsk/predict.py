@@ -74,14 +74,6 @@ def predict(model, cfg: dict, paths: Sequence[str], *, views=None, top: int = 5,
     return out
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _printer(as_json: bool) -> Callable[[dict], None]:
@@ -99,7 +91,7 @@ def _printer(as_json: bool) -> Callable[[dict], None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tdsk.evaluate import parse_views
+    from tdsk.evaluate import _positive_int, parse_views
 
     p = argparse.ArgumentParser(prog="python -m tdsk.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("videos", nargs="+", metavar="VIDEO",

@@ -38,6 +38,8 @@ import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+
+from tdsk._checkpoint_io import _fsync_dir
 import torch.nn as nn
 
 from tdsk._checkpoint_io import weights_sha256
@@ -120,17 +122,6 @@ def _fsync_file(path: str) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _card_text(recipe: Mapping, classes: Optional[List[str]], num_classes: int, clip: Mapping,
