@@ -37,7 +37,7 @@ def test_parse_both_formats(video_fixtures):
     frames = parse_list(fx.lists["frames"], fx.root)
     assert [(os.path.basename(r.path), r.num_frames, r.label) for r in frames] == [
         ("carphone", 40, 86), ("bikes", 40, 3), ("tiny", 5, 93)]
-    # spec 1.2: 3-column entries with < 8 frames are dropped at train/val
+    # docs/sampling.md §1: 3-column entries with < 8 frames are dropped at train/val
     assert [r.num_frames for r in parse_list(fx.lists["frames"], fx.root, min_frames=8)] == [40, 40]
 
 

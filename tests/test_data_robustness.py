@@ -1,6 +1,6 @@
 """Bad inputs never kill a loader: replaced at train, left out (never replaced) at val/test,
-warned once, counted per epoch, and an error above the configured fraction (issue 4,
-"Robustness"; "Evaluation counts are true")."""
+warned once, counted per epoch, and an error above the configured fraction (README,
+"Evaluation rules")."""
 import logging
 import os
 
@@ -105,7 +105,7 @@ def test_unreadable_jpeg_and_short_folder_replaced(video_fixtures):
 
 
 def test_short_video_is_not_bad(video_fixtures):
-    # 5 frames < T*M = 40: the spec's clamping handles it, it is a valid sample
+    # 5 frames < T*M = 40: the clamping of docs/sampling.md §2 handles it, it is a valid sample
     fx = video_fixtures
     lst = fx.write_list("short.txt", [f"videos/tiny.webm 93", f"videos/tiny.mp4 93"])
     cfg = dict(SMALL, root=fx.root, train_list=lst, num_segments=8, num_local=5, max_bad_fraction=0.0)

@@ -1,4 +1,4 @@
-"""sample_indices against values computed by hand from the official rules (spec 1.2/1.3)."""
+"""sample_indices against values computed by hand from the official rules (docs/sampling.md §1-2)."""
 import numpy as np
 import pytest
 
@@ -32,7 +32,7 @@ def test_sth_test_two_clips():
     c1 = sample_indices(40, 8, 5, "test", clip_index=1, num_clips=2, dataset="sth")
     assert centres(c0) == [1, 6, 11, 16, 21, 25, 30, 35]
     assert centres(c1) == [3, 8, 13, 18, 23, 27, 32, 37]
-    assert c0[0].tolist() == [0, 0, 1, 2, 3]  # o-2 = -1 clamped to 0 (spec 1.3)
+    assert c0[0].tolist() == [0, 0, 1, 2, 3]  # o-2 = -1 clamped to 0 (docs/sampling.md §2)
     assert c1[7].tolist() == [35, 36, 37, 38, 39]
 
 

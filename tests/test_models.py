@@ -83,7 +83,7 @@ def test_forward_shapes_and_official_layout():
         model(torch.randn(6, 15, 64, 64))
 
 
-# --------------------------------------------------------------------------- spec quirks
+# --------------------------------------------------------------------------- quirks of the official model (docs/model.md)
 
 def test_stem_one_pixel_padding_shift():
     """Output cell (i, j) covers rows P*i-1 .. P*i+P-2: the last row/column is never read."""

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------
-# independent re-statement of the spec (official layout and names)
+# independent re-statement of docs/model.md (official layout and names)
 # ---------------------------------------------------------------------------
 
 

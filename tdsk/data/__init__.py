@@ -2,7 +2,7 @@
 
 Public API:
 
-* :func:`sample_indices` -- official frame-index sampling (pure; spec 1.2/1.3).
+* :func:`sample_indices` -- official frame-index sampling (pure; docs/sampling.md §1-2).
 * :func:`build_loader` -- train/val/test loaders yielding ``(Tensor[B, T, M, 3, H, W], labels)``
   normalised on the training device (test: ``Tensor[B, V, T, M, 3, H, W]``).
 * :func:`load_video_clip` -- one video file (or frame folder) -> test views, for predict.

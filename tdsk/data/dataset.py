@@ -174,7 +174,7 @@ class EpochSampler(Sampler):
 
 
 def collate_clips(items: List[dict]) -> dict:
-    """Stack items; train copies are flattened sample-major ``[v0s0, v0s1, v1s0, ...]`` (spec 1.4).
+    """Stack items; train copies are flattened sample-major ``[v0s0, v0s1, v1s0, ...]`` (docs/sampling.md §3).
 
     Skipped (undecodable evaluation) items are left out, so a batch may hold fewer than
     ``batch_size`` videos; when every item was skipped, ``video`` and ``label`` are None

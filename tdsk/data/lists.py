@@ -56,7 +56,7 @@ def parse_list(list_file: str, root: str = "", fmt: str = "auto", *, min_frames:
         root: directory the entries are relative to (absolute entries are kept).
         fmt: ``"frames"`` (3 columns), ``"video"`` (2 columns) or ``"auto"`` (decided
             per line: an integer second-to-last column on a line of 3+ columns means frames).
-        min_frames: 3-column entries with fewer frames are dropped (spec 1.2: 8 at
+        min_frames: 3-column entries with fewer frames are dropped (docs/sampling.md §1: 8 at
             train and in-training val, 0 at test).
 
     Raises:

@@ -71,7 +71,7 @@ def resolve_decoder(choice: str, device: Union[str, torch.device]) -> str:
 
 def load_records(cfg: DataConfig, split: str) -> List[VideoRecord]:
     """Parse the split's list (entries under ``cfg.root``); 3-column entries shorter than
-    ``min_frames`` are dropped at train/val, kept at test (spec 1.2)."""
+    ``min_frames`` are dropped at train/val, kept at test (docs/sampling.md §1)."""
     list_file = cfg.list_for(split)
     if not list_file:
         raise ValueError(f"data config has no {split}_list")

@@ -1,4 +1,4 @@
-"""Official TDS-CLIP frame-index sampling (spec sections 1.2 and 1.3).
+"""Official TDS-CLIP frame-index sampling (docs/sampling.md §1-2).
 
 :func:`sample_indices` is pure: it depends only on its arguments (and on ``rng``
 for the random training draws) and returns 0-based frame indices. Frame files on
@@ -38,7 +38,7 @@ def _randint(rng, low: int, high_exclusive: int, size=None):
 
 def segment_offsets(num_frames: int, num_segments: int, mode: str, clip_index: int = 0,
                     num_clips: int = 1, dataset: str = "sth", rng: RandomLike = None) -> np.ndarray:
-    """0-based centre offsets ``int64[num_segments]`` of one clip (spec table 1.2).
+    """0-based centre offsets ``int64[num_segments]`` of one clip (docs/sampling.md §1).
 
     * ``sth`` train: TSN random shift, ``tick_i = floor(i*n/T)``, offset drawn uniformly in
       ``[tick_i, tick_{i+1})``; if ``n <= T`` all frames plus ``T-n`` uniform draws, sorted.
@@ -98,7 +98,7 @@ def local_indices(offsets: np.ndarray, num_frames: int, num_local: int,
     Local frame m of centre o is ``o - num_local//2 + m``. Indices past the end are
     clamped to ``num_frames - 1``. Negative indices are clamped to 0, or, with
     ``wrap_negative=True``, wrap to the end of the video the way decord's Python-style
-    indexing does in the official Kinetics loader (spec 1.3, off by default).
+    indexing does in the official Kinetics loader (docs/sampling.md §2, off by default).
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     idx = offsets[:, None] - num_local // 2 + np.arange(num_local)[None, :]

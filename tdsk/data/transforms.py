@@ -1,4 +1,4 @@
-"""Clip transforms of the official recipe (spec 8.4 and 9), with randomness shared by all
+"""Clip transforms of the official recipe (docs/sampling.md §4-5), with randomness shared by all
 frames of a clip.
 
 A clip enters as ``uint8[N, H, W, 3]`` (N = T*M raw RGB frames, as decoded) and leaves
@@ -67,7 +67,7 @@ def resize_clip(clip: torch.Tensor, size: Size, mode: str = "bicubic") -> torch.
 
 
 def random_resized_crop(clip: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor:
-    """The official GroupRandomSizedCrop (spec 8.4 step 3), shared by all frames.
+    """The official GroupRandomSizedCrop (docs/sampling.md §4), shared by all frames.
 
     Area U(0.08, 1), aspect U(3/4, 4/3), width/height swapped with p=0.5, up to 10
     attempts; the crop is resized bilinearly to ``size``. If no attempt fits: bilinear
@@ -99,7 +99,7 @@ def center_crop_box(height: int, width: int, size: int) -> Tuple[int, int]:
 
 
 def three_crop_boxes(height: int, width: int, size: int) -> List[Tuple[int, int]]:
-    """(y, x) of the official 3 test crops, in order left, right, centre (spec 9).
+    """(y, x) of the official 3 test crops, in order left, right, centre (docs/sampling.md §5).
 
     y = 2*floor((H-S)/4); x = 0, 4*floor((W-S)/4), 2*floor((W-S)/4). For 256x320 and
     S=224: (16, 0), (16, 96), (16, 48).
@@ -129,7 +129,7 @@ class ClipRandAugment:
     """timm RandAugment (e.g. ``rand-m7-n4-mstd0.5-inc1``) with one draw per clip.
 
     The op choice, the p=0.5 apply decisions and the magnitudes are drawn once and the
-    same ops with the same parameters are applied to every frame (spec 8.4 step 1).
+    same ops with the same parameters are applied to every frame (docs/sampling.md §4).
     Fill (128,128,128), bicubic, relative translate up to 0.45.
     """
 
