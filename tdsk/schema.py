@@ -360,7 +360,7 @@ def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
 
 
-def _coerce(value: Any, tp, key: str) -> Any:
+def _coerce(value: Any, tp, key: str, in_union: bool = False) -> Any:
     """``value`` as type ``tp`` or a :class:`ConfigError` naming ``key``."""
     origin = typing.get_origin(tp)
     if origin is Union:
@@ -371,7 +371,7 @@ def _coerce(value: Any, tp, key: str) -> Any:
                     return None
                 continue
             try:
-                return _coerce(value, option, key)
+                return _coerce(value, option, key, in_union=True)
             except ConfigError as exc:
                 errors.append(exc)
         raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
@@ -398,7 +398,7 @@ def _coerce(value: Any, tp, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and not in_union:
             return str(value)  # a name or path that YAML read as a number (data.root=2024)
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
