@@ -135,7 +135,7 @@ def test_mid_epoch_checkpoint_resume_is_bit_identical(root, tmp_path):
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(root, tmp_path):
-    cfg_path = _write_cfg(_cfg(root, "solver.epochs=4", "eval.validate=false"), tmp_path / "cfg.yaml")
+    cfg_path = _write_cfg(_cfg(root, "solver.epochs=8", "eval.validate=false"), tmp_path / "cfg.yaml")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "tdsk.train", "--cfg", cfg_path, "--output", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -156,7 +156,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(root, tmp_path):
     done = subprocess.run(cmd + ["--resume", "auto"], env=_env(), stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert C.load(str(out / "epoch_0004.pt"))["epoch"] == 4
+    assert C.load(str(out / "epoch_0008.pt"))["epoch"] == 8
 
 
 def test_resume_with_a_changed_recipe_is_refused_unless_forced(root, tmp_path):
@@ -197,8 +197,8 @@ def test_second_run_into_the_same_directory_is_refused_naming_the_holder(root, t
 
 
 def test_two_trainings_started_together_one_refuses(root, tmp_path):
-    cfg_path = _write_cfg(_cfg(root, "solver.epochs=1", "train.limit_train_batches=3", "eval.validate=false"),
-                          tmp_path / "cfg.yaml")
+    # the first run is long: it must still be training when the second one starts
+    cfg_path = _write_cfg(_cfg(root, "solver.epochs=200", "eval.validate=false"), tmp_path / "cfg.yaml")
     cmd = [sys.executable, "-m", "tdsk.train", "--cfg", cfg_path, "--output", str(tmp_path / "out"), "--no-progress"]
     first = subprocess.Popen(cmd, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -207,8 +207,11 @@ def test_two_trainings_started_together_one_refuses(root, tmp_path):
         assert first.poll() is None and time.time() < deadline
         time.sleep(0.02)
     second = subprocess.run(cmd, env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    still_running = first.poll() is None
+    first.send_signal(signal.SIGTERM)  # it stops at its next step, with a checkpoint
     first.communicate(timeout=240)
-    assert first.returncode == 0
+    assert still_running, "the first run ended before the second started: the test proves nothing"
+    assert first.returncode == 128 + signal.SIGTERM
     assert second.returncode == 2 and f"PID {first.pid}" in second.stderr and "Traceback" not in second.stderr
 
 
