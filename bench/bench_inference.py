@@ -231,11 +231,6 @@ def _fmt_load(load):
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from tdsk.doctor import cpu_name
+
+    return cpu_name()

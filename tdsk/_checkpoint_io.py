@@ -83,6 +83,9 @@ def _atomic_write(path: str, write) -> None:
     _fsync_dir(directory)
 
 
+atomic_write = _atomic_write  # ``atomic_write(path, write)``: ``write(file)`` fills a temporary, renamed over path
+
+
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` atomically: temporary file, fsync, rename."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -145,7 +145,8 @@ def versions() -> Dict[str, Dict]:
     return out
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -158,7 +159,7 @@ def _cpu_name() -> str:
 
 def devices() -> List[Dict]:
     """Every device found: the CPU and each CUDA GPU."""
-    found = [{"name": "cpu", "type": "cpu", "description": _cpu_name(), "machine": platform.machine(),
+    found = [{"name": "cpu", "type": "cpu", "description": cpu_name(), "machine": platform.machine(),
               "threads": torch.get_num_threads()}]
     if torch.cuda.is_available():
         driver = driver_version()

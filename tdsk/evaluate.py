@@ -152,14 +152,19 @@ def check_eval_labels(data_cfg, split: str, num_classes: int | None) -> None:
 def check_output_writable(out: str) -> str:
     """Create ``out`` and try a temporary file in it; ``PermissionError``/``OSError`` with
     a clear message if results could not be written there."""
+    _probe_folder(out, f"--out {out}: cannot write results there")
+    return out
+
+
+def _probe_folder(folder: str, message: str) -> None:
+    """Create ``folder`` and a temporary file in it, or ``PermissionError(message (why))``."""
     try:
-        os.makedirs(out, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tdsk-write-test-", dir=out)
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tdsk-write-test-", dir=folder)
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
-        raise PermissionError(f"--out {out}: cannot write results there ({exc.strerror or exc})") from None
-    return out
+        raise PermissionError(f"{message} ({exc.strerror or exc})") from None
 
 
 def _positive_int(text: str) -> int:
@@ -177,13 +182,7 @@ def _check_writable_file(path: str, flag: str) -> str:
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
         raise IsADirectoryError(f"{flag} {path}: is a directory, expected a file name")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tdsk-write-test-", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise PermissionError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+    _probe_folder(folder, f"{flag} {path}: cannot write there")
     return path
 
 

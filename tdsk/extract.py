@@ -105,17 +105,10 @@ def _existing_ok(path: str, shape: Tuple[int, ...]) -> bool:
 def _save_npy(path: str, array) -> None:
     import numpy as np
 
+    from tdsk._checkpoint_io import atomic_write
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path[:-4]}.tmp{os.getpid()}.npy"
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _write_csv(path: str, fields: Sequence[str], rows: Sequence[dict]) -> None:
