@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +38,7 @@ CLASSES = ("left", "right", "up", "down", "rotate_cw", "rotate_ccw", "approach",
 REVERSED_PAIRS = (("left", "right"), ("up", "down"), ("rotate_cw", "rotate_ccw"), ("approach", "recede"))
 
 _SOURCE_CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3  # 3: boxes.json
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,12 @@ def _textured_crop(rng, sources, side, out, tries=8):
     return best
 
 
-def _render(spec: DemoSpec, label: int, rng: np.random.Generator, sources) -> np.ndarray:
-    """Frames [F, S, S, 3] uint8 of one video of class ``label``."""
+def _render(spec: DemoSpec, label: int, rng: np.random.Generator, sources) -> tuple[np.ndarray, np.ndarray]:
+    """``(frames uint8 [F, S, S, 3], boxes int64 [F, 4])`` of one video of class ``label``.
+
+    ``boxes[f] = (x0, y0, x1, y1)``: the pixels the patch covers in frame ``f`` (its mask's
+    bounding box, end exclusive, clipped to the frame), the ground truth of the demo's
+    CAM hit rate (:func:`cam_localisation`)."""
     from PIL import Image
 
     S, F = spec.size, spec.frames
@@ -149,6 +154,7 @@ def _render(spec: DemoSpec, label: int, rng: np.random.Generator, sources) -> np
     mask = Image.new("L", (big, big), 255)
 
     frames = np.empty((F, S, S, 3), np.uint8)
+    boxes = np.zeros((F, 4), np.int64)
     t = np.arange(F, dtype=np.float64)
     speed = rng.uniform(spec.speed_min, spec.speed_max)
     travel = speed * (F - 1)
@@ -186,9 +192,12 @@ def _render(spec: DemoSpec, label: int, rng: np.random.Generator, sources) -> np
             tex = tex.rotate(float(angles[f]), resample=Image.BILINEAR, expand=True)
             msk = msk.rotate(float(angles[f]), resample=Image.BILINEAR, expand=True)
         w, h = tex.size
-        canvas.paste(tex, (int(round(cxs[f] - w / 2)), int(round(cys[f] - h / 2))), msk)
+        x, y = int(round(cxs[f] - w / 2)), int(round(cys[f] - h / 2))
+        canvas.paste(tex, (x, y), msk)
         frames[f] = np.asarray(canvas)
-    return frames
+        bx0, by0, bx1, by1 = msk.getbbox() or (0, 0, 0, 0)
+        boxes[f] = (max(0, x + bx0), max(0, y + by0), min(S, x + bx1), min(S, y + by1))
+    return frames, boxes
 
 
 def _encode(path: str, frames: np.ndarray, fps: int) -> None:
@@ -210,7 +219,9 @@ def generate(spec: DemoSpec | None = None, cache_dir: str | None = None, progres
     """Generate (or reuse) the demo dataset; returns its root directory.
 
     The root holds ``videos/{train,val}/*.mp4``, ``train.txt`` and ``val.txt``
-    (``<path relative to root> <label>``), ``labels.txt`` and ``spec.json``.
+    (``<path relative to root> <label>``), ``labels.txt``, ``spec.json`` and ``boxes.json``
+    (``{path relative to root: [[x0, y0, x1, y1] per frame]}``, the patch's pixels, see
+    :func:`_render`).
     Generation is atomic (a temporary folder renamed at the end), so an interrupted
     run never leaves a half-written dataset behind.
     """
@@ -230,13 +241,16 @@ def generate(spec: DemoSpec | None = None, cache_dir: str | None = None, progres
             for label in range(len(CLASSES)):
                 jobs.append((split, offset, i, label))
     lines = {"train": [], "val": []}
+    all_boxes = {}
     bar = _progress(len(jobs), "demo data", progress)
     for split, offset, i, label in jobs:
         # One generator per video: the dataset is a function of (seed, split, index, label).
         rng = np.random.default_rng([spec.seed, offset, i, label])
         rel = os.path.join("videos", split, f"{CLASSES[label]}_{i:04d}.mp4")
-        _encode(os.path.join(tmp, rel), _render(spec, label, rng, sources), spec.fps)
+        frames, boxes = _render(spec, label, rng, sources)
+        _encode(os.path.join(tmp, rel), frames, spec.fps)
         lines[split].append(f"{rel} {label}")
+        all_boxes[rel.replace(os.sep, "/")] = boxes.tolist()
         bar.update()
     bar.close()
     for split, rows in lines.items():
@@ -244,6 +258,8 @@ def generate(spec: DemoSpec | None = None, cache_dir: str | None = None, progres
             f.write("\n".join(rows) + "\n")
     with open(os.path.join(tmp, "labels.txt"), "w") as f:
         f.write("\n".join(CLASSES) + "\n")
+    with open(os.path.join(tmp, "boxes.json"), "w") as f:
+        json.dump(all_boxes, f, separators=(",", ":"))
     with open(os.path.join(tmp, "spec.json"), "w") as f:
         json.dump({**asdict(spec), "classes": CLASSES, "format_version": _FORMAT_VERSION}, f, indent=1)
     try:
@@ -382,6 +398,204 @@ class MemoryClipLoader:
             if self.split == "test":
                 video = video.unsqueeze(1)
             yield video, torch.cat(labels).to(self.device)
+
+
+# ----------------------------------------------------------------------------- after training
+
+#: the timeline demo's parts, in order: every class once, no class next to its time reversal
+TIMELINE_ORDER = ("right", "up", "rotate_cw", "approach", "still", "left", "down", "rotate_ccw", "recede")
+#: the clip the demo's explain picture shows (fixed, not picked for its result)
+EXPLAIN_CLIP = "videos/val/rotate_cw_0000.mp4"
+
+
+def read_boxes(root: str) -> dict:
+    """``{path relative to root: int64 [F, 4]}`` from the dataset's ``boxes.json`` (see :func:`_render`)."""
+    path = os.path.join(root, "boxes.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: the dataset was generated by an older tdsk; delete {root} "
+                                "and run the demo again to regenerate it")
+    with open(path, encoding="utf-8") as f:
+        return {k: np.asarray(v, dtype=np.int64) for k, v in json.load(f).items()}
+
+
+def segment_boxes(boxes: np.ndarray, indices: np.ndarray, scale: float) -> np.ndarray:
+    """``int64 [T, 4]``: per segment, the box around the patch in all of its local frames
+    (``boxes [F, 4]`` per frame, ``indices int [T, M]`` the segment's frames), scaled to the
+    model's input (``scale`` = input size / frame size; outward rounding)."""
+    b = np.asarray(boxes)[np.asarray(indices)]                 # [T, M, 4]
+    lo = np.floor(np.stack([b[..., 0].min(-1), b[..., 1].min(-1)], -1) * scale)
+    hi = np.ceil(np.stack([b[..., 2].max(-1), b[..., 3].max(-1)], -1) * scale)
+    return np.concatenate([lo, hi], -1).astype(np.int64)
+
+
+def cam_localisation(model, root: str, *, split: str = "val", batch_size: int = 16, progress: bool = False) -> dict:
+    """Where the model looked: the fraction of the split's segments whose Grad-CAM peak
+    (:func:`tdsk.explain.grad_cam_batch`, for the predicted class) lies inside the moving patch.
+
+    Each video is fed as in validation (the demo loader's frames, the ``val`` sampling); a
+    segment's patch box covers the patch in all ``M`` local frames it sees
+    (:func:`segment_boxes`). ``chance``: the mean fraction of the frame those boxes cover,
+    the hit rate of a peak dropped at random; ``motion_hit_rate``: that of the SME motion
+    energy's peak (:func:`tdsk.explain.motion_energy`, model-free). A segment whose map has no
+    positive value (``no_peak``) is a miss. Works for TDS-CLIP and the mean-pool baseline.
+    Returns ``{"hit_rate", "hits", "segments", "no_peak", "chance", "motion_hit_rate", "top1",
+    "per_class"}``.
+    """
+    import torch
+
+    from tdsk.data import normalize, parse_list, sample_indices
+    from tdsk.explain import grad_cam_batch, motion_energy, peak_in_box
+    from tdsk.timeline import _eval_mode
+
+    size = int(model.config["input_size"])
+    t, m = int(model.num_segments), int(model.num_local)
+    list_file = os.path.join(root, f"{split}.txt")
+    frames, labels = _decode_split(list_file, root, size)      # uint8 [N, F, 3, s, s]
+    rel = [os.path.relpath(r.path, root).replace(os.sep, "/") for r in parse_list(list_file, root, "video")]
+    all_boxes = read_boxes(root)
+    with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
+        scale = size / float(json.load(f)["size"])
+    idx = sample_indices(frames.shape[1], t, m, "val")         # every demo video has the same length
+    seg_boxes = torch.from_numpy(np.stack([segment_boxes(all_boxes[p], idx, scale) for p in rel]))  # [N, T, 4]
+    flat = torch.from_numpy(np.asarray(idx).reshape(-1))
+    hits, peaks, correct, motion = [], [], [], []
+    bar = _progress(len(rel), "where the model looked", progress)
+    with _eval_mode(model):
+        for b0 in range(0, len(rel), batch_size):
+            video = normalize(frames[b0:b0 + batch_size][:, flat]).view(-1, t, m, 3, size, size)
+            cam, logits, target = grad_cam_batch(model, video)
+            hits.append(peak_in_box(cam, seg_boxes[b0:b0 + batch_size]))
+            peaks.append(cam.flatten(-2).amax(-1) > 0)
+            energy = torch.stack([motion_energy(v) for v in video])
+            motion.append(peak_in_box(energy, seg_boxes[b0:b0 + batch_size]))
+            correct.append(target == labels[b0:b0 + batch_size])
+            bar.update(video.shape[0])
+    bar.close()
+    hit, peak, right = torch.cat(hits), torch.cat(peaks), torch.cat(correct)
+    area = ((seg_boxes[..., 2] - seg_boxes[..., 0]).clamp_min(0) * (seg_boxes[..., 3] - seg_boxes[..., 1]).clamp_min(0))
+    per_class = {name: float(hit[labels == k].float().mean()) for k, name in enumerate(CLASSES) if (labels == k).any()}
+    return {"hit_rate": float(hit.float().mean()), "hits": int(hit.sum()), "segments": int(hit.numel()),
+            "no_peak": int((~peak).sum()), "chance": float((area.float() / (size * size)).mean()),
+            "motion_hit_rate": float(torch.cat(motion).float().mean()),
+            "top1": float(right.float().mean()), "per_class": per_class}
+
+
+def concat_parts(root: str, path: str, order: Sequence[str] = TIMELINE_ORDER, *, split: str = "val",
+                 clips_per_part: int = 1, hold: int = 0) -> List[dict]:
+    """Join held-out clips into one video at ``path``: part ``k`` is ``clips_per_part`` clips of class
+    ``order[k]`` in a row (``<class>_0000.mp4``, ``_0001``, ... of ``split``), with hard cuts, or,
+    with ``hold > 0``, each clip's first and last frame repeated ``hold`` times (a freeze at every
+    cut: a window on a clip then samples what it samples in the clip alone, whose ends the
+    sampling clamps). Returns the parts ``{"label", "index", "start", "end", "sources"}`` (seconds)."""
+    from tdsk.data import PyAVVideo
+
+    with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
+        fps = int(json.load(f)["fps"])
+    clips, parts, n = [], [], 0
+    for name in order:
+        sources = [os.path.join(root, "videos", split, f"{name}_{i:04d}.mp4") for i in range(int(clips_per_part))]
+        first = n
+        for source in sources:
+            with PyAVVideo(source) as video:
+                frames = video.get_frames(range(video.num_frames))
+            if hold > 0:
+                frames = np.concatenate([frames[:1].repeat(hold, 0), frames, frames[-1:].repeat(hold, 0)])
+            clips.append(frames)
+            n += len(frames)
+        parts.append({"label": name, "index": CLASSES.index(name), "start": first / fps, "end": n / fps,
+                      "sources": sources})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _encode(path, np.concatenate(clips), fps)
+    return parts
+
+
+def part_accuracy(rows: Sequence[dict], segments: Sequence[dict], parts: Sequence[dict]) -> dict:
+    """Score a timeline against known parts ``{"index", "start", "end"}`` (seconds). Per part:
+
+    * ``part_right``: the top-1 of the window that overlaps the part most (the window on the
+      part when the part is one window long) is the part's class;
+    * ``windows_right`` / ``windows``: the windows centred in the part (``time`` in
+      ``[start, end)``, the last part including its end) whose top-1 is the part's class;
+    * ``time_right``: the fraction of the part the smoothed segments give its class.
+
+    Returns ``{"parts": [...], "parts_right": fraction of parts, "windows": fraction of all
+    windows, "time": fraction of the whole duration}``.
+    """
+    out, right_p, right_w, all_w, right_t, all_t = [], 0, 0, 0, 0.0, 0.0
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        mine = [r for r in rows if part["start"] <= r["time"] < part["end"] or (last and r["time"] == part["end"])]
+        good = sum(1 for r in mine if r["top"][0]["index"] == part["index"])
+        span = part["end"] - part["start"]
+        covered = sum(max(0.0, min(seg["end"], part["end"]) - max(seg["start"], part["start"]))
+                      for seg in segments if seg["index"] == part["index"])
+        overlap = [min(r["end"], part["end"]) - max(r["start"], part["start"]) for r in rows]
+        best = rows[int(np.argmax(overlap))] if rows else None
+        hit = best is not None and best["top"][0]["index"] == part["index"]
+        out.append({**part, "part_right": hit, "part_label": best["top"][0]["label"] if best else None,
+                    "windows": len(mine), "windows_right": good, "time_right": covered / span if span > 0 else 0.0})
+        right_p += hit
+        right_w, all_w, right_t, all_t = right_w + good, all_w + len(mine), right_t + covered, all_t + span
+    return {"parts": out, "parts_right": right_p / len(parts) if parts else 0.0,
+            "windows": right_w / all_w if all_w else 0.0, "time": right_t / all_t if all_t else 0.0}
+
+
+def analyse(tds_checkpoint: str, root: str, out_dir: str, *, baseline_checkpoint: Optional[str] = None,
+            progress: bool = True) -> dict:
+    """After training: the CAM hit rate on the val split (TDS-CLIP and, given its checkpoint, the
+    mean-pool baseline), one explain picture (:data:`EXPLAIN_CLIP`) and the timeline of the
+    held-out clips of :data:`TIMELINE_ORDER` joined into one video, scored per part. Files go
+    under ``out_dir/explain`` and ``out_dir/timeline``; fp32 on the CPU."""
+    from tdsk.inference import Recognizer
+
+    rec = Recognizer.from_pretrained(tds_checkpoint, device="cpu", precision="fp32")
+    result: dict = {"cam": {"tds_clip": cam_localisation(rec.model, root, progress=progress)}}
+    if baseline_checkpoint:
+        base = Recognizer.from_pretrained(baseline_checkpoint, device="cpu", precision="fp32")
+        result["cam"]["baseline"] = cam_localisation(base.model, root, progress=progress)
+    ex = rec.explain(os.path.join(root, EXPLAIN_CLIP), os.path.join(out_dir, "explain"), classes=CLASSES)
+    result["explain"] = {"clip": EXPLAIN_CLIP, "png": ex.grid_path, "gif": ex.gif_path, "label": ex.label,
+                         "prob": ex.prob}
+    video = os.path.join(out_dir, "timeline", "demo_parts.mp4")
+    parts = concat_parts(root, video)
+    with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
+        spec = json.load(f)
+    # one window covers one training clip: F frames of the demo's videos (docs/timeline.md §1)
+    res = rec.timeline(video, out_dir=os.path.join(out_dir, "timeline"), classes=CLASSES,
+                       clip_seconds=spec["frames"] / spec["fps"])
+    result["timeline"] = {"video": video, "png": res.paths.get("png"), "json": res.paths.get("json"),
+                          **part_accuracy(res.rows, res.segments, parts)}
+    # the same clips with a freeze at each cut: how much of the loss is windows reaching across a cut
+    held = os.path.join(out_dir, "timeline", "demo_parts_hold2.mp4")
+    parts = concat_parts(root, held, hold=2)
+    res = rec.timeline(held, out_dir=os.path.join(out_dir, "timeline"), classes=CLASSES, plot=False,
+                       clip_seconds=spec["frames"] / spec["fps"])
+    result["timeline_hold2"] = {"video": held, "json": res.paths.get("json"),
+                                **part_accuracy(res.rows, res.segments, parts)}
+    return result
+
+
+def report_lines(result: dict) -> List[str]:
+    """The lines the demo prints for :func:`analyse`'s result."""
+    t = result["timeline"]
+    lines = ["", f"Timeline of {len(t['parts'])} held-out clips of different classes joined into one video "
+             f"({t['parts'][-1]['end']:.1f} s; one window = one clip, stride one segment):",
+             f"  {'part':>4s}  {'class':11s} {'time':>13s}   {'window on the part':18s} {'windows right':>13s}"
+             f"  {'time labelled right':>19s}"]
+    for k, p in enumerate(t["parts"], 1):
+        mark = "right" if p["part_right"] else f"wrong ({p['part_label']})"
+        lines.append(f"  {k:4d}  {p['label']:11s} {p['start']:5.2f}-{p['end']:5.2f} s   {mark:18s} "
+                     f"{p['windows_right']:>6d}/{p['windows']:<6d}  {100 * p['time_right']:18.0f}%")
+    lines.append(f"  per-part accuracy {100 * t['parts_right']:.1f}%; {100 * t['windows']:.1f}% of all windows and "
+                 f"{100 * t['time']:.1f}% of the time labelled right (windows across a cut see two clips)")
+    h = result.get("timeline_hold2")
+    if h:
+        lines.append(f"  the same clips with a 2-frame freeze at each cut (no local frame across a cut): per-part "
+                     f"{100 * h['parts_right']:.1f}%, windows {100 * h['windows']:.1f}%, time {100 * h['time']:.1f}%")
+    lines.append(f"  timeline PNG   {t['png']}")
+    e = result["explain"]
+    lines.append(f"  explain PNG    {e['png']}  ({e['clip']}: {e['label']} {e['prob']:.2f})")
+    return lines
 
 
 def main(argv=None) -> None:

@@ -23,6 +23,8 @@ frames the model is fed):
   upsampled bilinearly to the frame and divided by its per-segment maximum. (The head is
   BN + average + linear, so the weights are the same for every segment: this is CAM.)
   The SME stem's one-pixel grid shift (docs/model.md §4) is ignored: <= 1 input pixel.
+  For the mean-pool baseline (no side network) the map is Grad-CAM on the frozen CLIP's
+  patch tokens entering its last block, per frame (the demo compares the two).
 
 Files: ``<stem>_explain.png`` (rows: frame, motion energy overlay, class activation overlay;
 one column per segment), ``<stem>_explain.gif`` (one frame per segment: the three panels
@@ -40,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["explain", "Explanation", "motion_energy", "grad_cam"]
+__all__ = ["explain", "Explanation", "motion_energy", "grad_cam", "grad_cam_batch", "peak_in_box"]
 
 
 @dataclass
@@ -77,27 +79,88 @@ def motion_energy(video: torch.Tensor) -> torch.Tensor:
     return _unit(d.pow(2).sum(dim=(1, 2)).sqrt())
 
 
-def grad_cam(model: nn.Module, video: torch.Tensor, target_class: Optional[int] = None):
-    """``(cam [T, S, S] in [0, 1], logits [K], target)`` for ``video[1, T, M, 3, S, S]`` on a TDS-CLIP
-    model (eval mode, fp32); Grad-CAM on the side stream after the last TDS block."""
-    if not hasattr(model, "side") or not hasattr(model.side, "tokens"):
-        raise TypeError(f"explain needs a TDS-CLIP model (with a side network), got {type(model).__name__}")
-    t, m = video.shape[1], video.shape[2]
-    s = video.shape[-1]
-    with torch.no_grad():
-        taps = model.frame_taps(video[:, :, m // 2].reshape(t, *video.shape[3:]))
+def _cam_activations(model: nn.Module, video: torch.Tensor):
+    """``(A [B, T, N, C], logits [B, K])`` with ``logits`` a differentiable function of ``A``: the
+    activations Grad-CAM weighs, on its ``g x g`` patch grid (row-major), for ``video[B, T, M, 3, S, S]``.
+
+    * TDS-CLIP: the side stream after the last TDS block (before ``BN_post`` and the pooling).
+    * mean-pool baseline (:class:`~tdsk.models.baseline.MeanPoolCLIP`): the frozen CLIP's patch
+      tokens entering its last block, per centre frame (the last block's output patch tokens
+      do not reach the class token, the usual choice for a ViT).
+    """
+    from tdsk.models.baseline import MeanPoolCLIP
+    from tdsk.models.clip_encoder import frozen_block_forward
+
+    b, t, m = video.shape[:3]
+    centre = video[:, :, m // 2].reshape(b * t, *video.shape[3:])
+    if hasattr(model, "side") and hasattr(model.side, "tokens"):
+        with torch.no_grad():
+            taps = model.frame_taps(centre)
+        with torch.enable_grad():
+            x = model.side.tokens(video, taps)                  # [B, T, N, D]
+            return x, model.head(model.side.pool(x))
+    if isinstance(model, MeanPoolCLIP):
+        enc = model.encoder
+        blocks = list(enc.transformer.resblocks)
+        with torch.no_grad():
+            z = enc.embed(centre)
+            for block in blocks[:-1]:
+                z = frozen_block_forward(block, z)
+        patches = z[:, 1:].detach().reshape(b, t, z.shape[1] - 1, z.shape[2]).requires_grad_(True)  # [B, T, N, C]
+        with torch.enable_grad():
+            y = frozen_block_forward(blocks[-1], torch.cat([z[:, :1], patches.flatten(0, 1)], dim=1))
+            f = enc.ln_post(y[:, 0])
+            f = f @ enc.proj.to(f.dtype) if enc.proj is not None else f
+            logits = model.head(f.float().view(b, t, -1).mean(dim=1))
+        return patches, logits
+    raise TypeError("explain needs a TDS-CLIP model (with a side network) or the mean-pool baseline, "
+                    f"got {type(model).__name__}")
+
+
+def grad_cam_batch(model: nn.Module, video: torch.Tensor, targets: Optional[Sequence[int]] = None):
+    """``(cam [B, T, S, S] in [0, 1], logits [B, K], targets int64 [B])`` for ``video[B, T, M, 3, S, S]``
+    on a TDS-CLIP model or the mean-pool baseline (eval mode, fp32). ``targets``: the class each
+    clip's map explains (default its predicted class). In eval mode the clips of a batch are
+    independent, so this equals :func:`grad_cam` clip by clip."""
+    b, t, s = video.shape[0], video.shape[1], video.shape[-1]
+    x, logits = _cam_activations(model, video)
+    k = logits.shape[-1]
+    if targets is None:
+        target = logits.detach().argmax(-1)
+    else:
+        target = torch.as_tensor(list(targets), dtype=torch.int64, device=logits.device).reshape(-1)
+        if target.numel() != b:
+            raise ValueError(f"targets: {target.numel()} classes for {b} clips")
+        bad = target[(target < 0) | (target >= k)]
+        if bad.numel():
+            raise ValueError(f"target_class {int(bad[0])} outside 0..{k - 1}")
     with torch.enable_grad():
-        x = model.side.tokens(video, taps)                      # [1, T, N, D]
-        logits = model.head(model.side.pool(x))[0]
-        target = int(logits.argmax()) if target_class is None else int(target_class)
-        if not 0 <= target < logits.shape[-1]:
-            raise ValueError(f"target_class {target_class} outside 0..{logits.shape[-1] - 1}")
-        (grad,) = torch.autograd.grad(logits[target], x)
-    weights = grad.mean(dim=2, keepdim=True)                    # [1, T, 1, D]
-    cam = F.relu((weights * x.detach()).sum(-1))[0]             # [T, N]
+        (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
+    weights = grad.mean(dim=2, keepdim=True)                    # [B, T, 1, C]
+    cam = F.relu((weights * x.detach()).sum(-1))                # [B, T, N]
     g = int(round(cam.shape[-1] ** 0.5))
-    cam = F.interpolate(cam.reshape(t, 1, g, g), size=(s, s), mode="bilinear", align_corners=False)[:, 0]
-    return _unit(cam), logits.detach(), target
+    cam = F.interpolate(cam.reshape(b * t, 1, g, g), size=(s, s), mode="bilinear", align_corners=False)
+    return _unit(cam.view(b, t, s, s)), logits.detach(), target.cpu()
+
+
+def grad_cam(model: nn.Module, video: torch.Tensor, target_class: Optional[int] = None):
+    """``(cam [T, S, S] in [0, 1], logits [K], target)`` for ``video[1, T, M, 3, S, S]`` (see
+    :func:`grad_cam_batch`)."""
+    cam, logits, target = grad_cam_batch(model, video[:1], None if target_class is None else [int(target_class)])
+    return cam[0], logits[0], int(target[0])
+
+
+def peak_in_box(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Whether each map's peak lies in its box: ``maps [..., H, W]``, ``boxes int [..., 4]``
+    ``(x0, y0, x1, y1)`` in map pixels, end exclusive -> ``bool [...]``. An all-zero map has no
+    peak (False). Ties go to the first maximum in row-major order."""
+    h, w = maps.shape[-2:]
+    flat = maps.flatten(-2)
+    arg = flat.argmax(-1)
+    py, px = arg // w, arg % w
+    boxes = boxes.to(arg.device)
+    inside = (px >= boxes[..., 0]) & (px < boxes[..., 2]) & (py >= boxes[..., 1]) & (py < boxes[..., 3])
+    return inside & (flat.amax(-1) > 0)
 
 
 def _colour(maps: np.ndarray, name: str) -> np.ndarray:

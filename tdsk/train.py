@@ -74,8 +74,10 @@ def demo_config(root: str, overrides: Sequence[str] = ()) -> dict:
 
 
 def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output: str | None = None,
-             baseline: bool = True, progress: bool = True) -> dict:
-    """Generate the demo data, train TDS and the baseline, print and return the scores."""
+             baseline: bool = True, progress: bool = True, spec=None) -> dict:
+    """Generate the demo data, train TDS and the baseline, look at where they looked (CAM hit
+    rate, an explain picture) and run a timeline over joined held-out clips; print and return
+    the scores. ``spec``: a :class:`tdsk.demo.DemoSpec` (default the standard demo)."""
     import torch
 
     from tdsk import demo
@@ -83,7 +85,7 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
 
     t0 = time.time()
     threads = torch.get_num_threads()
-    root = demo.generate(cache_dir=cache, progress=progress)
+    root = demo.generate(spec, cache_dir=cache, progress=progress)
     t_data = time.time() - t0
     cfg = demo_config(root, overrides)
     out = output or os.path.join((cfg.get("output") or {}).get("dir", "runs/demo").format(name="demo"))
@@ -97,8 +99,13 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
         runs[variant] = (res, time.time() - t1)
         print(f"tdsk demo: {title} trained in {time.time() - t1:.1f} s, val top-1 {100 * res.val.top1:.1f}%",
               flush=True)
+    t2 = time.time()
+    after = demo.analyse(runs["tds_clip"][0].last_checkpoint, root, out, progress=progress,
+                         baseline_checkpoint=runs["baseline"][0].last_checkpoint if baseline else None)
+    t_after = time.time() - t2
     wall = time.time() - t0
-    summary = {"wall_seconds": wall, "data_seconds": t_data, "dataset": root, "runs": {}}
+    summary = {"wall_seconds": wall, "data_seconds": t_data, "analysis_seconds": t_after, "dataset": root,
+               "runs": {}, **after}
     lines = ["", "tdsk demo results (held-out split, %d videos, %d classes; wall time %.0f s)"
              % (runs["tds_clip"][0].val.count, len(demo.CLASSES), wall)]
     header = f"  {'':22s}" + "".join(f"{t:>20s}" for _, t in names)
@@ -112,8 +119,13 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
     for a, b in demo.REVERSED_PAIRS:
         ia, ib = demo.CLASSES.index(a), demo.CLASSES.index(b)
         row(f"{a} vs {b}", [f"{100 * runs[v][0].val.pair_accuracy(ia, ib)[0]:.1f}%" for v, _ in names])
+    row("CAM hit rate", [f"{100 * after['cam'][v]['hit_rate']:.1f}%" for v, _ in names])
     row("train time", [f"{runs[v][1]:.0f} s" for v, _ in names])
+    cam = after["cam"]["tds_clip"]
     lines.append("  (pairs: accuracy of telling a motion from its time reversal; chance is 50%)")
+    lines.append(f"  (CAM hit rate: of the {cam['segments']} val segments, those whose class-activation peak "
+                 f"lies on the moving patch;\n   a random peak hits {100 * cam['chance']:.1f}%, the peak of the "
+                 f"motion energy the SME-Adapter sees {100 * cam['motion_hit_rate']:.1f}%)")
     for variant, title in names:
         res = runs[variant][0]
         summary["runs"][variant] = {
@@ -126,6 +138,7 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
         lines.append(f"  {' ' * len(title)}  metrics    {res.metrics}")
         if res.curves:
             lines.append(f"  {' ' * len(title)}  curves     {res.curves}")
+    lines += demo.report_lines(after)
     tds = runs["tds_clip"][0]
     lines.append("")
     lines.append("Next: python -m tdsk.evaluate --checkpoint %s --views 1x2" % tds.last_checkpoint)

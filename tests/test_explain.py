@@ -1,9 +1,8 @@
 """Pictures of what the model saw (tdsk.explain): motion energy, class activation, files.
 
 The clip is a real demo video (``tdsk.demo._render``: a textured patch moving over a real
-background, encoded with the demo's own h264 settings). The demo places the patch with
-``canvas.paste(patch, (x, y), mask)`` once per frame; recording those calls gives the
-patch's box in every frame, the ground truth the motion-energy peak is checked against.
+background, encoded with the demo's own h264 settings). The generator returns the patch's
+box in every frame, the ground truth the motion-energy peak is checked against.
 """
 
 import numpy as np
@@ -26,27 +25,11 @@ def _demo_sources():
 
 
 def render_with_boxes(label, seed):
-    """``(frames uint8 [F, 64, 64, 3], boxes [(x0, y0, x1, y1)] per frame)`` of one demo video."""
-    from PIL import Image
-
-    boxes = []
-    paste = Image.Image.paste
-
-    def recording_paste(self, im, box=None, mask=None):
-        if isinstance(im, Image.Image) and box is not None and len(box) == 2:
-            boxes.append((box[0], box[1], box[0] + im.width, box[1] + im.height))
-        return paste(self, im, box, mask)
-
+    """``(frames uint8 [F, 64, 64, 3], boxes int64 [F, 4])`` of one demo video; the boxes are the
+    generator's own (tests/test_demo.py checks them against the pasted patch)."""
     spec = demo.DemoSpec()
     rng = np.random.default_rng([spec.seed, 7, seed, label])
-    sources = _demo_sources()
-    Image.Image.paste = recording_paste
-    try:
-        frames = demo._render(spec, label, rng, sources)
-    finally:
-        Image.Image.paste = paste
-    assert len(boxes) == len(frames)
-    return frames, boxes
+    return demo._render(spec, label, rng, _demo_sources())
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +91,55 @@ def test_motion_energy_of_still_and_moving():
     moving[:, 3, :, 2, 5] = 1.0                                  # one pixel flashes in frame 3
     e = motion_energy(moving)
     assert e[:, 2, 5].eq(1).all() and e.sum() == 2
+
+
+@pytest.mark.parametrize("variant", ["tds_clip", "baseline"])
+def test_grad_cam_batch_equals_per_clip(variant):
+    """Batched maps equal clip-by-clip maps; the logits are the model's forward (TDS-CLIP and
+    the mean-pool baseline, whose map is on the frozen CLIP's tokens entering its last block)."""
+    from tdsk.explain import grad_cam, grad_cam_batch
+
+    torch.manual_seed(1)
+    m = build_model("demo", variant=variant, clip_pretrained=None).eval()
+    video = torch.randn(3, 8, 5, 3, 32, 32)
+    cam, logits, target = grad_cam_batch(m, video, targets=[0, 4, 8])
+    assert cam.shape == (3, 8, 32, 32) and target.tolist() == [0, 4, 8]
+    with torch.no_grad():
+        assert torch.allclose(logits, m(video), atol=1e-5)
+    assert cam.flatten(-2).amax(-1).gt(0).any()
+    for b in range(3):
+        one, lg, t = grad_cam(m, video[b:b + 1], target_class=int(target[b]))
+        assert t == int(target[b]) and torch.allclose(lg, logits[b], atol=1e-5)
+        assert torch.allclose(one, cam[b], atol=1e-5)
+    with pytest.raises(ValueError, match="targets: 2 classes for 3 clips"):
+        grad_cam_batch(m, video, targets=[0, 1])
+
+
+def test_explain_baseline_and_refuses_other_models(tmp_path):
+    frames, _ = render_with_boxes(demo.CLASSES.index("left"), 4)
+    path = str(tmp_path / "left.mp4")
+    demo._encode(path, frames, demo.DemoSpec().fps)
+    torch.manual_seed(0)
+    base = build_model("demo", variant="baseline", clip_pretrained=None).eval()
+    ex = explain(base, path, str(tmp_path / "out"))
+    assert ex.cam.shape == (8, 32, 32) and 0.0 <= ex.cam.min() and ex.cam.max() <= 1.0
+    assert np.array_equal(ex.motion, explain(model_for_motion(), path, None).motion)  # model-free
+    with pytest.raises(TypeError, match="TDS-CLIP model .* or the mean-pool baseline"):
+        from tdsk.explain import grad_cam
+
+        grad_cam(torch.nn.Linear(2, 2), torch.zeros(1, 8, 5, 3, 32, 32))
+
+
+def model_for_motion():
+    torch.manual_seed(2)
+    return build_model("demo", clip_pretrained=None).eval()
+
+
+def test_peak_in_box():
+    from tdsk.explain import peak_in_box
+
+    maps = torch.zeros(3, 4, 6)
+    maps[0, 1, 2] = 1.0                          # peak at x=2, y=1
+    maps[1, 3, 5] = 0.5                          # peak at x=5, y=3
+    boxes = torch.tensor([[2, 1, 3, 2], [0, 0, 5, 4], [0, 0, 6, 4]])
+    assert peak_in_box(maps, boxes).tolist() == [True, False, False]   # x1 is exclusive; all-zero: no peak

@@ -723,6 +723,8 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     """
     from tdsk.data.custom import plan_dataset
 
+    if variant is not None:  # part of the recipe the checkpoints store (a reloaded model is the one trained)
+        cfg = {**cfg, "model": {**cfg["model"], "variant": variant}}
     validate_recipe(cfg)
     start_time = time.time()
     info = dist_info or D.init(validate_recipe(cfg).train.device)
