@@ -512,8 +512,9 @@ def concat_parts(root: str, path: str, order: Sequence[str] = TIMELINE_ORDER, *,
 def part_accuracy(rows: Sequence[dict], segments: Sequence[dict], parts: Sequence[dict]) -> dict:
     """Score a timeline against known parts ``{"index", "start", "end"}`` (seconds). Per part:
 
-    * ``part_right``: the top-1 of the window that overlaps the part most (the window on the
-      part when the part is one window long) is the part's class;
+    * ``part_right``: the top-1 of the window that overlaps the part most (of those, the one
+      centred nearest the part's middle; the window on the part when the part is one window
+      long) is the part's class;
     * ``windows_right`` / ``windows``: the windows centred in the part (``time`` in
       ``[start, end)``, the last part including its end) whose top-1 is the part's class;
     * ``time_right``: the fraction of the part the smoothed segments give its class.
@@ -529,8 +530,9 @@ def part_accuracy(rows: Sequence[dict], segments: Sequence[dict], parts: Sequenc
         span = part["end"] - part["start"]
         covered = sum(max(0.0, min(seg["end"], part["end"]) - max(seg["start"], part["start"]))
                       for seg in segments if seg["index"] == part["index"])
-        overlap = [min(r["end"], part["end"]) - max(r["start"], part["start"]) for r in rows]
-        best = rows[int(np.argmax(overlap))] if rows else None
+        mid = 0.5 * (part["start"] + part["end"])
+        best = max(rows, key=lambda r: (round(min(r["end"], part["end"]) - max(r["start"], part["start"]), 9),
+                                        -abs(r["time"] - mid)), default=None)
         hit = best is not None and best["top"][0]["index"] == part["index"]
         out.append({**part, "part_right": hit, "part_label": best["top"][0]["label"] if best else None,
                     "windows": len(mine), "windows_right": good, "time_right": covered / span if span > 0 else 0.0})

@@ -168,3 +168,11 @@ def test_cam_localisation_matches_explain(tmp_path):
             x0, y0, x1, y1 = seg[t]
             hits += bool(cam[t].max() > 0 and x0 <= px < x1 and y0 <= py < y1)
     assert res["hits"] == hits and res["segments"] == 8 * len(demo.CLASSES)
+
+
+def test_part_accuracy_ties_go_to_the_centred_window():
+    """A part longer than a window: of the windows inside it, the one centred on it decides."""
+    parts = [{"label": "up", "index": 2, "start": 0.0, "end": 2.0}]
+    rows = [_row(0.75, 0, 0.0, 1.5), _row(1.0, 2, 0.25, 1.75), _row(1.25, 0, 0.5, 2.0)]
+    acc = demo.part_accuracy(rows, [], parts)
+    assert acc["parts"][0]["part_right"] is True and acc["parts"][0]["part_label"] == "up"
