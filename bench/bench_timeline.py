@@ -16,9 +16,12 @@ benchmark's setup), then times ``TDSK_BENCH_WINDOWS`` (default 4) further window
 (``TDSK_BENCH_ROUNDS``, default 1). clips/s = windows / time. The first window's own time is
 reported as ``cold_first_window_s``. The load average (``os.getloadavg``) is recorded before and
 after. The logits of both paths are compared (max abs difference printed, not asserted: that is
-``tests/test_timeline.py``'s job). Nothing here asserts a timing.
+``tests/test_timeline.py``'s job). Nothing here asserts a timing. With ``--tdsk-summary PATH.json``
+the report is also written, as Markdown naming the machine, to ``PATH.md``
+(``bench/results/<machine>-timeline.md``).
 """
 import os
+import platform
 import time
 
 import numpy as np
@@ -35,17 +38,24 @@ _RESULTS = {}
 
 
 @pytest.fixture(scope="module")
-def state():
+def state(request):
     torch.manual_seed(0)
     model = build_model("ssv1_b16", clip_pretrained=None).eval()
     spacing = 6
     n = spacing * (8 + WINDOWS) + 6
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(n)]
-    _RESULTS["load_before"] = os.getloadavg()
+    _RESULTS.update(load_before=os.getloadavg(), started=time.strftime("%Y-%m-%d %H:%M"))
     yield {"model": model, "frames": frames}
     _RESULTS["load_after"] = os.getloadavg()
     print("\n" + report())
+    path = request.config.getoption("--tdsk-summary")
+    if path:
+        md = os.path.splitext(path)[0] + ".md"
+        os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
+        with open(md, "w") as fh:
+            fh.write(markdown())
+        print(f"timeline report written to {md}")
 
 
 def _primed(model, frames, reuse):
@@ -100,3 +110,37 @@ def report() -> str:
         lg = _RESULTS["logits"]
         lines.append(f"  max |logit reuse - naive| = {(lg['reuse'] - lg['naive']).abs().max().item():.2e}")
     return "\n".join(lines)
+
+
+def markdown() -> str:
+    """The report as Markdown, with the machine named (for ``bench/results/``)."""
+    from tdsk.doctor import cpu_name
+
+    machine = (f"cpu-{platform.machine()}-{os.cpu_count()}threads" if not torch.cuda.is_available()
+               else torch.cuda.get_device_name(0))
+    load = ", ".join(f"{v:.2f}" for v in _RESULTS["load_before"]) if _RESULTS.get("load_before") else "n/a"
+    load_after = ", ".join(f"{v:.2f}" for v in _RESULTS["load_after"]) if _RESULTS.get("load_after") else "n/a"
+    lines = [f"# Timeline inference: frozen-tap reuse vs per-window ({machine})", "",
+             f"Command: `pytest bench/bench_timeline.py --benchmark-only -s --tdsk-summary <path>.json`, "
+             f"{_RESULTS.get('started')}. Machine: **{machine}** ({cpu_name()}), torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads. TDS-CLIP B/16 (`ssv1_b16`, random weights), 8 segments x 5 "
+             f"frames at 224, fp32 eval, stride one segment, frames fed one by one through "
+             f"`tdsk.timeline.TimelineEngine` (preprocessing included, no decoding); {WINDOWS} windows timed "
+             f"after a primed first one, {ROUNDS} round(s), both rows in this one run. Load average (1, 5, 15 "
+             f"min) before: {load}, after: {load_after}.", "",
+             "| path | what runs per window | clips/s | time for the windows | first window | vs naive |",
+             "|---|---|---:|---:|---:|---:|"]
+    what = {"naive": "whole model (8 frozen-CLIP frames + side network)",
+            "reuse": "1 new frozen-CLIP frame + side network"}
+    for p in ("naive", "reuse"):
+        if p in _RESULTS:
+            r = _RESULTS[p]
+            ratio = (f"{r['clips_per_s'] / _RESULTS['naive']['clips_per_s']:.2f}x" if "naive" in _RESULTS else "")
+            lines.append(f"| {p} | {what[p]} | {r['clips_per_s']:.3f} | {r['median_s']:.2f} s | "
+                         f"{r['cold_first_window_s']:.2f} s | {ratio} |")
+    if "logits" in _RESULTS and len(_RESULTS["logits"]) == 2:
+        lg = _RESULTS["logits"]
+        lines += ["", f"Max |logit reuse - naive| over the {WINDOWS + 1} windows: "
+                      f"{(lg['reuse'] - lg['naive']).abs().max().item():.2e} (the equality itself is tested in "
+                      "`tests/test_timeline.py`)."]
+    return "\n".join(lines) + "\n"
