@@ -17,8 +17,8 @@ benchmark's setup), then times ``TDSK_BENCH_WINDOWS`` (default 4) further window
 reported as ``cold_first_window_s``. The load average (``os.getloadavg``) is recorded before and
 after. The logits of both paths are compared (max abs difference printed, not asserted: that is
 ``tests/test_timeline.py``'s job). Nothing here asserts a timing. With ``--tdsk-summary PATH.json``
-the report is also written, as Markdown naming the machine, to ``PATH.md``
-(``bench/results/<machine>-timeline.md``).
+the report is also written, as Markdown naming the machine, to ``PATH-timeline.md`` (``PATH.md``
+when PATH already ends in ``-timeline``: ``bench/results/<machine>-timeline.md``).
 """
 import os
 import platform
@@ -51,7 +51,9 @@ def state(request):
     print("\n" + report())
     path = request.config.getoption("--tdsk-summary")
     if path:
-        md = os.path.splitext(path)[0] + ".md"
+        stem = os.path.splitext(path)[0]
+        # its own file: bench_inference.py writes <stem>.md when both run under one --tdsk-summary
+        md = stem + (".md" if stem.endswith("-timeline") else "-timeline.md")
         os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
         with open(md, "w") as fh:
             fh.write(markdown())

@@ -41,6 +41,7 @@ __all__ = [
     "frozen_parameter_names",
     "weights_sha256",
     "load_model_state",
+    "stored_recipe",
 ]
 
 # ``format`` tag of the training checkpoints written by ``python -m tdsk.train``.
@@ -217,3 +218,22 @@ def load_model_state(model: nn.Module, ckpt: Mapping, *, check_frozen: bool = Tr
                 f"(trained with clip_pretrained={info.get('clip_pretrained')!r}, file sha256 "
                 f"{info.get('file_sha256')}); build the model with the same model.clip_pretrained"
             )
+
+
+def stored_recipe(ckpt: Mapping) -> dict:
+    """The recipe a training checkpoint stores, its ``model.variant`` made to agree with its
+    weights. Runs started with ``fit(variant=...)`` (``--variant baseline``) before tdsk stored
+    that override in the recipe kept the recipe's own variant; the weights tell: side-network
+    tensors (``side.*``) mean ``tds_clip``, a bare ``head`` without them the mean-pool baseline."""
+    cfg = dict(ckpt.get("config") or {})
+    state = ckpt.get("model_state_dict") or {}
+    model = dict(cfg.get("model") or {})
+    stated = model.get("variant", "tds_clip")
+    if not state or stated not in ("tds_clip", "baseline"):
+        return cfg
+    trained = "tds_clip" if any(k.startswith("side.") for k in state) else ("baseline" if "head.weight" in state
+                                                                          else stated)
+    if trained != stated:
+        model["variant"] = trained
+        cfg["model"] = model
+    return cfg

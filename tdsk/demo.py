@@ -421,10 +421,15 @@ def read_boxes(root: str) -> dict:
 def segment_boxes(boxes: np.ndarray, indices: np.ndarray, scale: float) -> np.ndarray:
     """``int64 [T, 4]``: per segment, the box around the patch in all of its local frames
     (``boxes [F, 4]`` per frame, ``indices int [T, M]`` the segment's frames), scaled to the
-    model's input (``scale`` = input size / frame size; outward rounding)."""
-    b = np.asarray(boxes)[np.asarray(indices)]                 # [T, M, 4]
-    lo = np.floor(np.stack([b[..., 0].min(-1), b[..., 1].min(-1)], -1) * scale)
-    hi = np.ceil(np.stack([b[..., 2].max(-1), b[..., 3].max(-1)], -1) * scale)
+    model's input (``scale`` = input size / frame size; outward rounding). Empty boxes (no
+    patch pixel in a frame) are left out; a segment with none gets ``(0, 0, 0, 0)``."""
+    b = np.asarray(boxes, dtype=np.float64)[np.asarray(indices)]   # [T, M, 4]
+    empty = (b[..., 2] <= b[..., 0]) | (b[..., 3] <= b[..., 1])
+    lo = np.where(empty[..., None], np.inf, b[..., :2]).min(-2)
+    hi = np.where(empty[..., None], -np.inf, b[..., 2:]).max(-2)
+    none = empty.all(-1)[..., None]
+    lo = np.where(none, 0.0, np.floor(lo * scale))
+    hi = np.where(none, 0.0, np.ceil(hi * scale))
     return np.concatenate([lo, hi], -1).astype(np.int64)
 
 
@@ -434,40 +439,59 @@ def cam_localisation(model, root: str, *, split: str = "val", batch_size: int = 
 
     Each video is fed as in validation (the demo loader's frames, the ``val`` sampling); a
     segment's patch box covers the patch in all ``M`` local frames it sees
-    (:func:`segment_boxes`). ``chance``: the mean fraction of the frame those boxes cover,
-    the hit rate of a peak dropped at random; ``motion_hit_rate``: that of the SME motion
-    energy's peak (:func:`tdsk.explain.motion_energy`, model-free). A segment whose map has no
-    positive value (``no_peak``) is a miss. Works for TDS-CLIP and the mean-pool baseline.
-    Returns ``{"hit_rate", "hits", "segments", "no_peak", "chance", "motion_hit_rate", "top1",
-    "per_class"}``.
+    (:func:`segment_boxes`). The map is scored at the resolution the model has, its ``g x g``
+    patch grid: a hit is a maximal cell whose centre lies in the box
+    (:func:`tdsk.explain.peak_in_box`). A segment whose map has no positive value
+    (``no_peak``) is a miss. References, scored the same way: ``chance``, the share of cells
+    whose centre lies in the box (a peak in a random cell,
+    :func:`tdsk.explain.box_cell_fraction`), and ``motion_hit_rate``, the peak of the SME
+    motion energy (:func:`tdsk.explain.motion_energy`, model-free) averaged over each cell;
+    ``motion_hit_rate_pixels`` and ``chance_area`` are the same at full pixel resolution.
+    Works for TDS-CLIP and the mean-pool baseline. Returns ``{"hit_rate", "hits",
+    "segments", "no_peak", "grid", "chance", "chance_area", "motion_hit_rate",
+    "motion_hit_rate_pixels", "top1", "per_class"}``.
     """
     import torch
+    import torch.nn.functional as F
 
     from tdsk.data import normalize, parse_list, sample_indices
-    from tdsk.explain import grad_cam_batch, motion_energy, peak_in_box
+    from tdsk.explain import box_cell_fraction, grad_cam_batch, motion_energy, peak_in_box
     from tdsk.timeline import _eval_mode
 
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     size = int(model.config["input_size"])
     t, m = int(model.num_segments), int(model.num_local)
     list_file = os.path.join(root, f"{split}.txt")
     frames, labels = _decode_split(list_file, root, size)      # uint8 [N, F, 3, s, s]
     rel = [os.path.relpath(r.path, root).replace(os.sep, "/") for r in parse_list(list_file, root, "video")]
     all_boxes = read_boxes(root)
+    missing = [p for p in rel if p not in all_boxes]
+    if missing:
+        raise KeyError(f"{os.path.join(root, 'boxes.json')} has no boxes for {len(missing)} listed video(s), "
+                       f"e.g. {missing[0]}: regenerate the dataset")
     with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
         scale = size / float(json.load(f)["size"])
     idx = sample_indices(frames.shape[1], t, m, "val")         # every demo video has the same length
     seg_boxes = torch.from_numpy(np.stack([segment_boxes(all_boxes[p], idx, scale) for p in rel]))  # [N, T, 4]
     flat = torch.from_numpy(np.asarray(idx).reshape(-1))
-    hits, peaks, correct, motion = [], [], [], []
+    device = next(model.parameters()).device
+    hits, peaks, correct, motion, motion_px = [], [], [], [], []
+    grid = None
     bar = _progress(len(rel), "where the model looked", progress)
     with _eval_mode(model):
-        for b0 in range(0, len(rel), batch_size):
-            video = normalize(frames[b0:b0 + batch_size][:, flat]).view(-1, t, m, 3, size, size)
-            cam, logits, target = grad_cam_batch(model, video)
-            hits.append(peak_in_box(cam, seg_boxes[b0:b0 + batch_size]))
+        for b0 in range(0, len(rel), int(batch_size)):
+            video = normalize(frames[b0:b0 + batch_size][:, flat].to(device)).view(-1, t, m, 3, size, size)
+            cam, logits, target = grad_cam_batch(model, video, upsample=False)   # [B, T, g, g]
+            cam, target = cam.cpu(), target.cpu()
+            grid = cam.shape[-1]
+            box = seg_boxes[b0:b0 + batch_size]
+            hits.append(peak_in_box(cam, box, size))
             peaks.append(cam.flatten(-2).amax(-1) > 0)
-            energy = torch.stack([motion_energy(v) for v in video])
-            motion.append(peak_in_box(energy, seg_boxes[b0:b0 + batch_size]))
+            energy = torch.stack([motion_energy(v) for v in video]).cpu()        # [B, T, s, s]
+            motion_px.append(peak_in_box(energy, box))
+            cells = F.avg_pool2d(energy.flatten(0, 1)[:, None], size // grid)[:, 0].view(*energy.shape[:2], grid, grid)
+            motion.append(peak_in_box(cells, box, size))
             correct.append(target == labels[b0:b0 + batch_size])
             bar.update(video.shape[0])
     bar.close()
@@ -475,8 +499,11 @@ def cam_localisation(model, root: str, *, split: str = "val", batch_size: int = 
     area = ((seg_boxes[..., 2] - seg_boxes[..., 0]).clamp_min(0) * (seg_boxes[..., 3] - seg_boxes[..., 1]).clamp_min(0))
     per_class = {name: float(hit[labels == k].float().mean()) for k, name in enumerate(CLASSES) if (labels == k).any()}
     return {"hit_rate": float(hit.float().mean()), "hits": int(hit.sum()), "segments": int(hit.numel()),
-            "no_peak": int((~peak).sum()), "chance": float((area.float() / (size * size)).mean()),
+            "no_peak": int((~peak).sum()), "grid": int(grid),
+            "chance": float(box_cell_fraction(seg_boxes, grid, size).mean()),
+            "chance_area": float((area.float() / (size * size)).mean()),
             "motion_hit_rate": float(torch.cat(motion).float().mean()),
+            "motion_hit_rate_pixels": float(torch.cat(motion_px).float().mean()),
             "top1": float(right.float().mean()), "per_class": per_class}
 
 
@@ -489,11 +516,17 @@ def concat_parts(root: str, path: str, order: Sequence[str] = TIMELINE_ORDER, *,
     sampling clamps). Returns the parts ``{"label", "index", "start", "end", "sources"}`` (seconds)."""
     from tdsk.data import PyAVVideo
 
+    if int(hold) < 0 or int(clips_per_part) < 1:
+        raise ValueError(f"concat_parts: hold must be >= 0 and clips_per_part >= 1, got {hold} and {clips_per_part}")
     with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
         fps = int(json.load(f)["fps"])
     clips, parts, n = [], [], 0
     for name in order:
         sources = [os.path.join(root, "videos", split, f"{name}_{i:04d}.mp4") for i in range(int(clips_per_part))]
+        absent = [p for p in sources if not os.path.isfile(p)]
+        if absent:
+            raise FileNotFoundError(f"concat_parts: {absent[0]} does not exist ({split} has fewer than "
+                                    f"{clips_per_part} clips of {name!r}?)")
         first = n
         for source in sources:
             with PyAVVideo(source) as video:
@@ -592,7 +625,8 @@ def report_lines(result: dict) -> List[str]:
                  f"{100 * t['time']:.1f}% of the time labelled right (windows across a cut see two clips)")
     h = result.get("timeline_hold2")
     if h:
-        lines.append(f"  the same clips with a 2-frame freeze at each cut (no local frame across a cut): per-part "
+        lines.append(f"  the same clips with a 2-frame freeze at each cut (the window on a part then sees only its "
+                     f"clip): per-part "
                      f"{100 * h['parts_right']:.1f}%, windows {100 * h['windows']:.1f}%, time {100 * h['time']:.1f}%")
     lines.append(f"  timeline PNG   {t['png']}")
     e = result["explain"]

@@ -42,7 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["explain", "Explanation", "motion_energy", "grad_cam", "grad_cam_batch", "peak_in_box"]
+__all__ = ["explain", "Explanation", "motion_energy", "grad_cam", "grad_cam_batch", "peak_in_box",
+           "box_cell_fraction"]
 
 
 @dataclass
@@ -117,11 +118,14 @@ def _cam_activations(model: nn.Module, video: torch.Tensor):
                     f"got {type(model).__name__}")
 
 
-def grad_cam_batch(model: nn.Module, video: torch.Tensor, targets: Optional[Sequence[int]] = None):
+def grad_cam_batch(model: nn.Module, video: torch.Tensor, targets: Optional[Sequence[int]] = None, *,
+                   upsample: bool = True):
     """``(cam [B, T, S, S] in [0, 1], logits [B, K], targets int64 [B])`` for ``video[B, T, M, 3, S, S]``
     on a TDS-CLIP model or the mean-pool baseline (eval mode, fp32). ``targets``: the class each
-    clip's map explains (default its predicted class). In eval mode the clips of a batch are
-    independent, so this equals :func:`grad_cam` clip by clip."""
+    clip's map explains (default its predicted class). ``upsample=False``: the maps on the
+    ``g x g`` patch grid, ``[B, T, g, g]`` (what the model resolves; the upsampled map is what is
+    drawn). In eval mode the clips of a batch are independent, so this equals :func:`grad_cam`
+    clip by clip."""
     b, t, s = video.shape[0], video.shape[1], video.shape[-1]
     x, logits = _cam_activations(model, video)
     k = logits.shape[-1]
@@ -139,8 +143,11 @@ def grad_cam_batch(model: nn.Module, video: torch.Tensor, targets: Optional[Sequ
     weights = grad.mean(dim=2, keepdim=True)                    # [B, T, 1, C]
     cam = F.relu((weights * x.detach()).sum(-1))                # [B, T, N]
     g = int(round(cam.shape[-1] ** 0.5))
-    cam = F.interpolate(cam.reshape(b * t, 1, g, g), size=(s, s), mode="bilinear", align_corners=False)
-    return _unit(cam.view(b, t, s, s)), logits.detach(), target.cpu()
+    cam = cam.reshape(b, t, g, g)
+    if upsample:
+        cam = F.interpolate(cam.reshape(b * t, 1, g, g), size=(s, s), mode="bilinear",
+                            align_corners=False).view(b, t, s, s)
+    return _unit(cam), logits.detach(), target.cpu()
 
 
 def grad_cam(model: nn.Module, video: torch.Tensor, target_class: Optional[int] = None):
@@ -150,17 +157,36 @@ def grad_cam(model: nn.Module, video: torch.Tensor, target_class: Optional[int] 
     return cam[0], logits[0], int(target[0])
 
 
-def peak_in_box(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Whether each map's peak lies in its box: ``maps [..., H, W]``, ``boxes int [..., 4]``
-    ``(x0, y0, x1, y1)`` in map pixels, end exclusive -> ``bool [...]``. An all-zero map has no
-    peak (False). Ties go to the first maximum in row-major order."""
+def _cell_centres(n: int, size: int, device=None) -> torch.Tensor:
+    """Centres, in pixels of a ``size``-pixel axis, of the ``n`` cells a map of ``n`` values spans."""
+    return (torch.arange(n, dtype=torch.float64, device=device) + 0.5) * (size / n)
+
+
+def peak_in_box(maps: torch.Tensor, boxes: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
+    """Whether each map's peak lies in its box: ``maps [..., h, w]``, ``boxes int [..., 4]``
+    ``(x0, y0, x1, y1)`` in the pixels of a ``size x size`` frame (default: the map's own
+    ``h x w`` pixels), end exclusive -> ``bool [...]``. The peak is the centre of the maximal map cell (a
+    coarse ``g x g`` map is scored at its own resolution, not through an upsampling, whose edge
+    cells would peak on the frame border). An all-zero map has no peak (False). Ties go to the
+    first maximum in row-major order."""
     h, w = maps.shape[-2:]
     flat = maps.flatten(-2)
     arg = flat.argmax(-1)
-    py, px = arg // w, arg % w
-    boxes = boxes.to(arg.device)
-    inside = (px >= boxes[..., 0]) & (px < boxes[..., 2]) & (py >= boxes[..., 1]) & (py < boxes[..., 3])
+    cx = _cell_centres(w, int(size or w), maps.device)[arg % w]
+    cy = _cell_centres(h, int(size or h), maps.device)[arg // w]
+    boxes = boxes.to(maps.device)
+    inside = (cx >= boxes[..., 0]) & (cx < boxes[..., 2]) & (cy >= boxes[..., 1]) & (cy < boxes[..., 3])
     return inside & (flat.amax(-1) > 0)
+
+
+def box_cell_fraction(boxes: torch.Tensor, cells: int, size: int) -> torch.Tensor:
+    """``float [...]``: the share of a ``cells x cells`` grid over a ``size``-pixel frame whose cell
+    centres lie in each box (``int [..., 4]``, as in :func:`peak_in_box`): the hit rate of a peak in
+    a uniformly random cell."""
+    c = _cell_centres(cells, size, boxes.device)
+    inx = (c >= boxes[..., 0:1]) & (c < boxes[..., 2:3])         # [..., cells]
+    iny = (c >= boxes[..., 1:2]) & (c < boxes[..., 3:4])
+    return inx.double().mean(-1) * iny.double().mean(-1)
 
 
 def _colour(maps: np.ndarray, name: str) -> np.ndarray:

@@ -206,7 +206,7 @@ def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequ
     ckpt = C.load(path)
     classes = None
     if C.is_training_checkpoint(ckpt):
-        recipe = _load_recipe(cfg, overrides) if cfg is not None else apply_overrides(dict(ckpt["config"]), overrides)
+        recipe = _load_recipe(cfg, overrides) if cfg is not None else apply_overrides(C.stored_recipe(ckpt), overrides)
         model = build_model(recipe["model"])
         C.load_model_state(model, ckpt)
         classes = ckpt.get("classes")

@@ -145,10 +145,11 @@ def test_run_demo_end_to_end(tmp_path, capsys):
         assert json.load(f)["cam"]["tds_clip"]["segments"] == n_val * 8
 
 
-def test_cam_localisation_matches_explain(tmp_path):
-    """The batched hit rate uses the same maps as explain() on each clip (same frames, same CAM)."""
+def test_cam_localisation_counts_grid_peaks_in_the_patch(tmp_path):
+    """The hit count is that of each clip's own Grad-CAM grid: a hit is a maximal cell whose
+    centre lies in the segment's patch box; chance counts the cell centres inside the boxes."""
     from tdsk.data import normalize, sample_indices
-    from tdsk.explain import grad_cam
+    from tdsk.explain import grad_cam_batch
     from tdsk.models import build_model
 
     _sources()
@@ -157,17 +158,39 @@ def test_cam_localisation_matches_explain(tmp_path):
     model = build_model("demo", clip_pretrained=None).eval()
     res = demo.cam_localisation(model, root, batch_size=4)
     frames, _ = demo._decode_split(os.path.join(root, "val.txt"), root, 32)
-    idx = torch.from_numpy(np.asarray(sample_indices(frames.shape[1], 8, 5, "val")).reshape(-1))
+    idx = np.asarray(sample_indices(frames.shape[1], 8, 5, "val"))
     boxes = demo.read_boxes(root)
-    hits = 0
+    hits, inside = 0, []
     for k, name in enumerate(demo.CLASSES):
-        cam, _, _ = grad_cam(model, normalize(frames[k:k + 1][:, idx]).view(1, 8, 5, 3, 32, 32))
-        seg = demo.segment_boxes(boxes[f"videos/val/{name}_0000.mp4"], np.asarray(idx).reshape(8, 5), 0.5)
+        video = normalize(frames[k:k + 1][:, torch.from_numpy(idx.reshape(-1))]).view(1, 8, 5, 3, 32, 32)
+        cam = grad_cam_batch(model, video, upsample=False)[0][0]      # [8, 4, 4]: 8 px cells
         for t in range(8):
-            py, px = np.unravel_index(int(cam[t].argmax()), (32, 32))
-            x0, y0, x1, y1 = seg[t]
-            hits += bool(cam[t].max() > 0 and x0 <= px < x1 and y0 <= py < y1)
-    assert res["hits"] == hits and res["segments"] == 8 * len(demo.CLASSES)
+            b = boxes[f"videos/val/{name}_0000.mp4"][idx[t]] / 2.0     # 64 px frames, 32 px input
+            x0, y0 = np.floor(b[:, :2].min(0))
+            x1, y1 = np.ceil(b[:, 2:].max(0))
+            i, j = divmod(int(cam[t].argmax()), 4)
+            cy, cx = 8 * i + 4, 8 * j + 4
+            hits += bool(cam[t].max() > 0 and x0 <= cx < x1 and y0 <= cy < y1)
+            centres = 8 * np.arange(4) + 4
+            inside.append(((centres >= x0) & (centres < x1)).mean() * ((centres >= y0) & (centres < y1)).mean())
+    assert res["grid"] == 4 and res["segments"] == 8 * len(demo.CLASSES)
+    assert res["hits"] == hits and res["chance"] == pytest.approx(float(np.mean(inside)))
+    with pytest.raises(ValueError, match="batch_size"):
+        demo.cam_localisation(model, root, batch_size=0)
+
+
+def test_segment_boxes_skip_empty_frames():
+    boxes = np.array([[10, 20, 30, 40], [0, 0, 0, 0]])
+    assert demo.segment_boxes(boxes, np.array([[0, 1], [1, 1]]), 1.0).tolist() == [[10, 20, 30, 40], [0, 0, 0, 0]]
+
+
+def test_concat_parts_refuses_bad_arguments(tmp_path):
+    _sources()
+    root = demo.generate(demo.DemoSpec(seed=6, train_per_class=1, val_per_class=1), str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="hold must be >= 0"):
+        demo.concat_parts(root, str(tmp_path / "x.mp4"), hold=-1)
+    with pytest.raises(FileNotFoundError, match="fewer than 2 clips of 'right'"):
+        demo.concat_parts(root, str(tmp_path / "x.mp4"), clips_per_part=2)
 
 
 def test_part_accuracy_ties_go_to_the_centred_window():
@@ -176,3 +199,23 @@ def test_part_accuracy_ties_go_to_the_centred_window():
     rows = [_row(0.75, 0, 0.0, 1.5), _row(1.0, 2, 0.25, 1.75), _row(1.25, 0, 0.5, 2.0)]
     acc = demo.part_accuracy(rows, [], parts)
     assert acc["parts"][0]["part_right"] is True and acc["parts"][0]["part_label"] == "up"
+
+
+def test_run_demo_reports_training_when_the_analysis_fails(tmp_path, capsys, monkeypatch):
+    from tdsk.train import run_demo
+
+    _sources()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no encoder here")
+
+    monkeypatch.setattr(demo, "analyse", broken)
+    summary = run_demo(["solver.epochs=1", "solver.warmup_epochs=0", "train.tensorboard=false",
+                        "train.num_workers=0"], cache=str(tmp_path / "cache"), output=str(tmp_path / "run"),
+                       progress=False, spec=demo.DemoSpec(seed=22, train_per_class=1, val_per_class=1),
+                       baseline=False)
+    captured = capsys.readouterr()
+    assert "after-training analysis failed (RuntimeError: no encoder here)" in captured.err
+    assert "top-1" in captured.out and "CAM hit rate" not in captured.out
+    assert summary["analysis_error"] == "RuntimeError: no encoder here" and "tds_clip" in summary["runs"]
+    assert json.load(open(tmp_path / "run" / "demo_summary.json"))["runs"]["tds_clip"]["top1"] >= 0.0

@@ -143,3 +143,17 @@ def test_peak_in_box():
     maps[1, 3, 5] = 0.5                          # peak at x=5, y=3
     boxes = torch.tensor([[2, 1, 3, 2], [0, 0, 5, 4], [0, 0, 6, 4]])
     assert peak_in_box(maps, boxes).tolist() == [True, False, False]   # x1 is exclusive; all-zero: no peak
+    # a coarse map scored at its own resolution: the peak is its cell's centre in frame pixels
+    grid = torch.zeros(2, 4, 4)
+    grid[0, 0, 0] = 1.0                          # cell (0, 0) of a 32 px frame: centre (4, 4)
+    grid[1, 3, 1] = 1.0                          # cell (3, 1): centre (12, 28)
+    boxes = torch.tensor([[3, 3, 5, 5], [0, 0, 12, 32]])
+    assert peak_in_box(grid, boxes, 32).tolist() == [True, False]     # x = 12 is outside [0, 12)
+
+
+def test_box_cell_fraction():
+    from tdsk.explain import box_cell_fraction
+
+    # 4 x 4 cells over 32 px, centres 4, 12, 20, 28: x in [0, 13) holds 2 of 4, y in [10, 32) 3 of 4
+    got = box_cell_fraction(torch.tensor([[0, 10, 13, 32], [0, 0, 32, 32], [5, 5, 6, 6]]), 4, 32)
+    assert got.tolist() == [pytest.approx(2 / 4 * 3 / 4), 1.0, 0.0]

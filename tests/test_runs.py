@@ -175,6 +175,26 @@ def test_resume_with_a_changed_recipe_is_refused_unless_forced(root, tmp_path):
     assert res.last_checkpoint.endswith("epoch_0002.pt")
 
 
+def test_variant_override_is_stored_and_old_baseline_checkpoints_still_load(root, tmp_path):
+    """fit(variant="baseline") stores model.variant=baseline; a checkpoint written before that
+    (its recipe still says tds_clip) reloads as the baseline and resumes with --variant baseline."""
+    from tdsk.inference import Recognizer
+    from tdsk.models.baseline import MeanPoolCLIP
+
+    args = ("solver.epochs=2", "eval.validate=false", "train.limit_train_batches=1")
+    _fit(root, tmp_path, *args, variant="baseline")
+    path = tmp_path / "epoch_0001.pt"
+    ckpt = C.load(str(path))
+    assert ckpt["config"]["model"]["variant"] == "baseline"
+    ckpt["config"]["model"]["variant"] = "tds_clip"                # as written before the variant was stored
+    torch.save(ckpt, str(path))
+    (tmp_path / "epoch_0002.pt").unlink()
+    assert isinstance(Recognizer.from_pretrained(str(path), device="cpu").model, MeanPoolCLIP)
+    res = _fit(root, tmp_path, *args, variant="baseline", resume="auto")
+    assert res.last_checkpoint.endswith("epoch_0002.pt")
+    assert C.stored_recipe(C.load(res.last_checkpoint))["model"]["variant"] == "baseline"
+
+
 def test_fresh_start_over_an_earlier_run_needs_overwrite(root, tmp_path):
     _fit(root, tmp_path, "solver.epochs=1", "eval.validate=false", "train.limit_train_batches=1")
     with pytest.raises(R.RunDirError, match="--resume auto"):

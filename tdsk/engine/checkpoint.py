@@ -38,6 +38,7 @@ from tdsk._checkpoint_io import (  # noqa: F401  (re-exported: the engine's chec
     atomic_save,
     frozen_parameter_names,
     load_model_state,
+    stored_recipe,
     torch_load,
     weights_sha256,
 )

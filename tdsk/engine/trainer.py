@@ -308,7 +308,7 @@ def _open_run_dir(run: _Run, resume: str | None, overwrite: bool, resume_force: 
 
 
 def _check_recipe_unchanged(run: _Run, ckpt: Mapping, force: bool) -> None:
-    saved = ckpt.get("config") or {}
+    saved = C.stored_recipe(ckpt)
     altering, harmless = config_changes(saved, run.cfg)
     saved_world = int(ckpt.get("world_size") or 1)
     if saved_world != run.info.world_size:
