@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import shutil
 import time

@@ -425,14 +425,15 @@ class Recognizer:
     def timeline(self, video: Any, stride: Optional[int] = None, out_dir: Optional[str] = None, top_k: int = 5,
                  **kw):
         """Slide the model's window over a whole video, reusing each frame's frozen-CLIP
-        features across windows (:func:`tdsk.timeline.timeline`; docs/timeline.md)."""
+        features across windows (:func:`tdsk.timeline.timeline`; docs/timeline.md). ``stride``
+        in segments, or ``stride_seconds=`` (rounded to whole segments)."""
         from tdsk.timeline import timeline
 
         return timeline(self, video, stride, out_dir=out_dir, top_k=top_k, **kw)
 
     def stream(self, frames: Any, fps: float, stride: Optional[int] = None, top_k: int = 5, **kw):
-        """Predictions every ``stride`` segments from an iterator of ``uint8 [H, W, 3]`` frames
-        (a webcam, an RTSP stream): :func:`tdsk.timeline.stream`."""
+        """Predictions every ``stride`` segments (or ``stride_seconds=``) from an iterator of
+        ``uint8 [H, W, 3]`` frames (a webcam, an RTSP stream): :func:`tdsk.timeline.stream`."""
         from tdsk.timeline import stream
 
         return stream(self, frames, fps, stride, top_k=top_k, **kw)

@@ -15,6 +15,13 @@ is a video path (``a=b.mp4`` is a video). Missing inputs are reported before the
 is loaded; each missing, undecodable or non-finite-scoring video gets its own error
 line and the others still run. Exit code: 0 if every video was classified, 1 if any
 failed, 2 for a usage error (bad checkpoint, recipe, override, labels file).
+
+Long videos (docs/timeline.md): ``--timeline`` slides the model's window over each whole
+video (``--stride SECONDS`` or ``--stride-segments N``; JSON, CSV and a PNG in ``--out``),
+``--explain DIR`` draws what the model saw, and ``--stream SOURCE`` (an ``rtsp://`` or
+``http://`` URL, a camera ``/dev/video0`` or its index ``0``, or a file) prints a prediction
+every stride as the frames arrive, until the source ends, ``--duration`` seconds of it have
+passed, or Ctrl-C (exit 0; 1 if the source cannot be opened or read).
 """
 from __future__ import annotations
 
@@ -94,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tdsk.evaluate import _positive_int, parse_views
 
     p = argparse.ArgumentParser(prog="python -m tdsk.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("videos", nargs="+", metavar="VIDEO",
+    p.add_argument("videos", nargs="*", metavar="VIDEO",
                    help="video files (or JPEG frame folders); section.key=value items (section: "
                         + ", ".join(SECTIONS) + ") are config overrides")
     p.add_argument("--checkpoint", required=True,
@@ -113,8 +120,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeline", action="store_true",
                    help="long videos: slide the window over the whole video (per-window top-k as JSON/CSV, "
                         "merged segments, a timeline PNG in --out); docs/timeline.md")
-    p.add_argument("--stride", type=_positive_int, help="--timeline: windows every N segments (default 1)")
-    p.add_argument("--clip-seconds", type=float, default=4.0, help="--timeline: seconds one window covers (4)")
+    p.add_argument("--stride", type=_positive_float, metavar="SECONDS",
+                   help="--timeline/--stream: a window every SECONDS, rounded to whole segments (default: one "
+                        "segment, clip-seconds / 8)")
+    p.add_argument("--stride-segments", type=_positive_int, metavar="N",
+                   help="--timeline/--stream: a window every N segments (instead of --stride)")
+    p.add_argument("--clip-seconds", type=_positive_float, default=4.0,
+                   help="--timeline/--stream: seconds one window covers (4)")
+    p.add_argument("--stream", metavar="SOURCE",
+                   help="live: rtsp:// or http:// URL, camera /dev/video0 (or its index 0), or a file; prints a "
+                        "prediction every stride as frames arrive (Ctrl-C stops)")
+    p.add_argument("--fps", type=_positive_float, help="--stream: the source's frame rate (default: the stream's)")
+    p.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+                   help="--stream: stop after this many seconds of the source")
+    p.add_argument("--stream-format", help="--stream: PyAV/ffmpeg input format (e.g. v4l2, mjpeg; default: guessed)")
+    p.add_argument("--stream-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="--stream: an ffmpeg input option, e.g. rtsp_transport=tcp (repeatable)")
+    p.add_argument("--timeout", type=_positive_float, default=10.0,
+                   help="--stream: seconds to wait for a network source's data (10)")
     p.add_argument("--explain", metavar="DIR",
                    help="write per-segment centre frame, motion energy and class-activation map (PNG + GIF) to DIR")
     p.add_argument("--class", dest="target_class", type=int, help="--explain: the class to explain (default: top-1)")
@@ -122,8 +145,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_intermixed_args(argv)  # videos and overrides may come before or after the options
     overrides = [v for v in args.videos if is_override(v)]
     videos = [v for v in args.videos if not is_override(v)]
-    if not videos:
+    if args.stream is not None:
+        if videos:
+            p.error("give VIDEO files or --stream SOURCE, not both")
+        if args.timeline or args.explain:
+            p.error("--stream prints predictions live; --timeline and --explain take VIDEO files")
+    elif not videos:
         p.error("no VIDEO given (section.key=value arguments are config overrides)")
+    if args.stride is not None and args.stride_segments is not None:
+        p.error("give --stride SECONDS or --stride-segments N, not both")
+    stream_options = {}
+    for item in args.stream_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--stream-option {item!r}: expected KEY=VALUE")
+        stream_options[key] = value
 
     def usage_error(message) -> int:
         print(f"error: {message}", file=sys.stderr)
@@ -141,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return usage_error(f"--labels {args.labels}: no such file")
     emit = _printer(args.json)
     present, failed = [], 0
+    if args.stream is not None:
+        present = [args.stream]
     for v in videos:
         if os.path.exists(v):
             present.append(v)
@@ -165,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          views=views, source=args.checkpoint)
     except tev.user_errors(loading=True) as exc:
         return usage_error(exc)
+    if args.stream is not None:
+        return _stream_mode(rec, args, stream_options)
     if args.timeline or args.explain:
         failed += _long_video_modes(rec, present, args, emit)
         return 1 if failed else 0
@@ -187,8 +227,8 @@ def _long_video_modes(rec, paths, args, emit) -> int:
         stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
         try:
             if args.timeline:
-                res = rec.timeline(path, stride=args.stride, out_dir=args.out, top_k=args.top,
-                                   clip_seconds=args.clip_seconds, stem=f"{stem}_timeline")
+                res = rec.timeline(path, stride=args.stride_segments, stride_seconds=args.stride, out_dir=args.out,
+                                   top_k=args.top, clip_seconds=args.clip_seconds, stem=f"{stem}_timeline")
                 if args.json:
                     print(json.dumps({"path": path, **tev.json_safe(res.to_dict()), "files": res.paths}))
                 else:
@@ -206,6 +246,65 @@ def _long_video_modes(rec, paths, args, emit) -> int:
             emit({"path": path, "error": str(exc)})
             failed += 1
     return failed
+
+def _stream_mode(rec, args, options) -> int:
+    """``--stream SOURCE``: one line (or JSON object) per window, printed as soon as it is known."""
+    import itertools
+    import json
+
+    from tdsk import evaluate as tev
+    from tdsk.timeline import TimelineEngine, VideoFrames, live_source, stream
+
+    src, fmt = live_source(args.stream)
+    live = not os.path.isfile(src)
+    try:
+        frames = VideoFrames(src, live=live, format=args.stream_format or fmt, options=options,
+                             timeout=args.timeout if live else None, fps=args.fps)
+        engine = TimelineEngine(rec, frames.fps, stride=args.stride_segments, stride_seconds=args.stride,
+                                clip_seconds=args.clip_seconds, top_k=args.top)
+    except tev.user_errors(loading=True) as exc:
+        print(f"error: --stream: {exc}", file=sys.stderr)
+        return 1
+    source = iter(frames)
+    if args.duration:
+        source = itertools.islice(source, max(1, int(round(args.duration * frames.fps))))
+    print(f"stream {args.stream}: {frames.fps:.2f} fps; {engine.window_seconds:.2f} s windows every "
+          f"{engine.stride * engine.segment_seconds:.2f} s" + (" (Ctrl-C stops)" if live else ""),
+          file=sys.stderr if args.json else sys.stdout, flush=True)
+    windows = 0
+    try:
+        for row in stream(None, source, frames.fps, engine=engine):
+            windows += 1
+            if args.json:
+                print(json.dumps({"source": args.stream, **{k: v for k, v in row.items() if k != "logits"}}),
+                      flush=True)
+            else:
+                print(f"{row['start']:9.2f} - {row['end']:9.2f} s  "
+                      + "  ".join(f"{t['label']} {t['prob']:.2f}" for t in row["top"]), flush=True)
+    except KeyboardInterrupt:
+        print(f"stopped (Ctrl-C) after {windows} window(s), {engine.frames_seen} frames", file=sys.stderr,
+              flush=True)
+        return 0
+    except tev.user_errors(loading=True) as exc:
+        print(f"error: --stream {args.stream}: after {windows} window(s): {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        frames.close()
+    if not args.json:
+        print(f"end of stream: {windows} window(s), {engine.frames_seen} frames "
+              f"({engine.frames_seen / frames.fps:.1f} s)", flush=True)
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
 
 if __name__ == "__main__":
     sys.exit(main())

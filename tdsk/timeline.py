@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["timeline", "stream", "TimelineEngine", "NonFiniteWindowError", "TimelineResult", "VideoFrames", "segment_spacing",
+           "stride_segments", "live_source",
            "segment_frame_indices", "window_frame_indices", "smooth_segments", "write_rows_csv",
            "plot_timeline", "DEFAULT_CLIP_SECONDS"]
 
@@ -93,29 +94,73 @@ def window_frame_indices(first_segment: int, num_segments: int, spacing: int, nu
                      for t in range(num_segments)])
 
 
+def stride_segments(stride: Optional[int], stride_seconds: Optional[float], segment_seconds: float) -> int:
+    """Windows advance by whole segments (so that the frozen taps can be shared): ``stride``
+    segments, or ``stride_seconds`` rounded to the nearest whole number of segments (at least
+    one; the effective value is in the timeline's ``stride_seconds``). Default one segment."""
+    if stride is not None and stride_seconds is not None:
+        raise ValueError("give stride (segments) or stride_seconds, not both")
+    if stride_seconds is not None:
+        if not float(stride_seconds) > 0:
+            raise ValueError(f"stride_seconds must be > 0, got {stride_seconds}")
+        return max(1, int(round(float(stride_seconds) / float(segment_seconds))))
+    if stride is None:
+        return 1
+    if int(stride) != stride or int(stride) < 1:
+        raise ValueError(f"stride must be a whole number of segments >= 1, got {stride}")
+    return int(stride)
+
+
 # ----------------------------------------------------------------------------- frames of a file
 
+def live_source(source: str) -> Tuple[str, Optional[str]]:
+    """``(what to open, container format)`` for a stream source: a URL (``rtsp://``, ``http://``,
+    ``udp://``, ...) as given; a camera index ``"0"`` as ``/dev/video0`` (v4l2); a ``/dev/video*``
+    device with v4l2; anything else (a file) as given."""
+    src = os.fspath(source)
+    if src.isdigit():
+        return f"/dev/video{int(src)}", "v4l2"
+    if src.startswith("/dev/video"):
+        return src, "v4l2"
+    return src, None
+
+
 class VideoFrames:
-    """A video file's frames as a stream: ``uint8 [H, W, 3]`` RGB, presentation order, one at a
+    """A video's frames as a stream: ``uint8 [H, W, 3]`` RGB, presentation order, one at a
     time (PyAV sequential decode; display rotation applied like :class:`tdsk.data.PyAVVideo`).
 
-    ``fps`` (average frame rate), ``num_frames_hint`` (the container's count or
-    duration x fps; 0 when unknown) are known before iterating.
+    ``path``: a file, or with ``live=True`` anything PyAV opens (an ``rtsp://`` / ``http://``
+    URL, a ``/dev/video0`` camera, see :func:`live_source`). ``format`` / ``options``: PyAV's
+    container format and options (e.g. ``{"rtsp_transport": "tcp"}``); ``timeout``: seconds to
+    wait for a live source's data. ``fps``: the frame rate to use (default the stream's; a live
+    source without one needs it). ``fps`` (average frame rate), ``num_frames_hint`` (the
+    container's count or duration x fps; 0 when unknown) are known before iterating.
     """
 
-    def __init__(self, path: str, threads: int = 0, autorotate: bool = True):
+    def __init__(self, path: str, threads: int = 0, autorotate: bool = True, *, live: bool = False,
+                 format: Optional[str] = None, options: Optional[Dict[str, str]] = None,
+                 timeout: Optional[float] = None, fps: Optional[float] = None):
         import av
 
         from tdsk.data.decoders import DecodeError
 
         self.path = os.fspath(path)
         self.autorotate = autorotate
-        if not os.path.isfile(self.path):
+        self.live = bool(live)
+        if not self.live and not os.path.isfile(self.path):
             raise DecodeError(self.path, "file not found")
+        kwargs: Dict[str, Any] = {}
+        if format:
+            kwargs["format"] = format
+        if options:
+            kwargs["options"] = {str(k): str(v) for k, v in options.items()}
+        if timeout:
+            kwargs["timeout"] = float(timeout)
         try:
-            self._container = av.open(self.path)
+            self._container = av.open(self.path, **kwargs)
         except Exception as exc:
-            raise DecodeError(self.path, f"cannot open as a video ({type(exc).__name__}: {exc})") from None
+            what = "cannot open the stream" if self.live else "cannot open as a video"
+            raise DecodeError(self.path, f"{what} ({type(exc).__name__}: {exc})") from None
         if not self._container.streams.video:
             self._container.close()
             raise DecodeError(self.path, "no video stream")
@@ -124,13 +169,14 @@ class VideoFrames:
             st.thread_type = "AUTO"
             st.codec_context.thread_count = int(threads)
         self._stream = st
-        rate = st.average_rate or st.guessed_rate or st.base_rate
-        if not rate:
+        rate = fps or st.average_rate or st.guessed_rate or st.base_rate
+        if not rate or not float(rate) > 0:
             self._container.close()
-            raise DecodeError(self.path, "no frame rate in the stream; use tdsk.timeline.stream(frames, fps=...)")
+            raise DecodeError(self.path, "no frame rate in the stream; give the source's rate "
+                                         "(--fps, or fps= / tdsk.timeline.stream(frames, fps=...))")
         self.fps = float(rate)
-        hint = int(st.frames or 0)
-        if not hint and self._container.duration:
+        hint = 0 if self.live else int(st.frames or 0)
+        if not hint and not self.live and self._container.duration:
             hint = int(round(self._container.duration / 1e6 * self.fps))
         self.num_frames_hint = hint
 
@@ -201,7 +247,8 @@ class TimelineEngine:
     def __init__(self, model_or_recognizer, fps: float, *, stride: Optional[int] = None,
                  spacing: Optional[int] = None, clip_seconds: float = DEFAULT_CLIP_SECONDS, top_k: int = 5,
                  classes: Optional[Sequence[str]] = None, reuse: bool = True, keep_logits: bool = False,
-                 max_thumbs: int = 0, thumb_height: int = 48, thumb_every: int = 1):
+                 max_thumbs: int = 0, thumb_height: int = 48, thumb_every: int = 1,
+                 stride_seconds: Optional[float] = None):
         r = _resolve(model_or_recognizer)
         self.model: nn.Module = r["model"]
         self.classes = list(classes) if classes is not None else (list(r["classes"]) if r["classes"] else None)
@@ -215,9 +262,7 @@ class TimelineEngine:
         self.spacing = int(spacing) if spacing else segment_spacing(self.fps, self.T, clip_seconds)
         if self.spacing < 1:
             raise ValueError(f"spacing must be >= 1 frame, got {spacing}")
-        self.stride = int(stride) if stride else 1
-        if self.stride < 1:
-            raise ValueError(f"stride must be >= 1 segment, got {stride}")
+        self.stride = stride_segments(stride, stride_seconds, self.spacing / self.fps)
         self.top_k = int(top_k)
         self.keep_logits = bool(keep_logits)
         self.reuse = bool(reuse) and hasattr(self.model, "frame_taps") and hasattr(self.model, "forward_from_taps")
@@ -392,18 +437,19 @@ class TimelineEngine:
 def stream(model_or_recognizer, frames: Iterable, fps: float, stride: Optional[int] = None, *,
            spacing: Optional[int] = None, clip_seconds: float = DEFAULT_CLIP_SECONDS, top_k: int = 5,
            classes: Optional[Sequence[str]] = None, reuse: bool = True, keep_logits: bool = False,
-           engine: Optional[TimelineEngine] = None) -> Iterator[dict]:
+           engine: Optional[TimelineEngine] = None, stride_seconds: Optional[float] = None) -> Iterator[dict]:
     """Predictions over a live stream: consume ``frames`` (any iterator of ``uint8 [H, W, 3]``
     RGB arrays, e.g. a webcam or RTSP source opened with PyAV) one at a time, and yield a row
     (see :class:`TimelineEngine`) every ``stride`` segments as soon as its window is complete,
     with the same frozen-tap reuse as :func:`timeline`. When the iterator ends, the tail is
     flushed as :func:`timeline` does for a file (same rows for the same frames).
 
-    ``fps``: the source's frame rate (it sets the segment spacing and the times).
+    ``fps``: the source's frame rate (it sets the segment spacing and the times). ``stride``
+    (segments) or ``stride_seconds`` (rounded to whole segments, :func:`stride_segments`).
     """
     eng = engine or TimelineEngine(model_or_recognizer, fps, stride=stride, spacing=spacing,
                                    clip_seconds=clip_seconds, top_k=top_k, classes=classes, reuse=reuse,
-                                   keep_logits=keep_logits)
+                                   keep_logits=keep_logits, stride_seconds=stride_seconds)
     with _eval_mode(eng.model):
         for frame in frames:
             yield from eng.push(frame)
@@ -454,19 +500,20 @@ def timeline(recognizer_or_model, video_path: str, stride: Optional[int] = None,
              out_dir: Optional[str] = None, top_k: int = 5, spacing: Optional[int] = None,
              clip_seconds: float = DEFAULT_CLIP_SECONDS, classes: Optional[Sequence[str]] = None,
              reuse: bool = True, keep_logits: bool = False, plot: bool = True, max_thumbs: int = 12,
-             threads: int = 0, stem: Optional[str] = None) -> TimelineResult:
+             threads: int = 0, stem: Optional[str] = None, stride_seconds: Optional[float] = None) -> TimelineResult:
     """Slide the model's window over the whole of ``video_path`` (decoded as a stream).
 
     ``stride``: windows advance by this many segments (default 1: consecutive windows share
-    ``T - 1`` centre frames, whose frozen taps are reused). ``spacing``: frames between segment
+    ``T - 1`` centre frames, whose frozen taps are reused); or ``stride_seconds``, rounded to
+    whole segments (:func:`stride_segments`). ``spacing``: frames between segment
     centres (default :func:`segment_spacing` of the video's fps and ``clip_seconds``).
     With ``out_dir``, writes ``<stem>.json`` (meta + windows + segments), ``<stem>.csv`` (one
     line per window) and ``<stem>.png`` (``plot``: class-probability ribbons under a strip of
     thumbnails); ``stem`` defaults to the video's file name without extension.
     """
     frames = VideoFrames(video_path, threads=threads)
-    eng = TimelineEngine(recognizer_or_model, frames.fps, stride=stride, spacing=spacing,
-                         clip_seconds=clip_seconds, top_k=top_k, classes=classes, reuse=reuse,
+    eng = TimelineEngine(recognizer_or_model, frames.fps, stride=stride, stride_seconds=stride_seconds,
+                         spacing=spacing, clip_seconds=clip_seconds, top_k=top_k, classes=classes, reuse=reuse,
                          keep_logits=keep_logits, max_thumbs=max_thumbs if plot else 0,
                          thumb_every=max(1, frames.num_frames_hint // max(1, 2 * max_thumbs)))
     rows = list(stream(None, frames, frames.fps, engine=eng))

@@ -273,3 +273,121 @@ def test_predict_timeline_and_explain_from_the_cli(tiny, tmp_path, capsys):
     for ext in ("json", "csv", "png"):
         assert (out / f"{stem}.{ext}").stat().st_size > 0
     assert "explained" in text and list((tmp_path / "ex").glob("*.png")) and list((tmp_path / "ex").glob("*.gif"))
+
+
+# ----------------------------------------------------------------------------- predict --stream
+
+def _joined_video(tiny, path):
+    """One val clip of every class joined (9 x 16 frames at 12 fps): several windows."""
+    demo.concat_parts(tiny["root"], str(path))
+    return str(path)
+
+
+def _stream_rows(capsys, argv):
+    from tdsk.predict import main
+
+    rc = main(argv)
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    return rc, rows, captured
+
+
+STREAM_OPTS = ["--json", "--device", "cpu", "--precision", "fp32", "--clip-seconds", "1.3333", "--top", "3"]
+
+
+def test_predict_stream_of_a_file_prints_the_timeline_rows(tiny, tmp_path, capsys):
+    """`--stream FILE --stride SECONDS`: one JSON row per window, the rows of the timeline of that
+    file (the stride in seconds rounded to whole segments: 0.5 s = 3 segments of 1/6 s)."""
+    from tdsk.inference import Recognizer
+
+    video = _joined_video(tiny, tmp_path / "joined.mp4")
+    rc, rows, captured = _stream_rows(capsys, ["--stream", video, "--checkpoint", tiny["ckpt"], "--stride", "0.5"]
+                                      + STREAM_OPTS)
+    assert rc == 0, captured.err
+    assert "12.00 fps; 1.33 s windows every 0.50 s" in captured.err
+    rec = Recognizer.from_pretrained(tiny["ckpt"], device="cpu", precision="fp32")
+    ref = rec.timeline(video, stride_seconds=0.5, clip_seconds=1.3333, top_k=3, plot=False)
+    assert ref.meta["stride_segments"] == 3 and len(rows) == len(ref.rows) > 5
+    for got, want in zip(rows, ref.rows):
+        assert (got["start"], got["end"]) == pytest.approx((want["start"], want["end"]))
+        assert [t["index"] for t in got["top"]] == [t["index"] for t in want["top"]]
+        assert [t["prob"] for t in got["top"]] == pytest.approx([t["prob"] for t in want["top"]], abs=1e-6)
+    # --duration: only the first 3 s of the source
+    rc, short, _ = _stream_rows(capsys, ["--stream", video, "--checkpoint", tiny["ckpt"], "--stride-segments", "3",
+                                         "--duration", "3"] + STREAM_OPTS)
+    assert rc == 0 and 0 < len(short) < len(rows) and max(r["end"] for r in short) <= 3.0 + 1e-9
+    assert [r["top"][0]["index"] for r in short[:-1]] == [r["top"][0]["index"] for r in rows[:len(short) - 1]]
+
+
+def test_predict_stream_from_a_network_source(tiny, tmp_path, capsys):
+    """A live source: an MPEG-TS stream served over HTTP (http://127.0.0.1) gives the rows of the
+    same stream read from the file."""
+    import functools
+    import http.server
+    import socketserver
+    import threading
+
+    import av
+
+    frames = []
+    for name in ("right", "up", "left"):
+        with av.open(os.path.join(tiny["root"], "videos", "val", f"{name}_0000.mp4")) as c:
+            frames += [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    ts = tmp_path / "live.ts"
+    with av.open(str(ts), "w", format="mpegts") as c:
+        st = c.add_stream("libx264", rate=12)
+        st.width, st.height, st.pix_fmt = 64, 64, "yuv420p"
+        for f in frames:
+            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.TCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/live.ts"
+        rc, live, captured = _stream_rows(capsys, ["--stream", url, "--checkpoint", tiny["ckpt"],
+                                                   "--stream-option", "reconnect=0"] + STREAM_OPTS)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rc == 0, captured.err
+    rc, local, _ = _stream_rows(capsys, ["--stream", str(ts), "--checkpoint", tiny["ckpt"]] + STREAM_OPTS)
+    assert rc == 0 and len(live) == len(local) > 10
+    assert [r["source"] for r in live] == [url] * len(live)
+    for a, b in zip(live, local):
+        assert a["top"] == b["top"] and (a["start"], a["end"]) == (b["start"], b["end"])
+
+
+def test_predict_stream_errors_and_ctrl_c(tiny, tmp_path, capsys, monkeypatch):
+    from tdsk import timeline as TL
+    from tdsk.predict import main
+
+    rc = main(["--stream", str(tmp_path / "no-camera"), "--checkpoint", tiny["ckpt"], "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: --stream: " in err and "cannot open the stream" in err and "Traceback" not in err
+    for argv, message in ((["--stream", "0", tiny["video"]], "not both"),
+                          (["--stream", tiny["video"], "--timeline"], "--timeline and --explain take VIDEO"),
+                          (["--stream", tiny["video"], "--stride", "1", "--stride-segments", "2"], "not both"),
+                          (["--stream", tiny["video"], "--stride", "0"], "expected a number > 0"),
+                          (["--stream", tiny["video"], "--stream-option", "novalue"], "expected KEY=VALUE")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv + ["--checkpoint", tiny["ckpt"]])
+        assert exc.value.code == 2 and message in capsys.readouterr().err, argv
+    # Ctrl-C while frames arrive: a clean stop with one line, exit 0
+    video = _joined_video(tiny, tmp_path / "joined.mp4")
+    push = TL.TimelineEngine.push
+
+    def interrupted(self, frame):
+        if self.frames_seen >= 40:
+            raise KeyboardInterrupt
+        return push(self, frame)
+
+    monkeypatch.setattr(TL.TimelineEngine, "push", interrupted)
+    rc, rows, captured = _stream_rows(capsys, ["--stream", video, "--checkpoint", tiny["ckpt"]] + STREAM_OPTS)
+    assert rc == 0 and rows and "stopped (Ctrl-C) after" in captured.err and "40 frames" in captured.err

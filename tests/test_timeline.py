@@ -236,3 +236,19 @@ def test_recognizer_input(tmp_path, demo_model):
     b = timeline(demo_model, path, keep_logits=True, plot=False)
     assert all(torch.equal(x["logits"], y["logits"]) for x, y in zip(a.rows, b.rows)) and len(a.rows) == len(b.rows)
     assert all(t["label"] == CLASSES[t["index"]] for r in a.rows for t in r["top"])
+
+
+def test_stride_in_seconds_is_rounded_to_segments(tmp_path, demo_model):
+    from tdsk.timeline import stride_segments
+
+    assert stride_segments(None, None, 0.5) == 1 and stride_segments(3, None, 0.5) == 3
+    assert stride_segments(None, 1.2, 0.5) == 2 and stride_segments(None, 0.1, 0.5) == 1
+    for args, message in (((2, 1.0), "not both"), ((None, 0.0), "stride_seconds must be > 0"),
+                          ((0, None), "whole number of segments >= 1"), ((1.5, None), "whole number")):
+        with pytest.raises(ValueError, match=message):
+            stride_segments(*args, 0.5)
+    path = write_video(str(tmp_path / "v.mp4"), 120, 10)
+    by_seconds = timeline(demo_model, path, stride_seconds=1.0, plot=False)   # spacing 5 frames = 0.5 s
+    by_segments = timeline(demo_model, path, stride=2, plot=False)
+    assert by_seconds.meta["stride_segments"] == 2 and by_seconds.meta["stride_seconds"] == pytest.approx(1.0)
+    assert [r["top"] for r in by_seconds.rows] == [r["top"] for r in by_segments.rows]
