@@ -107,8 +107,12 @@ class ItemPlan:
 class ItemPlanner:
     """Items of one split of a list: generators, frame indices, bad samples, augmentation.
 
-    ``known_bad`` (index -> reason) is per process (per loader worker): a bad file is not
-    read twice. ``views = (crops, clips)`` are the test views.
+    ``known_bad`` (index -> reason) is per process (per loader worker): the files that failed
+    here, for the report. At val/test a known-bad file is not read twice (its frame indices
+    are the same every time, so is its failure); at train it is read again, because a
+    failure can depend on the frames asked for (a truncated file fails only for frames past
+    the cut), and what an item trains on must not depend on what this worker (or thread)
+    happened to read before. ``views = (crops, clips)`` are the test views.
     """
 
     def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, split: str, *, seed: int = 0,
@@ -178,7 +182,7 @@ class ItemPlanner:
         draw = self.replacement_draw(index, epoch) if self.split == "train" else None
         for attempt in range(MAX_REPLACEMENTS + 1):
             record = self.records[candidate]
-            if candidate in self.known_bad:
+            if draw is None and candidate in self.known_bad:  # val/test: the same indices, the same failure
                 bad.append((record.path, self.known_bad[candidate]))
             else:
                 py_rng, np_rng = self.generators(candidate, epoch, attempt)
