@@ -528,3 +528,35 @@ def test_replacement_of_a_bad_item_does_not_depend_on_the_worker_history():
     planner.known_bad.update({0: "bad", 2: "bad", 4: "bad"})
     again = [planner.replacement(planner.replacement_draw(i, 0)) for i in range(6)]
     assert fresh == again
+
+
+def test_pending_validation_resume_gives_every_rank_the_same_best(tmp_path, monkeypatch):
+    """After a resume whose epoch still needs its validation, rank 0 reads the best top-1 so far
+    from metrics.jsonl; the other ranks get it in the same all-reduce (they used to keep the
+    checkpoint's, so each rank judged "improved" against another best)."""
+    from types import SimpleNamespace
+
+    from tdsk.engine import trainer as T
+
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for epoch, top1 in ((0, 0.25), (1, 0.5)):
+            f.write(json.dumps({"kind": "val", "step": epoch, "epoch": epoch, "val_top1": top1, "eligible": True}) + "\n")
+    sent = {}
+
+    def rank_run(rank):
+        info = SimpleNamespace(is_main=rank == 0, enabled=True, rank=rank)
+        return SimpleNamespace(validate_pending=True, out_dir=str(tmp_path), info=info, epoch=3,
+                               best={"val_top1": 0.125, "epoch": 0}, device=torch.device("cpu"))
+
+    def reduce_rank0(t, info):
+        sent["rank0"] = t.clone()
+        return t
+
+    monkeypatch.setattr(T.D, "all_reduce_sum", reduce_rank0)
+    r0 = rank_run(0)
+    T._pending_validation_from_metrics(r0)
+    monkeypatch.setattr(T.D, "all_reduce_sum", lambda t, info: t + sent["rank0"])
+    r1 = rank_run(1)
+    T._pending_validation_from_metrics(r1)
+    assert r0.best == r1.best == {"val_top1": 0.5, "epoch": 1}
+    assert r0.validate_pending is True and r1.validate_pending is True   # epoch 2's validation is missing

@@ -403,18 +403,27 @@ def _restore(run: _Run, ckpt: Mapping) -> None:
 
 
 def _pending_validation_from_metrics(run: _Run) -> None:
-    """After an epoch-boundary resume: the best so far and whether that epoch's validation ran (rank 0 reads)."""
-    flag = torch.zeros(1, dtype=torch.float64)
+    """After an epoch-boundary resume: the best so far and whether that epoch's validation ran
+    (rank 0 reads the metrics; every rank gets its answer, so all ranks agree on ``best``)."""
+    if not run.validate_pending:
+        return
+    # [validation still pending, has a best, best top-1, best epoch]: zeros on the other ranks
+    shared = torch.zeros(4, dtype=torch.float64)
     path = os.path.join(run.out_dir, "metrics.jsonl")
-    if run.info.is_main and run.validate_pending:
+    if run.info.is_main:
         records = read_metrics(path) if os.path.exists(path) else []
         vals = [r for r in records if r.get("kind") == "val" and r.get("epoch", -1) < run.epoch]
         for r in vals:
             top1 = r.get("val_top1")
             if r.get("eligible") and isinstance(top1, float) and (run.best["val_top1"] is None or top1 > run.best["val_top1"]):
                 run.best = {"val_top1": top1, "epoch": r["epoch"]}
-        flag[0] = 0.0 if any(r["epoch"] == run.epoch - 1 for r in vals) else 1.0
-    run.validate_pending = bool(D.all_reduce_sum(flag.to(run.device), run.info).item() > 0) if run.validate_pending else False
+        shared[0] = 0.0 if any(r["epoch"] == run.epoch - 1 for r in vals) else 1.0
+        if run.best["val_top1"] is not None:
+            shared[1:] = torch.tensor([1.0, float(run.best["val_top1"]), float(run.best["epoch"])], dtype=torch.float64)
+    shared = D.all_reduce_sum(shared.to(run.device), run.info).cpu()
+    run.validate_pending = bool(shared[0].item() > 0)
+    if shared[1].item() > 0:
+        run.best = {"val_top1": float(shared[2].item()), "epoch": int(shared[3].item())}
 
 
 def _build_loaders(run: _Run, loader_factory: Callable | None) -> None:
