@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def fail(exc: BaseException) -> int:
         print(f"error: {exc}", file=sys.stderr)
-        D.shutdown(info)
+        D.shutdown(info, sync=False)  # the other ranks may be inside a collective: fail them now
         return 2
 
     # Everything that can be checked is checked before the (long) evaluation pass.

@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = D.init(args.device, timeout_s=7 * 24 * 3600)  # the final barrier waits for the slowest shard
 
     def fail(message) -> int:
-        D.shutdown(info)
+        D.shutdown(info, sync=False)  # the other ranks may be inside a collective: fail them now
         return usage_error(message)
 
     try:

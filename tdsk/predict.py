@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "merged segments, a timeline PNG in --out); docs/timeline.md")
     p.add_argument("--stride", type=_positive_float, metavar="SECONDS",
                    help="--timeline/--stream: a window every SECONDS, rounded to whole segments (default: one "
-                        "segment, clip-seconds / 8)")
+                        "segment, about clip-seconds / 8)")
     p.add_argument("--stride-segments", type=_positive_int, metavar="N",
                    help="--timeline/--stream: a window every N segments (instead of --stride)")
     p.add_argument("--clip-seconds", type=_positive_float, default=4.0,
@@ -262,6 +262,9 @@ def _stream_mode(rec, args, options) -> int:
                              timeout=args.timeout if live else None, fps=args.fps)
         engine = TimelineEngine(rec, frames.fps, stride=args.stride_segments, stride_seconds=args.stride,
                                 clip_seconds=args.clip_seconds, top_k=args.top)
+    except KeyboardInterrupt:
+        print(f"stopped (Ctrl-C) while opening {args.stream}", file=sys.stderr, flush=True)
+        return 0
     except tev.user_errors(loading=True) as exc:
         print(f"error: --stream: {exc}", file=sys.stderr)
         return 1

@@ -40,6 +40,7 @@ import collections
 import contextlib
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -103,7 +104,7 @@ def stride_segments(stride: Optional[int], stride_seconds: Optional[float], segm
     if stride_seconds is not None:
         if not float(stride_seconds) > 0:
             raise ValueError(f"stride_seconds must be > 0, got {stride_seconds}")
-        return max(1, int(round(float(stride_seconds) / float(segment_seconds))))
+        return max(1, int(math.floor(float(stride_seconds) / float(segment_seconds) + 0.5)))  # halves up
     if stride is None:
         return 1
     if int(stride) != stride or int(stride) < 1:
@@ -115,14 +116,18 @@ def stride_segments(stride: Optional[int], stride_seconds: Optional[float], segm
 
 def live_source(source: str) -> Tuple[str, Optional[str]]:
     """``(what to open, container format)`` for a stream source: a URL (``rtsp://``, ``http://``,
-    ``udp://``, ...) as given; a camera index ``"0"`` as ``/dev/video0`` (v4l2); a ``/dev/video*``
-    device with v4l2; anything else (a file) as given."""
+    ``udp://``, ...) as given; a camera index ``"0"`` as ``/dev/video0`` (v4l2; a file named
+    ``0`` is ``./0``); a ``/dev/video*`` device with v4l2; anything else (a file) as given."""
     src = os.fspath(source)
-    if src.isdigit():
+    if src.isascii() and src.isdecimal():  # a file named "0" is "./0"
         return f"/dev/video{int(src)}", "v4l2"
     if src.startswith("/dev/video"):
         return src, "v4l2"
     return src, None
+
+
+#: a live source stating more frames per second than this has no real rate (see VideoFrames)
+MAX_GUESSED_FPS = 240.0
 
 
 class VideoFrames:
@@ -174,6 +179,11 @@ class VideoFrames:
             self._container.close()
             raise DecodeError(self.path, "no frame rate in the stream; give the source's rate "
                                          "(--fps, or fps= / tdsk.timeline.stream(frames, fps=...))")
+        if self.live and not fps and float(rate) > MAX_GUESSED_FPS:
+            # live H.264/RTSP streams often state no rate, and the "guess" is the time base (90000)
+            self._container.close()
+            raise DecodeError(self.path, f"the stream's frame rate reads {float(rate):g} fps, which is not a camera's; "
+                                         "give the source's rate (--fps, or fps=)")
         self.fps = float(rate)
         hint = 0 if self.live else int(st.frames or 0)
         if not hint and not self.live and self._container.duration:
@@ -183,12 +193,20 @@ class VideoFrames:
     def __iter__(self) -> Iterator[np.ndarray]:
         from tdsk.data.decoders import _frame_orientation, _orient, _to_rgb
 
+        import av
+
+        from tdsk.data.decoders import DecodeError
+
         orientation, known = None, not self.autorotate
         try:
             for frame in self._container.decode(self._stream):
                 if not known:
                     orientation, known = _frame_orientation(frame, self.path), True
                 yield _orient(_to_rgb(frame), orientation)
+        except av.error.ExitError as exc:  # the read timeout of a live source
+            raise DecodeError(self.path, f"no data from the source within the timeout ({exc})") from None
+        except av.error.FFmpegError as exc:  # not all of them are OSError (e.g. HTTPError, UnknownError)
+            raise DecodeError(self.path, f"reading failed ({type(exc).__name__}: {exc})") from None
         finally:
             self.close()
 

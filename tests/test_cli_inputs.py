@@ -391,3 +391,75 @@ def test_predict_stream_errors_and_ctrl_c(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(TL.TimelineEngine, "push", interrupted)
     rc, rows, captured = _stream_rows(capsys, ["--stream", video, "--checkpoint", tiny["ckpt"]] + STREAM_OPTS)
     assert rc == 0 and rows and "stopped (Ctrl-C) after" in captured.err and "40 frames" in captured.err
+
+
+def test_predict_stream_source_that_stalls_is_one_error_line(tiny, tmp_path, capsys):
+    """A network source that stops sending (half an MPEG-TS stream, then silence) ends with one
+    `error:` line after --timeout, exit 1, not a traceback."""
+    import http.server
+    import socketserver
+    import threading
+
+    import av
+
+    ts = tmp_path / "half.ts"
+    with av.open(os.path.join(tiny["root"], "videos", "val", "right_0000.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)] * 4
+    with av.open(str(ts), "w", format="mpegts") as c:
+        st = c.add_stream("libx264", rate=12)
+        st.width, st.height, st.pix_fmt = 64, 64, "yuv420p"
+        for f in frames:
+            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+    data = ts.read_bytes()
+    release = threading.Event()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            release.wait(30)                       # silence, connection kept open
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.TCPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/half.ts"
+        rc, rows, captured = _stream_rows(capsys, ["--stream", url, "--checkpoint", tiny["ckpt"], "--timeout", "1"]
+                                          + STREAM_OPTS)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert rc == 1 and "Traceback" not in captured.err, captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and url in errors[0] and "window(s)" in errors[0], captured.err
+
+
+def test_stream_source_with_an_implausible_frame_rate_needs_fps(tmp_path):
+    import av
+
+    from tdsk.data.decoders import DecodeError
+    from tdsk.timeline import VideoFrames
+
+    path = str(tmp_path / "rate.ts")
+    with av.open(path, "w", format="mpegts") as c:
+        st = c.add_stream("libx264", rate=1000)
+        st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
+        for i in range(5):
+            for p in st.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+    assert VideoFrames(path).fps > 240                              # a file: its own rate, whatever it is
+    with pytest.raises(DecodeError, match="not a camera's; give the source's rate"):
+        VideoFrames(path, live=True)
+    live = VideoFrames(path, live=True, fps=25)
+    assert live.fps == 25.0 and len(list(live)) == 5

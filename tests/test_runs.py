@@ -560,3 +560,33 @@ def test_pending_validation_resume_gives_every_rank_the_same_best(tmp_path, monk
     T._pending_validation_from_metrics(r1)
     assert r0.best == r1.best == {"val_top1": 0.5, "epoch": 1}
     assert r0.validate_pending is True and r1.validate_pending is True   # epoch 2's validation is missing
+
+
+FAIL_WORKER = textwrap.dedent("""
+    import sys, time, torch
+    import torch.distributed as dist
+    import tdsk.engine.distributed as D
+    info = D.init("cpu", timeout_s=40)
+    if info.rank == 1:          # this rank hits an error and leaves (evaluate/extract's fail path)
+        D.shutdown(info, sync=False)
+        sys.exit(2)
+    start = time.time()
+    try:                        # rank 0 is inside a collective: it must fail now, not after the timeout
+        parts = [None, None]
+        dist.all_gather_object(parts, {"rank": 0})
+        print("no error")
+    except Exception as exc:
+        print(f"rank 0 failed after {time.time() - start:.1f} s: {type(exc).__name__}")
+    D.shutdown(info, sync=False)
+""")
+
+
+def test_shutdown_on_an_error_path_does_not_keep_the_other_ranks_waiting(tmp_path):
+    worker = tmp_path / "fail_worker.py"
+    worker.write_text(FAIL_WORKER)
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker)], env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=120)
+    assert "rank 0 failed after" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert time.time() - start < 30, proc.stdout     # the process group's timeout is 40 s

@@ -154,10 +154,9 @@ class ItemPlanner:
         return random.Random(int(item_seed(self.seed, self.rank, epoch, index, _REPLACEMENT_SALT).generate_state(1)[0]))
 
     def replacement(self, draw: random.Random) -> int:
-        """The next replacement candidate, drawn at random. It does not look at ``known_bad``
-        (a known-bad candidate costs one attempt, not a decode): which item replaces a bad
-        one must not depend on what this worker happened to see before, or a resumed run
-        and another ``num_workers`` would train on other items."""
+        """The next replacement candidate, drawn at random. It does not look at ``known_bad``:
+        which item replaces a bad one must not depend on what this worker happened to see
+        before, or a resumed run and another ``num_workers`` would train on other items."""
         return draw.randrange(len(self.records))
 
     def indices(self, num_frames: int, rng: Optional[np.random.Generator], path: str = "") -> np.ndarray:
@@ -173,9 +172,10 @@ class ItemPlanner:
     def plan(self, index: int, epoch: int, load: Loader) -> ItemPlan:
         """Read item ``index`` of ``epoch`` with ``load`` (see :data:`Loader`).
 
-        Train: a record ``load`` fails on (:class:`DecodeError`) or that is known bad is
-        replaced, up to :data:`MAX_REPLACEMENTS` times, then ``RuntimeError``. Val/test:
-        never replaced, a :attr:`ItemPlan.skipped` plan comes back.
+        Train: a record ``load`` fails on (:class:`DecodeError`) is replaced, up to
+        :data:`MAX_REPLACEMENTS` times, then ``RuntimeError`` (each candidate is read, known
+        bad or not). Val/test: never replaced, a :attr:`ItemPlan.skipped` plan comes back
+        (a known-bad file without reading it again).
         """
         bad: Bad = []
         candidate = index

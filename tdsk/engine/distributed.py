@@ -73,13 +73,17 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def shutdown(info: DistInfo) -> None:
-    """Tear the process group down, after a barrier: no rank closes its connections while a
-    peer is still finishing the last collective (a gloo rank once aborted with "terminate
-    called without an active exception" at this point in a loaded CI run)."""
+def shutdown(info: DistInfo, sync: bool = True) -> None:
+    """Tear the process group down. ``sync`` (the normal end, every rank gets here): after a
+    barrier, so that no rank closes its connections while a peer is still finishing the last
+    collective (a gloo rank once aborted with "terminate called without an active exception"
+    at this point in a loaded CI run). ``sync=False`` on a path only this rank takes (an
+    error): no barrier, so that the peers still in a collective fail at once on the closed
+    connections instead of waiting for the process-group timeout."""
     if info.enabled and dist.is_initialized():
-        try:
-            barrier(info)
-        except Exception:  # noqa: BLE001 - a peer already gone: tear down anyway
-            pass
+        if sync:
+            try:
+                barrier(info)
+            except Exception:  # noqa: BLE001 - a peer already gone: tear down anyway
+                pass
         dist.destroy_process_group()
