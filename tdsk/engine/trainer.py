@@ -330,7 +330,7 @@ def _check_recipe_unchanged(run: _Run, ckpt: Mapping, force: bool) -> None:
             logger.info(f"resuming with a changed setting (does not alter the run): {line}")
 
 
-def _build(run: _Run, model: nn.Module | None, variant: str | None, resuming: bool = False) -> None:
+def _build(run: _Run, model: nn.Module | None, resuming: bool = False) -> None:
     """Model (same seed on every rank), optimiser groups, LR schedule, GradScaler, loss."""
     rc, info = run.recipe, run.info
     # The model is built from the same seed on every rank (a randomly initialised frozen
@@ -345,7 +345,7 @@ def _build(run: _Run, model: nn.Module | None, variant: str | None, resuming: bo
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if model is None:
-        model = build_model(run.cfg, variant=variant)
+        model = build_model(run.cfg)  # fit() put a variant override into the recipe
     model.to(run.device)
     _seed_everything(rc.train.seed + info.rank)  # official: 1024 + rank (torch and numpy)
     run.frozen_info = C.frozen_identity(model, rc.model.clip_pretrained if "model" in run.cfg else None)
@@ -754,7 +754,7 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
             if info.is_main:
                 dataset.write()
             D.barrier(info)
-            _build(run, model, variant, resuming=ckpt is not None)
+            _build(run, model, resuming=ckpt is not None)
             if ckpt is not None:
                 _restore(run, ckpt)
                 del ckpt
