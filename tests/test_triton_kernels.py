@@ -30,6 +30,8 @@ from tdsk.ops.reference import (  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = DEVICE == "cpu"
+# with a GPU every test here runs the compiled kernels: `pytest -m gpu` selects them (conftest)
+pytestmark = pytest.mark.cuda_when_available
 
 # (rtol, atol) per dtype, for results that are not bit-exact (channel-mean
 # summation order, half-precision rounding of a value both sides compute in fp32).

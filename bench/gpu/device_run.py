@@ -286,14 +286,18 @@ def op_cases(dry: bool):
     """The shapes of bench/bench_ops.py (``dry``: shrunk)."""
     torch = _torch()
     if dry:
-        pool = {"train_b16": ((2, 20, 8, 7, 7), torch.float32), "large": ((1, 32, 8, 14, 14), torch.float32),
+        pool = {"train_b16": ((2, 20, 8, 7, 7), torch.float32),
+                "train_b16_channels_last": ((2, 20, 8, 7, 7), torch.float32),
+                "large": ((1, 32, 8, 14, 14), torch.float32),
                 "large_bf16": ((1, 32, 8, 14, 14), torch.bfloat16)}
         frames = {"sme_4clips_f32": ((1, 4, 5, 3, 32, 32), torch.float32),
                   "sme_4clips_u8": ((1, 4, 5, 3, 32, 32), torch.uint8)}
     else:
         # TD-Adapter training shape for ViT-B/16 (4 clips x 8 frames, R = 20), a large one, and
         # the SME input of 4 clips of 8 x 5 frames at 224
-        pool = {"train_b16": ((32, 20, 8, 14, 14), torch.float32), "large": ((8, 320, 16, 28, 28), torch.float32),
+        pool = {"train_b16": ((32, 20, 8, 14, 14), torch.float32),
+                "train_b16_channels_last": ((32, 20, 8, 14, 14), torch.float32),
+                "large": ((8, 320, 16, 28, 28), torch.float32),
                 "large_bf16": ((8, 320, 16, 28, 28), torch.bfloat16)}
         frames = {"sme_4clips_f32": ((4, 8, 5, 3, 224, 224), torch.float32),
                   "sme_4clips_u8": ((4, 8, 5, 3, 224, 224), torch.uint8)}
@@ -336,7 +340,13 @@ def cmd_ops(args) -> int:
     gen = torch.Generator(device=dev).manual_seed(0)
 
     for case, (shape, dtype) in pool_cases.items():
-        x = torch.randn(shape, device=dev, dtype=dtype, generator=gen)
+        if case.endswith("_channels_last"):
+            # the TD-Adapter's real input: a [N, T, H, W, C] activation viewed as [N, C, T, H, W]
+            # (channel stride 1, pixel stride C = 20)
+            n_, c_, t_, h_, w_ = shape
+            x = torch.randn((n_, t_, h_, w_, c_), device=dev, dtype=dtype, generator=gen).permute(0, 4, 1, 2, 3)
+        else:
+            x = torch.randn(shape, device=dev, dtype=dtype, generator=gen)
         size = x.numel() * x.element_size()
         providers = {"tdsk": lambda: ops.temporal_pool_diff(x, 3, 0.5),
                      "reference": lambda: reference.temporal_pool_diff_reference(x, 3, 0.5),
@@ -351,7 +361,7 @@ def cmd_ops(args) -> int:
                 note(args.out, "ops", f"Triton kernels not importable under TRITON_INTERPRET=1: {_error(exc)}")
         _ops_row(args.out, dev, "temporal_pool_diff", case, "forward", providers, 2 * size, ceiling, args.dry_run)
 
-        xg = x.detach().clone().requires_grad_(True)
+        xg = x.detach().clone().requires_grad_(True)  # clone keeps the strides (preserve_format)
         grad = torch.randn(shape, device=dev, dtype=dtype, generator=gen)
 
         def fwd_bwd(fn):
@@ -373,10 +383,13 @@ def cmd_ops(args) -> int:
         if dtype == torch.uint8:
             frames = torch.randint(0, 256, shape, dtype=dtype, device=dev, generator=gen)
             mean, std = torch.tensor(CLIP_MEAN, device=dev), torch.tensor(CLIP_STD, device=dev)
+            # tdsk gets the statistics as Python floats (what a loader passes): given as tensors,
+            # the op checks their values on the host, three syncs that would be timed, not the op
+            op_mean, op_std = CLIP_MEAN, CLIP_STD
         else:
             frames = torch.randn(shape, dtype=dtype, device=dev, generator=gen)
-            mean = std = None
-        providers = {"tdsk": lambda: ops.frame_diff_concat(frames, mean, std),
+            mean = std = op_mean = op_std = None
+        providers = {"tdsk": lambda: ops.frame_diff_concat(frames, op_mean, op_std),
                      "reference": lambda: reference.frame_diff_concat_reference(frames, mean, std),
                      "compiled": lambda: compiled_frames(frames, mean, std)}
         _ops_row(args.out, dev, "frame_diff_concat", case, "forward", providers,
@@ -1124,6 +1137,41 @@ def markdown(data: Dict) -> str:
         L += ["", f"**Loader** (val, 8x5 frames, {lo['workers']} workers):"]
         for key, r in lo.get("rows", {}).items():
             L.append(f"- {key}: " + (f"{r['clips_per_s']:.1f} clips/s" if "clips_per_s" in r else r["error"]))
+    for key in ("big_temporal_pool_diff", "big_frame_diff_concat"):
+        r = data.get(key)
+        if not r:
+            continue
+        if "error" in r:
+            L += ["", f"**One launch above 2^31 elements, {key[4:]}**: error: {r['error']}"]
+            continue
+        n = r.get("numel", r.get("out_numel"))
+        bwd = (f", backward {_ms(r['backward_s'])} (max rel diff {r['max_rel_diff_last_sample_bwd']:.2g})"
+               if "backward_s" in r else "")
+        L += ["", f"**One launch above 2^31 elements, {r['op']}** {tuple(r['shape'])} {r['dtype']} "
+                  f"({n:.3g} elements): forward {_ms(r['forward_s'])}, {r['forward_gb_per_s']:.0f} GB/s, "
+                  f"max rel diff on the last sample vs reference {r['max_rel_diff_last_sample_fwd']:.2g}{bwd}."]
+    sw = data.get("kernels_sweep")
+    if sw:
+        L += ["", f"**block_hw sweep**, temporal_pool_diff {tuple(sw['shape'])}, k=3, a=0.5:", "",
+              "| dtype | block_hw | forward | backward |", "|---|---|---:|---:|"]
+        for r in sw["rows"]:
+            L.append(f"| {r['dtype']} | {r['block_hw']} | {_ms(r.get('forward_s')) if 'forward_s' in r else r.get('forward_error', '-')} | "
+                     f"{_ms(r.get('backward_s')) if 'backward_s' in r else r.get('backward_error', '-')} |")
+    up = data.get("userpath_compile_fullgraph")
+    if up:
+        L += ["", "**torch.compile(fullgraph=True)**, tiny model fwd+bwd, bf16 autocast: "
+              + (f"eager {_ms(up['eager_step_s'])}, compiled {_ms(up['compiled_step_s'])} "
+                 f"({up['speedup_compiled_vs_eager']:.2f}x; first compiled step {up['first_compiled_step_s']:.1f} s), "
+                 f"loss {up['loss_eager']:.5f} vs {up['loss_compiled']:.5f}, "
+                 f"per-tensor relative grad difference (norm) max {up['grad_max_rel_diff']:.2g}, "
+                 f"median {up['grad_median_rel_diff']:.2g} over {up['grads_compared']} tensors."
+                 if up.get("status") == "ok" else f"error: {up.get('error')}")]
+    uf = data.get("userpath_fit_fp16_compile")
+    if uf:
+        L += ["", "**fit() one demo epoch, train.precision=fp16 train.compile=true**: "
+              + (f"{uf['seconds']:.1f} s, {uf['steps_done']} steps, best val top-1 {uf['best_val_top1']}, "
+                 f"last metrics {uf['last_metrics']}."
+                 if uf.get("status") == "ok" else f"error: {uf.get('error')}")]
     if data.get("notes"):
         L += ["", "Notes:"] + [f"- {n}" for n in data["notes"]]
     return "\n".join(L) + "\n"
@@ -1152,7 +1200,8 @@ def cmd_report(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("describe", "ceilings", "ops", "train", "modules", "inference", "attention", "loader"):
+    for name in ("describe", "ceilings", "ops", "train", "modules", "inference", "attention", "loader",
+                 "kernels", "userpath"):
         p = sub.add_parser(name)
         p.add_argument("out")
         p.add_argument("--dry-run", action="store_true", help="shrink every size (CPU rehearsal)")
@@ -1165,7 +1214,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("report")
     p.add_argument("out")
     args = parser.parse_args(argv)
-    fn = globals()[f"cmd_{args.cmd}"]
+    if args.cmd in ("kernels", "userpath"):
+        sys.path.insert(0, HERE)
+        import steps_kernels
+
+        fn = getattr(steps_kernels, f"cmd_{args.cmd}")
+    else:
+        fn = globals()[f"cmd_{args.cmd}"]
     try:
         return fn(args)
     except Exception:

@@ -5,14 +5,17 @@
 #
 # Runs, most important first, each step time-boxed with `timeout` inside one overall
 # budget (default 480 s), each step writing OUTDIR/results.json as soon as it has numbers:
-#   1. python -m tdsk.doctor --json; pytest -m gpu
-#   2. ceilings: device-to-device copy bandwidth, bf16 matmul rate
-#   3. op benchmarks: tdsk vs reference vs torch.compile(reference), GB/s, % of copy
-#   4. TDS-CLIP B/16 training step (tdsk vs official), TD-Adapter and SME stem (vs official
+#   1. ceilings: device-to-device copy bandwidth, bf16 matmul rate
+#   2. op benchmarks: tdsk vs reference vs torch.compile(reference), GB/s, % of copy
+#   3. TDS-CLIP B/16 training step (tdsk vs official), TD-Adapter and SME stem (vs official
 #      eager and compiled), inference clips/s at 3x2 views
-#   5. if time remains: side attention xformers vs SDPA, DALI vs PyAV loader
+#   4. kernels: one launch above 2^31 elements per op, block_hw sweep; userpath:
+#      torch.compile(fullgraph) of a tiny model, one fit() epoch with fp16 + compile
+#   5. python -m tdsk.doctor --json; pytest -m gpu (CUDA-parametrised and Triton tests)
+#   6. if time remains: side attention xformers vs SDPA, DALI vs PyAV loader
 # then OUTDIR/results.md and OUTDIR/results.png. OUTDIR ends up with at most 5 files:
 # results.json, results.md, results.png, doctor.json, run.log.
+# --steps a,b,...: only these steps (a rerun of what failed), in the order above.
 #
 # OFFICIAL_REPO: a local copy of BBYL9413/TDS-CLIP (only clip/model.py is used); without it
 # the official rows are skipped with a message. --dry-run shrinks every size so the whole
@@ -25,19 +28,22 @@ set -u
 
 DRY=0
 BUDGET=480
+ONLY=""
 ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
         --budget) BUDGET="$2"; shift ;;
         --budget=*) BUDGET="${1#--budget=}" ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --steps) ONLY=",$2,"; shift ;;
+        --steps=*) ONLY=",${1#--steps=}," ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) ARGS+=("$1") ;;
     esac
     shift
 done
 if [ ${#ARGS[@]} -lt 1 ] || [ ${#ARGS[@]} -gt 2 ]; then
-    echo "usage: bash bench/gpu/run.sh [--dry-run] [--budget SECONDS] OUTDIR [OFFICIAL_REPO]" >&2
+    echo "usage: bash bench/gpu/run.sh [--dry-run] [--budget SECONDS] [--steps a,b] OUTDIR [OFFICIAL_REPO]" >&2
     exit 2
 fi
 OUT="${ARGS[0]}"
@@ -89,6 +95,20 @@ if ! (cd "$TMP" && "$PYTHON" -c "import tdsk.kernels" >/dev/null 2>&1); then
 fi
 
 HAS_CUDA="$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)"
+if [ "$HAS_CUDA" = 1 ]; then
+    # on the GPU machine the main steps need open_clip (the models) and PyAV (the demo data,
+    # the loader, the data tests): refuse at once instead of spending the lease on skips
+    MISSING="$("$PYTHON" -c '
+import importlib.util as u
+print(" ".join(n for n, m in (("open_clip", "open_clip"), ("PyAV", "av")) if u.find_spec(m) is None))' 2>/dev/null)"
+    if [ -n "$MISSING" ]; then
+        exec 1>&3 2>&4
+        cat "$TMP/setup.log"
+        echo "ERROR: CUDA is present but $MISSING cannot be imported: carry the wheels in .whl/" >&2
+        echo "       (bash bench/gpu/prepare.sh makes .whl/ and .official/; docs/gpu-run.md)" >&2
+        exit 3
+    fi
+fi
 DRYFLAG=()
 if [ "$DRY" = 1 ]; then
     DRYFLAG=(--dry-run)
@@ -107,6 +127,9 @@ cat "$TMP/setup.log" "$TMP/describe.err"
 step() {
     local name="$1" box="$2" extra=()
     shift 2
+    if [ -n "$ONLY" ] && [[ "$ONLY" != *",$name,"* ]]; then
+        return
+    fi
     if [ "$name" = doctor ]; then extra=(--doctor "$OUT/doctor.json"); fi
     if [ "$name" = pytest_gpu ]; then extra=(--junit "$TMP/pytest-gpu.xml"); fi
     local left=$((BUDGET - SECONDS - RESERVE))
@@ -126,21 +149,28 @@ step() {
     "${DR[@]}" mark "$OUT" "$name" "$status" "$rc" $((SECONDS - t0)) "$box" "${extra[@]}"
 }
 
-# 1. correctness on the device
-step doctor 120 bash -c '"$0" -m tdsk.doctor --json > "$1"' "$PYTHON" "$OUT/doctor.json"
-step pytest_gpu 150 "$PYTHON" -m pytest -m gpu tests -q -rs -p no:cacheprovider \
+# pytest on the device: its workers compile the Triton kernels in parallel when xdist is there
+PYTEST_X=()
+"$PYTHON" -c "import xdist" >/dev/null 2>&1 && [ "$HAS_CUDA" = 1 ] && PYTEST_X=(-n 8)
+
+# 1. ceilings
+step ceilings 30 "${DR[@]}" ceilings "$OUT" "${DRYFLAG[@]}"
+# 2. op benchmarks
+step ops 120 "${DR[@]}" ops "$OUT" "${DRYFLAG[@]}"
+# 3. model: training step, modules, inference
+step train 90 "${DR[@]}" train "$OUT" "${DRYFLAG[@]}" "${OFFFLAG[@]}"
+step modules 60 "${DR[@]}" modules "$OUT" "${DRYFLAG[@]}" "${OFFFLAG[@]}"
+step inference 40 "${DR[@]}" inference "$OUT" "${DRYFLAG[@]}" "${OFFFLAG[@]}"
+# 4. the kernels at their edges, the user's path (compile, fit with fp16)
+step kernels 45 "${DR[@]}" kernels "$OUT" "${DRYFLAG[@]}"
+step userpath 120 "${DR[@]}" userpath "$OUT" "${DRYFLAG[@]}"
+# 5. correctness on the device
+step doctor 60 bash -c '"$0" -m tdsk.doctor --json > "$1"' "$PYTHON" "$OUT/doctor.json"
+step pytest_gpu 150 "$PYTHON" -m pytest -m gpu tests -q -rs -p no:cacheprovider "${PYTEST_X[@]}" \
     --junitxml="$TMP/pytest-gpu.xml" -o junit_family=xunit1
-# 2. ceilings
-step ceilings 40 "${DR[@]}" ceilings "$OUT" "${DRYFLAG[@]}"
-# 3. op benchmarks
-step ops 150 "${DR[@]}" ops "$OUT" "${DRYFLAG[@]}"
-# 4. model: training step, modules, inference
-step train 120 "${DR[@]}" train "$OUT" "${DRYFLAG[@]}" "${OFFFLAG[@]}"
-step modules 90 "${DR[@]}" modules "$OUT" "${DRYFLAG[@]}" "${OFFFLAG[@]}"
-step inference 60 "${DR[@]}" inference "$OUT" "${DRYFLAG[@]}" "${OFFFLAG[@]}"
-# 5. only if time remains
-step attention 40 "${DR[@]}" attention "$OUT" "${DRYFLAG[@]}"
-step loader 90 "${DR[@]}" loader "$OUT" "${DRYFLAG[@]}"
+# 6. only if time remains
+step attention 30 "${DR[@]}" attention "$OUT" "${DRYFLAG[@]}"
+step loader 60 "${DR[@]}" loader "$OUT" "${DRYFLAG[@]}"
 
 "${DR[@]}" report "$OUT"
 echo "=== done in ${SECONDS}s: $OUT/results.json, results.md, results.png, doctor.json, run.log ==="
