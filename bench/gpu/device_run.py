@@ -1163,7 +1163,9 @@ def markdown(data: Dict) -> str:
               + (f"eager {_ms(up['eager_step_s'])}, compiled {_ms(up['compiled_step_s'])} "
                  f"({up['speedup_compiled_vs_eager']:.2f}x; first compiled step {up['first_compiled_step_s']:.1f} s), "
                  f"loss {up['loss_eager']:.5f} vs {up['loss_compiled']:.5f}, "
-                 f"per-tensor relative grad difference (norm) max {up['grad_max_rel_diff']:.2g}, "
+                 (f"gradient difference relative to the whole gradient {up['grad_global_rel_diff']:.2g}, "
+                    if "grad_global_rel_diff" in up else "")
+                 + f"per-tensor relative grad difference (norm) max {up['grad_max_rel_diff']:.2g}, "
                  f"median {up['grad_median_rel_diff']:.2g} over {up['grads_compared']} tensors."
                  if up.get("status") == "ok" else f"error: {up.get('error')}")]
     uf = data.get("userpath_fit_fp16_compile")
