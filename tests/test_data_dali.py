@@ -4,6 +4,8 @@ need a GPU (``@pytest.mark.gpu``)."""
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -238,3 +240,64 @@ def test_dali_threaded_train_pass_is_reproducible_with_a_truncated_file(video_fi
             assert labels == fresh[0] and torch.equal(video, fresh[1]), epoch
         passes.append(dl.bad_samples.num_bad)
     assert sum(passes) > 0                              # the truncated file did fail along the way
+
+
+def _webm_loader(fx, name, prefetch, split="train", lines=None):
+    lines = lines or ["videos/carphone.webm 86", "videos/bikes.webm 3", "videos/tiny.webm 93",
+                      "videos/carphone.webm 1", "videos/bikes.webm 2"]
+    lst = fx.write_list(name, lines)
+    cfg = DataConfig.from_dict(dict(SMALL, root=fx.root, train_list=lst, val_list=lst))
+    return build_dali_loader(cfg, split, load_records(cfg, split), batch_size=2, device=torch.device("cpu"),
+                             seed=5, prefetch=prefetch)
+
+
+def test_dali_prefetch_same_batches_and_runs_ahead(video_fixtures):
+    """Decoding on the background thread gives the batches of the synchronous path, in order,
+    and the next batch is decoded while the consumer still holds this one."""
+    sync_batches = [(v.clone(), l.clone()) for v, l in _webm_loader(video_fixtures, "pf0.txt", 0)]
+    loader = _webm_loader(video_fixtures, "pf2.txt", 2)
+    decoded, threads = [], set()
+    original = loader._batch_items
+
+    def counting(prepared):
+        threads.add(threading.current_thread().name)
+        out = original(prepared)
+        decoded.append(len(prepared))
+        return out
+
+    loader._batch_items = counting
+    it = iter(loader)
+    first = next(it)
+    deadline = time.time() + 60
+    while len(decoded) < 2 and time.time() < deadline:  # the consumer is idle here
+        time.sleep(0.05)
+    assert len(decoded) >= 2, "the second batch was not decoded ahead of the consumer"
+    got = [first] + list(it)
+    assert threads == {"tdsk-dali-decode"}
+    assert len(got) == len(sync_batches) == 2  # 5 videos, batches of 2, train drops the last
+    for (a, la), (b, lb) in zip(got, sync_batches):
+        assert torch.equal(la, lb) and torch.equal(a, b)
+
+
+def test_dali_prefetch_error_reaches_the_consumer_and_early_stop_ends_the_thread(video_fixtures):
+    loader = _webm_loader(video_fixtures, "pf_err.txt", 2)
+    calls = []
+
+    def fail_second(prepared):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("decode failed on batch 2")
+        return type(loader)._batch_items(loader, prepared)
+
+    loader._batch_items = fail_second
+    it = iter(loader)
+    next(it)
+    with pytest.raises(RuntimeError, match="batch 2"):
+        next(it)
+    assert not any(t.name == "tdsk-dali-decode" for t in threading.enumerate())
+
+    loader = _webm_loader(video_fixtures, "pf_stop.txt", 1)
+    it = iter(loader)
+    next(it)
+    it.close()  # the consumer stops after one batch (break out of the loop)
+    assert not any(t.name == "tdsk-dali-decode" for t in threading.enumerate())

@@ -1135,8 +1135,11 @@ def markdown(data: Dict) -> str:
     lo = data.get("loader")
     if lo:
         L += ["", f"**Loader** (val, 8x5 frames, {lo['workers']} workers):"]
+        step_rate = ((data.get("train") or {}).get("rows", {}).get("tdsk") or {}).get("clips_per_s")
         for key, r in lo.get("rows", {}).items():
-            L.append(f"- {key}: " + (f"{r['clips_per_s']:.1f} clips/s" if "clips_per_s" in r else r["error"]))
+            vs = (f" ({r['clips_per_s'] / step_rate:.2f}x the {step_rate:.1f} clips/s the tdsk training step "
+                  f"consumes)" if step_rate and "clips_per_s" in r else "")
+            L.append(f"- {key}: " + (f"{r['clips_per_s']:.1f} clips/s{vs}" if "clips_per_s" in r else r["error"]))
     for key in ("big_temporal_pool_diff", "big_frame_diff_concat"):
         r = data.get(key)
         if not r:
@@ -1159,15 +1162,17 @@ def markdown(data: Dict) -> str:
                      f"{_ms(r.get('backward_s')) if 'backward_s' in r else r.get('backward_error', '-')} |")
     up = data.get("userpath_compile_fullgraph")
     if up:
-        L += ["", "**torch.compile(fullgraph=True)**, tiny model fwd+bwd, bf16 autocast: "
-              + (f"eager {_ms(up['eager_step_s'])}, compiled {_ms(up['compiled_step_s'])} "
-                 f"({up['speedup_compiled_vs_eager']:.2f}x; first compiled step {up['first_compiled_step_s']:.1f} s), "
-                 f"loss {up['loss_eager']:.5f} vs {up['loss_compiled']:.5f}, "
-                 (f"gradient difference relative to the whole gradient {up['grad_global_rel_diff']:.2g}, "
+        if up.get("status") == "ok":
+            glob = (f"gradient difference relative to the whole gradient {up['grad_global_rel_diff']:.2g}, "
                     if "grad_global_rel_diff" in up else "")
-                 + f"per-tensor relative grad difference (norm) max {up['grad_max_rel_diff']:.2g}, "
-                 f"median {up['grad_median_rel_diff']:.2g} over {up['grads_compared']} tensors."
-                 if up.get("status") == "ok" else f"error: {up.get('error')}")]
+            text = (f"eager {_ms(up['eager_step_s'])}, compiled {_ms(up['compiled_step_s'])} "
+                    f"({up['speedup_compiled_vs_eager']:.2f}x; first compiled step {up['first_compiled_step_s']:.1f} s), "
+                    f"loss {up['loss_eager']:.5f} vs {up['loss_compiled']:.5f}, {glob}"
+                    f"per-tensor relative grad difference (norm) max {up['grad_max_rel_diff']:.2g}, "
+                    f"median {up['grad_median_rel_diff']:.2g} over {up['grads_compared']} tensors.")
+        else:
+            text = f"error: {up.get('error')}"
+        L += ["", "**torch.compile(fullgraph=True)**, tiny model fwd+bwd, bf16 autocast: " + text]
     uf = data.get("userpath_fit_fp16_compile")
     if uf:
         L += ["", "**fit() one demo epoch, train.precision=fp16 train.compile=true**: "

@@ -17,7 +17,9 @@ How a batch is made (per rank; the rank's share comes from the same
    The ``cpu`` backend (VP8/VP9/MJPEG only) is used when no GPU is given, for tests.
 3. Resize, crops, flip, grayscale and normalisation run on the GPU in PyTorch (the
    same :mod:`tdsk.data.transforms` code as the CPU path). RandAugment is PIL-based and
-   runs on a host copy of the frames.
+   runs on a host copy of the frames. Steps 1-3 run on a background thread up to
+   ``prefetch`` (default 2) batches ahead of the training loop, so decoding overlaps the
+   step instead of adding to it.
 4. If DALI raises on a batch (a stream that demuxes but does not decode), the pipeline
    is rebuilt and that batch is decoded by the CPU path, which finds and replaces the
    bad file: a corrupt file never aborts the epoch. JPEG batches are header-probed
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Tuple
 
@@ -168,7 +172,7 @@ class DaliVideoLoader(VideoLoader):
     def __init__(self, cfg: DataConfig, split: str, records: Sequence[VideoRecord], *, batch_size: int,
                  device: torch.device, rank: int = 0, world_size: int = 1, seed: int = 0,
                  views: Optional[Tuple[int, int]] = None, num_workers: Optional[int] = None,
-                 dali_device: Optional[str] = None):
+                 dali_device: Optional[str] = None, prefetch: int = 2):
         dataset = VideoClipDataset(records, cfg, split, seed=seed, rank=rank, views=views)
         sampler = EpochSampler(len(dataset), shuffle=split == "train", rank=rank, world_size=world_size, seed=seed)
         super().__init__(dataset, sampler, None, device, cfg, split)
@@ -185,6 +189,8 @@ class DaliVideoLoader(VideoLoader):
         self._image = DaliFrameDecoder("image", self.batch_size * frames_per_video, self.dali_device, device_id,
                                        self.num_threads, seed)
         self._pool = ThreadPoolExecutor(max_workers=self.num_threads)
+        # decoded batches kept ready ahead of the consumer (0: decode when asked, in its thread)
+        self.prefetch = max(0, int(prefetch))
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -270,19 +276,71 @@ class DaliVideoLoader(VideoLoader):
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
 
-        def submit(batch):
-            return [self._pool.submit(self._prepare, i, epoch) for i in batch]
-
-        pending = submit(batches[0]) if batches else None
-        for b in range(len(batches)):
-            prepared = [f.result() for f in pending]
-            pending = submit(batches[b + 1]) if b + 1 < len(batches) else None  # overlaps the decode below
-            batch = collate_clips(self._batch_items(prepared))
+        for batch in self._decoded_batches(batches, epoch):
             if not self._accept(batch):  # val/test batch of bad videos only: nothing to yield
                 continue
             video = normalize(batch["video"].to(self.device), self.cfg.mean, self.cfg.std)
             yield video, batch["label"].to(self.device)
         self._finish_pass()
+
+    def _decoded_batches(self, batches: List[List[int]], epoch: int):
+        """Collated batches of ``batches``, in order.
+
+        Reading a batch's bytes (the thread pool) overlaps the decoding of the one before.
+        With ``prefetch > 0`` the decoding itself runs on one background thread, up to
+        ``prefetch`` batches ahead of the consumer, so that DALI decodes the next batch while
+        the model trains on this one (a synchronous decode adds its whole time to every
+        step). All DALI calls stay on that one thread; an error there is raised here, at
+        the batch it belongs to; a consumer that stops early stops the thread.
+        """
+
+        def submit(batch):
+            return [self._pool.submit(self._prepare, i, epoch) for i in batch]
+
+        def produce():
+            pending = submit(batches[0]) if batches else None
+            for b in range(len(batches)):
+                prepared = [f.result() for f in pending]
+                pending = submit(batches[b + 1]) if b + 1 < len(batches) else None  # overlaps the decode below
+                yield collate_clips(self._batch_items(prepared))
+
+        if self.prefetch <= 0 or len(batches) <= 1:
+            yield from produce()
+            return
+        done, stop = object(), threading.Event()
+        ready: "queue.Queue" = queue.Queue(maxsize=self.prefetch)
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run():
+            try:
+                for batch in produce():
+                    if not put(batch):
+                        return
+                put(done)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                put(exc)
+
+        worker = threading.Thread(target=run, name="tdsk-dali-decode", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
 
 
 def _read_bytes(path: str) -> np.ndarray:
@@ -300,8 +358,11 @@ def _read_bytes(path: str) -> np.ndarray:
 def build_dali_loader(cfg: DataConfig, split: str, records: Sequence[VideoRecord], *, batch_size: int,
                       device: torch.device, rank: int = 0, world_size: int = 1, seed: int = 0,
                       views: Optional[Tuple[int, int]] = None, num_workers: Optional[int] = None,
-                      dali_device: Optional[str] = None) -> DaliVideoLoader:
-    """The DALI twin of :func:`tdsk.data.build_loader` (which calls it for ``decoder: dali``)."""
+                      dali_device: Optional[str] = None, prefetch: int = 2) -> DaliVideoLoader:
+    """The DALI twin of :func:`tdsk.data.build_loader` (which calls it for ``decoder: dali``).
+
+    ``prefetch``: batches decoded ahead on a background thread (0: decode in the consumer's
+    thread when a batch is asked for, the behaviour before prefetching existed)."""
     return DaliVideoLoader(cfg, split, records, batch_size=batch_size, device=device, rank=rank,
                            world_size=world_size, seed=seed, views=views, num_workers=num_workers,
-                           dali_device=dali_device)
+                           dali_device=dali_device, prefetch=prefetch)
