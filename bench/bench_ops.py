@@ -23,20 +23,9 @@ import torch.nn.functional as F
 from tdsk.ops import reference
 from tdsk.ops.temporal_diff import frame_diff_concat, temporal_pool_diff
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from benchlib import CLIP_MEAN, CLIP_STD, FRAME_CASES, POOL_CASES  # the shapes the GPU device run also times
 
-POOL_CASES = {
-    # TD-Adapter training shape for ViT-B/16: 4 clips x 8 frames, R = 20 channels.
-    "train_b16": ((32, 20, 8, 14, 14), torch.float32),
-    "large": ((8, 320, 16, 28, 28), torch.float32),
-    "large_bf16": ((8, 320, 16, 28, 28), torch.bfloat16),
-}
-FRAME_CASES = {
-    "sme_4clips_f32": ((4, 8, 5, 3, 224, 224), torch.float32),
-    "sme_4clips_u8": ((4, 8, 5, 3, 224, 224), torch.uint8),
-}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 _compiled = {}
 

@@ -19,6 +19,8 @@ from collections import defaultdict
 import pytest
 import torch
 
+from benchlib import cuda_median, cuda_peak_bytes, sync
+
 _ROWS = []
 
 
@@ -30,11 +32,6 @@ def machine_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu-{platform.machine()}-{os.cpu_count()}threads"
-
-
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.fixture
@@ -77,17 +74,10 @@ def _cuda_median(fn, benchmark):
     Python, not the kernel. pytest-benchmark still runs one round so the row is a
     benchmark (``--benchmark-only``); its number is not reported.
     """
-    import triton.testing
-
-    ms = triton.testing.do_bench(fn, return_mode="median")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
+    median = cuda_median(fn)
+    peak = cuda_peak_bytes(fn)
     benchmark.pedantic(fn, rounds=1, iterations=1)
-    return ms * 1e-3, int(peak), "triton.testing.do_bench"
+    return median, peak, "triton.testing.do_bench"
 
 
 def _summary():

@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Dict
 
-from device_run import _error, _torch, add_case, bench, device_of, raise_recompile_limits, sync, time_steps, update
+from runlib import add_case, bench, device_of, error_text, lazy_torch, raise_recompile_limits, sync, time_steps, update
 
 # ---------------------------------------------------------------------------
 # kernels: > 2**31 elements, block sweep
@@ -42,7 +42,7 @@ def _max_rel(a, b) -> float:
 
 
 def _big_pool(out: str, dev, dry: bool) -> Dict:
-    torch = _torch()
+    torch = lazy_torch()
     import tdsk.ops as ops
     from tdsk.ops import reference
 
@@ -82,11 +82,11 @@ def _big_pool(out: str, dev, dry: bool) -> Dict:
 
 
 def _big_frames(out: str, dev, dry: bool) -> Dict:
-    torch = _torch()
+    torch = lazy_torch()
     import tdsk.ops as ops
     from tdsk.ops import reference
 
-    from device_run import CLIP_MEAN, CLIP_STD
+    from runlib import CLIP_MEAN, CLIP_STD
 
     # (112, 8, 5, 3, 448, 448) uint8 -> (112, 12, 8, 448, 448) fp32: 2.16e9 output elements
     shape = (2, 2, 3, 3, 16, 16) if dry else (112, 8, 5, 3, 448, 448)
@@ -116,7 +116,7 @@ def _big_frames(out: str, dev, dry: bool) -> Dict:
 
 def _sweep(out: str, dev, dry: bool) -> Dict:
     """``block_hw`` in (64, 128, 256, 512) vs the default, at the TD-Adapter training shape."""
-    torch = _torch()
+    torch = lazy_torch()
     import tdsk.kernels as K
 
     shape = (2, 20, 8, 7, 7) if dry else (32, 20, 8, 14, 14)
@@ -131,7 +131,7 @@ def _sweep(out: str, dev, dry: bool) -> Dict:
                 try:
                     entry[f"{mode}_s"] = bench(fn, dev, dry)
                 except Exception as exc:
-                    entry[f"{mode}_error"] = _error(exc)
+                    entry[f"{mode}_error"] = error_text(exc)
             rows.append(entry)
             update(out, "kernels_sweep", {"shape": list(shape), "rows": rows})
         for mode in ("forward", "backward"):
@@ -152,9 +152,9 @@ def cmd_kernels(args) -> int:
         try:
             row = fn(args.out, dev, args.dry_run)
         except Exception as exc:
-            row = {"error": _error(exc)}
+            row = {"error": error_text(exc)}
             if dev.type == "cuda":
-                _torch().cuda.empty_cache()
+                lazy_torch().cuda.empty_cache()
         update(args.out, key, row)
         print(f"[kernels] {key}: {row}", flush=True)
     _sweep(args.out, dev, args.dry_run)
@@ -167,7 +167,7 @@ def cmd_kernels(args) -> int:
 
 
 def _compiled_vs_eager(dev, dry: bool) -> Dict:
-    torch = _torch()
+    torch = lazy_torch()
     import torch.nn.functional as F
 
     from tdsk.models import build_model
@@ -256,7 +256,7 @@ def cmd_userpath(args) -> int:
             import traceback
 
             traceback.print_exc()
-            row = {"status": "error", "error": _error(exc)}
+            row = {"status": "error", "error": error_text(exc)}
         row["wall_s"] = time.perf_counter() - t0
         update(args.out, f"userpath_{key}", row)
         print(f"[userpath] {key}: {row}", flush=True)
