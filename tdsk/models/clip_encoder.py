@@ -181,9 +181,13 @@ def frozen_block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b, length, width = x.shape
     heads = attn.num_heads
     h = block.ln_1(x)
-    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(b, length, 3, heads, width // heads)
+    # ``in_proj`` is a module only on a weight-quantised copy (tdsk.models.quantize): the
+    # fused q/k/v projection is a bare parameter of nn.MultiheadAttention otherwise
+    in_proj = getattr(attn, "in_proj", None)
+    qkv = in_proj(h) if in_proj is not None else F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = qkv.view(b, length, 3, heads, width // heads)
     o = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-    x = x + F.linear(o.reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
+    x = x + attn.out_proj(o.reshape(b, length, width))
     return x + block.mlp(block.ln_2(x))
 
 
