@@ -283,9 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=["test", "val"],
                    help="list to score: data.test_list (falls back to data.val_list), or data.val_list")
     p.add_argument("--batch-size", type=int, help="videos per batch (default eval.test_batch_size)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "fp16", "int8"],
                    help="autocast dtype; default fp32, the official test protocol of the published numbers "
-                        "(auto: bf16 where the hardware has fast bf16, e.g. AMX / AVX512-BF16 CPUs)")
+                        "(auto: bf16 where the hardware has fast bf16, e.g. AMX / AVX512-BF16 CPUs; fp16 on other "
+                        "GPUs; int8 linear layers on other CPUs)")
     p.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="folder for results.json, per_class.csv, confusion.png")

@@ -163,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the recipe's test views)")
     p.add_argument("--format", default="auto", choices=["auto", "frames", "video"], help="list format")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast where the hardware has fast bf16, else fp32 (logged)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="auto: bf16 autocast where the hardware has fast bf16, fp16 on other GPUs, int8 linear "
+                        "layers on other CPUs (logged); docs/inference.md")
     p.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     p.add_argument("--prefetch", type=int, default=2,
                    help="videos decoded ahead of the model by a background thread (default 2; 0: decode inline)")

@@ -25,10 +25,13 @@ Views (crops x clips) default to the recipe's ``eval.views`` (else ``data.test_c
 official test protocol). A view with non-finite logits (or non-finite averaged
 probabilities) raises :class:`NonFiniteOutputError`: it is never a prediction.
 
-Precision (``precision=``): ``"auto"`` (default) runs under bf16 autocast where the
-hardware has fast bf16 (CPU: AMX or AVX512-BF16, ``torch.cpu._is_amx_tile_supported`` /
-``_is_avx512_bf16_supported``; CUDA: ``torch.cuda.is_bf16_supported()``) and in fp32
-elsewhere; ``"fp32"``, ``"bf16"``, ``"fp16"`` force one. The choice and its reason are
+Precision (``precision=``, the rule of :mod:`tdsk.engine.precision`): ``"auto"`` (default)
+runs under bf16 autocast where the hardware has fast bf16 (CPU: AMX or AVX512-BF16,
+``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``; CUDA:
+``torch.cuda.is_bf16_supported()``), fp16 autocast on a GPU without bf16, and on a CPU
+without fast bf16 int8 linear layers (:func:`tdsk.models.quantize.quantize_int8`; the float
+model stays in ``rec.model`` for Grad-CAM, the int8 copy is ``rec.runtime_model``);
+``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"`` (CPU) force one. The choice and its reason are
 logged once per recognizer (``[tdsk] INFO: inference: ...``) and kept in
 ``rec.precision`` / ``rec.precision_reason``. ``compile=True`` wraps the model with
 ``torch.compile``.
@@ -45,12 +48,12 @@ import torch
 import torch.nn as nn
 
 from tdsk._logging import logger
+from tdsk.engine.precision import autocast_for, cpu_bf16_support, resolve_precision  # noqa: F401  (re-exported)
 
 __all__ = ["Recognizer", "Prediction", "Label", "NonFiniteOutputError", "load_model", "resolve_device",
            "resolve_precision", "cpu_bf16_support", "frames_to_clip", "read_labels", "PRECISIONS"]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -114,56 +117,6 @@ def resolve_device(device: Union[None, str, torch.device] = "auto") -> torch.dev
     from tdsk.engine.distributed import pick_device
 
     return pick_device(device or "auto", int(os.environ.get("LOCAL_RANK", "0") or 0))
-
-
-def cpu_bf16_support() -> Tuple[bool, str]:
-    """``(fast bf16 on this CPU, what)``: AMX tiles or AVX512-BF16 (torch 2.11-2.15:
-    ``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``). Any failure
-    to ask means no."""
-    cpu = getattr(torch, "cpu", None)
-    for attr, what in (("_is_amx_tile_supported", "AMX"), ("_is_avx512_bf16_supported", "AVX512-BF16")):
-        probe = getattr(cpu, attr, None)
-        try:
-            if probe is not None and bool(probe()):
-                return True, what
-        except Exception:
-            continue
-    try:
-        cap = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        cap = "unknown"
-    return False, f"no AMX or AVX512-BF16 (CPU capability {cap})"
-
-
-def resolve_precision(precision: str, device: Union[str, torch.device]) -> Tuple[str, str]:
-    """``(fp32 | bf16 | fp16, reason)`` for ``precision`` (``auto`` or one of those) on ``device``."""
-    p = str(precision or "auto").lower()
-    p = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}.get(p, p)
-    if p not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
-    if p != "auto":
-        return p, "requested"
-    if device.type == "cpu":
-        ok, what = cpu_bf16_support()
-        return ("bf16", f"auto: the CPU has {what}") if ok else ("fp32", f"auto: {what}")
-    if device.type == "cuda":
-        try:
-            try:
-                ok = torch.cuda.is_bf16_supported(including_emulation=False)
-            except TypeError:
-                ok = torch.cuda.is_bf16_supported()
-        except Exception:
-            ok = False
-        return ("bf16", "auto: the GPU supports bf16") if ok else ("fp32", "auto: the GPU has no native bf16")
-    return "fp32", f"auto: no bf16 autocast rule for {device.type}"
-
-
-def autocast_for(precision: str, device: Union[str, torch.device]):
-    """The autocast context of a resolved precision (``nullcontext`` for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])
 
 
 # ----------------------------------------------------------------------------- loading
@@ -306,12 +259,18 @@ class Recognizer:
         self.classes = list(classes) if classes else None
         self.views = tuple(int(v) for v in views) if views else _views_of(self.cfg, self.data_cfg)
         self.source = source
-        self.precision, self.precision_reason = resolve_precision(precision, self.device)
+        self.precision, self.precision_reason = resolve_precision(precision, self.device, inference=True)
         self.compiled = bool(compile)
-        self._forward = torch.compile(self.model) if compile else self.model
+        if self.precision == "int8":
+            from tdsk.models.quantize import quantize_int8
+
+            self.runtime_model = quantize_int8(self.model)
+        else:
+            self.runtime_model = self.model
+        self._forward = torch.compile(self.runtime_model) if compile else self.runtime_model
         self._features = None
-        logger.info(f"inference: {self.precision}{' autocast' if self.precision != 'fp32' else ''} on {self.device} "
-                    f"({self.precision_reason}){', torch.compile' if compile else ''}")
+        what = {"fp32": "fp32", "int8": "int8 linear layers"}.get(self.precision, f"{self.precision} autocast")
+        logger.info(f"inference: {what} on {self.device} ({self.precision_reason}){', torch.compile' if compile else ''}")
 
     @classmethod
     def from_pretrained(cls, path: str, device: Union[str, torch.device] = "auto", precision: str = "auto",
@@ -407,7 +366,7 @@ class Recognizer:
     def features(self, video: Any, per_view: bool = False, views: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """The pooled side-network feature (before the classifier): ``float32 [D]`` averaged
         over the views, or ``[V, D]`` with ``per_view=True`` (on the CPU)."""
-        feats = getattr(self.model, "features", None)
+        feats = getattr(self.runtime_model, "features", None)
         if feats is None:
             raise TypeError(f"{type(self.model).__name__} has no features() method")
         if self._features is None:

@@ -113,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--top", type=_positive_int, default=5, help="classes shown per video (>= 1, default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda[:N]")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="auto: bf16 autocast where the hardware has fast bf16 (AMX / AVX512-BF16 CPUs, "
-                        "bf16 GPUs), else fp32 (logged)")
+                        "bf16 GPUs), fp16 on other GPUs, int8 linear layers on other CPUs (logged); "
+                        "docs/inference.md")
     p.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     p.add_argument("--timeline", action="store_true",
                    help="long videos: slide the window over the whole video (per-window top-k as JSON/CSV, "

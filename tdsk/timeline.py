@@ -232,7 +232,7 @@ def _resolve(model_or_recognizer) -> Dict[str, Any]:
     if hasattr(model_or_recognizer, "data_cfg") and hasattr(model_or_recognizer, "model"):
         rec = model_or_recognizer
         d = rec.data_cfg
-        return dict(model=rec.model, classes=rec.classes, size=int(d.input_size), resize=d.resize_size,
+        return dict(model=getattr(rec, "runtime_model", rec.model), classes=rec.classes, size=int(d.input_size), resize=d.resize_size,
                     mean=list(d.mean), std=list(d.std), device=rec.device, autocast=rec.autocast)
     model = model_or_recognizer
     if not isinstance(model, nn.Module):

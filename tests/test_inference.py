@@ -20,6 +20,7 @@ from tdsk import predict as tpr
 from tdsk.data import PyAVVideo, read_jpeg_frames
 from tdsk.engine.trainer import fit
 from tdsk.models import from_pretrained, save_pretrained
+from tdsk.models.quantize import int8_available
 from tdsk.train import demo_config
 
 FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
@@ -228,10 +229,10 @@ def test_bad_model_folder_names_the_keys(rec, tmp_path):
 
 def test_precision_auto_picks_bf16_on_this_cpu_and_stays_close_to_fp32(trained, rec, monkeypatch):
     has_bf16, what = I.cpu_bf16_support()
-    assert I.resolve_precision("auto", "cpu")[0] == ("bf16" if has_bf16 else "fp32")
+    assert I.resolve_precision("auto", "cpu", inference=True)[0] == ("bf16" if has_bf16 else "int8")
     assert I.resolve_precision("fp32", "cpu") == ("fp32", "requested")
     with pytest.raises(ValueError, match="precision"):
-        I.resolve_precision("int8", "cpu")
+        I.resolve_precision("int4", "cpu")
     if not has_bf16:
         pytest.skip(f"this CPU has no fast bf16 ({what})")
     auto = tdsk.Recognizer.from_pretrained(trained["ckpt"], device="cpu")  # precision="auto"
@@ -242,9 +243,12 @@ def test_precision_auto_picks_bf16_on_this_cpu_and_stays_close_to_fp32(trained, 
     # no (or a failing) capability probe: fp32, never an error
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: 1 / 0, raising=False)
-    assert I.resolve_precision("auto", "cpu")[0] == "fp32"
+    # (inference on such a CPU: int8 linear layers where PyTorch has a quantized engine)
+    no_bf16 = "int8" if int8_available() else "fp32"
+    assert I.resolve_precision("auto", "cpu", inference=True)[0] == no_bf16
+    assert I.resolve_precision("auto", "cpu")[0] == "fp32"  # training
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
-    assert I.resolve_precision("auto", "cpu")[0] == "fp32"
+    assert I.resolve_precision("auto", "cpu", inference=True)[0] == no_bf16
 
 
 def test_predict_compile_flag_uses_torch_compile(trained, capsys, monkeypatch):

@@ -53,9 +53,10 @@ from tdsk.engine import rundir as R
 from tdsk.engine.evaluation import EvalResult, evaluate
 from tdsk.engine.metrics import MetricsLogger, plot_curves, read_metrics
 from tdsk.engine.optim import WarmupCosine, build_criterion, build_optimizer
-from tdsk.schema import PRECISIONS, ConfigError, Recipe, validate_recipe
+from tdsk.engine.precision import autocast_for, resolve_precision
+from tdsk.schema import ConfigError, Recipe, validate_recipe
 
-__all__ = ["NonFiniteLossError", "RunInterrupted", "RunResult", "fit", "resolve_precision", "autocast_context",
+__all__ = ["NonFiniteLossError", "RunInterrupted", "RunResult", "fit", "resolve_precision", "autocast_for",
            "build_model", "config_changes", "HARMLESS_KEYS"]
 
 
@@ -91,29 +92,6 @@ class RunResult:
     seconds: float = 0.0
     history: list = field(default_factory=list)
     val: EvalResult | None = None
-
-
-# ----------------------------------------------------------------------------- precision
-
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """``auto`` -> bf16 on GPUs that support it, else fp16 on GPU; fp32 on CPU."""
-    p = PRECISIONS.get(str(precision or "auto").lower())
-    if p is None:
-        raise ConfigError(f"train.precision={precision!r}: use auto, bf16, fp16 or fp32")
-    if p == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if p == "fp16" and device.type == "cpu":
-        logger.warning("train.precision=fp16 on CPU is slow and poorly supported; consider bf16 or fp32")
-    return p
-
-
-def autocast_context(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- building
@@ -370,7 +348,12 @@ def _build(run: _Run, model: nn.Module | None, resuming: bool = False) -> None:
                 "a recompute segment would all-reduce and update the BatchNorm statistics again in backward")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     run.raw_model = run.model = model
-    run.precision = resolve_precision(rc.train.precision, run.device)
+    try:
+        run.precision, _reason = resolve_precision(rc.train.precision, run.device, key="train.precision")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if run.precision == "fp16" and run.device.type == "cpu":
+        logger.warning("train.precision=fp16 on CPU is slow and poorly supported; consider bf16 or fp32")
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
     solver = dataclasses.asdict(rc.solver)
     run.optimizer = build_optimizer(model, solver)
@@ -531,7 +514,7 @@ def _train_epoch(run: _Run, epoch: int) -> int | None:
     sums = run.epoch_sums if (start and run.epoch_sums is not None) else torch.zeros(3, dtype=torch.float64)
     window, window_t0, epoch_t0 = torch.zeros(3, dtype=torch.float64), time.time(), time.time()
     accum, every = rc.solver.grad_accumulation, rc.output.checkpoint_every
-    autocast = autocast_context(run.precision, run.device)
+    autocast = autocast_for(run.precision, run.device)
     run.model.train()
     run.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=n_iter, initial=start, desc=f"epoch {epoch + 1}/{rc.solver.epochs}", unit="it",
@@ -684,7 +667,7 @@ def _validate(run: _Run, epoch: int, state_path: str) -> EvalResult | None:
     rc = run.recipe
     run.val_loader.set_epoch(epoch)
     res = evaluate(run.raw_model, run.val_loader, device=run.device,
-                   autocast=autocast_context(run.precision, run.device), dist_info=run.info, progress=run.progress,
+                   autocast=autocast_for(run.precision, run.device), dist_info=run.info, progress=run.progress,
                    desc=f"val {epoch + 1}/{rc.solver.epochs}", limit_batches=rc.eval.limit_val_batches)
     eligible = res.is_finite
     improved = eligible and (run.best["val_top1"] is None or res.top1 > run.best["val_top1"])
