@@ -46,8 +46,19 @@ import sys
 import tempfile
 from typing import Any, Sequence
 
+from tdsk._io import write_json
+from tdsk._paths import check_distinct, check_replaceable, record_written
+
 __all__ = ["main", "parse_views", "load_for_inference", "read_labels", "user_errors", "check_eval_labels",
            "check_output_writable", "json_safe", "scored_entries", "write_dump", "write_logits"]
+
+
+_RESULT_FILES = ("results.json", "per_class.csv", "confusion.png")
+
+
+def _record(folder: str, names) -> None:
+    """Mark what this run wrote (tdsk._paths: a later run may replace it, nothing else)."""
+    record_written(folder, [n for n in names if os.path.isfile(os.path.join(folder, n))], "evaluate")
 
 
 def user_errors(loading: bool = False) -> tuple:
@@ -335,6 +346,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for flag, path in (("--dump", args.dump), ("--save-logits", args.save_logits)):
                 if path:
                     _check_writable_file(path, flag)
+            # no output may be an input or another output, nor replace a file tdsk did not write
+            outputs = {"--dump": args.dump, "--save-logits": args.save_logits,
+                       **{f"{name} (in {out})": os.path.join(out, name) for name in _RESULT_FILES}}
+            inputs = {"--checkpoint": args.checkpoint, "--labels": args.labels, "--cfg": args.cfg,
+                      f"the {split} list": data.get(f"{split}_list")}
+            check_distinct(outputs, {k: v for k, v in inputs.items() if v and os.path.isfile(v)})
+            for flag, path in outputs.items():
+                if path:
+                    check_replaceable(path, flag)
         if args.labels:
             classes = read_labels(args.labels)
         loader = build_loader(data, split, batch_size=args.batch_size or int(evalc.get("test_batch_size", 4)),
@@ -389,8 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "kind": "log of view-averaged softmax probabilities, list order, NaN = skipped"}
             per_video.append(f"  log-probs {shape[0]}x{shape[1]}  {args.save_logits}")
     results_path = os.path.join(out, "results.json")
-    with open(results_path, "w") as f:
-        json.dump(json_safe(summary), f, indent=1, allow_nan=False)
+    write_json(results_path, json_safe(summary))
+    _record(out, _RESULT_FILES)
+    for path in (args.dump, args.save_logits):
+        if path:
+            _record(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
     notes = "".join([f"  {nonfinite} non-finite (counted wrong)" if nonfinite else "",
                      f"  {len(skipped)} skipped" if skipped else ""])
     print(f"{result.count} videos, {views[0]}x{views[1]} views: top-1 {100 * result.top1:.2f}%  "

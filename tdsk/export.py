@@ -239,14 +239,14 @@ def export_onnx(model: nn.Module, path: str, views: int = 1, opset: Optional[int
 
 
 def export_folder(model: nn.Module, folder: str, classes: Optional[Sequence[str]] = None,
-                  cfg: Optional[Dict] = None, include_clip: bool = True):
+                  cfg: Optional[Dict] = None, include_clip: bool = True, overwrite: bool = False):
     """A tdsk model folder: :func:`tdsk.models.pretrained.save_pretrained` (the folder format's owner)."""
     try:
         from tdsk.models.pretrained import save_pretrained
     except ImportError as exc:
         raise ImportError(f"--format folder needs tdsk.models.pretrained.save_pretrained ({exc})") from None
     return save_pretrained(model, folder, labels=list(classes) if classes else None, recipe=cfg,
-                           include_clip=include_clip)
+                           include_clip=include_clip, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- checking
@@ -358,6 +358,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--opset", type=int, help="ONNX opset version (default: torch.onnx's)")
     p.add_argument("--labels", help="class names, one per line (stored in the metadata / the folder)")
     p.add_argument("--no-check", action="store_true", help="do not run the exported file against the eager model")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out that tdsk did not write (never an input)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
     args = p.parse_args(argv)
 
@@ -377,6 +379,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return usage_error(f"--labels {args.labels}: no such file")
     if not os.path.exists(args.checkpoint):
         return usage_error(f"--checkpoint {args.checkpoint}: no such file")
+    from tdsk._paths import PathCollisionError, check_distinct, check_not_inside, check_replaceable
+
+    inputs = {"--checkpoint": args.checkpoint, "--labels": args.labels}
+    try:
+        check_distinct({"--out": args.out}, inputs)
+        if fmt == "folder":
+            if os.path.lexists(args.out) and not os.path.isdir(args.out):
+                raise FileExistsError(f"--out {args.out}: exists and is not a folder (--format folder writes a folder)")
+            check_not_inside(args.out, "--out", inputs)
+        check_replaceable(args.out, "--out", args.overwrite)
+    except (PathCollisionError, FileExistsError) as exc:
+        return usage_error(exc)
     if fmt == "onnx":
         try:
             _import_onnx_exporter()
@@ -395,7 +409,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return usage_error(f"{len(classes)} class names for a model with {model.num_classes} classes")
 
     if fmt == "folder":
-        export_folder(model, args.out, classes, cfg)
+        try:
+            export_folder(model, args.out, classes, cfg, overwrite=args.overwrite)
+        except OSError as exc:  # read-only parent, disk full: one line, nothing half-written
+            return usage_error(f"--out {args.out}: {exc}")
         print(f"wrote model folder {args.out}")
         return 0
     meta = export_metadata(model, args.views, classes, cfg)
@@ -406,6 +423,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             export_pt2(model, args.out, args.views, meta)
     except OSError as exc:
         return usage_error(f"--out {args.out}: {exc}")
+    from tdsk._paths import record_written
+
+    folder, base = os.path.split(os.path.abspath(args.out))
+    record_written(folder, [n for n in (base, base + ".data") if os.path.isfile(os.path.join(folder, n))], "export")
     inputs = ", ".join(f"{k} {v['dtype']}[{', '.join(map(str, v['shape']))}]" for k, v in meta["inputs"].items())
     outputs = ", ".join(f"{k} {v['dtype']}[{', '.join(map(str, v['shape']))}]" for k, v in meta["outputs"].items())
     print(f"wrote {args.out} ({fmt}, {os.path.getsize(args.out) / 2 ** 20:.1f} MiB): {inputs} -> {outputs}")

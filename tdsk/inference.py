@@ -38,7 +38,6 @@ logged once per recognizer (``[tdsk] INFO: inference: ...``) and kept in
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union

@@ -322,3 +322,26 @@ def test_dump_rows_follow_the_rank_shares(monkeypatch):
     result.labels = np.array([0, 0, 1, 0])  # a row that is not its entry: an error, never a shifted dump
     with pytest.raises(tev.DumpMatchError):
         tev.scored_entries(loader, result, info)
+
+
+def test_evaluate_refuses_outputs_that_collide(trained, tmp_path, capsys):
+    """--dump onto --save-logits, onto the list, or onto the run's own results.json lost a file."""
+    lines = [x for x in open(os.path.join(trained["root"], "val.txt")).read().split("\n") if x]
+    lst = tmp_path / "test.txt"
+    lst.write_text("\n".join(lines[:2]) + "\n")
+    ev = tmp_path / "ev"
+    base = ["--checkpoint", trained["ckpt"], "--views", "1x1", "--out", str(ev), "--no-progress",
+            f"data.test_list={lst}"]
+    same = tmp_path / "same.npy"
+    for extra, words in ((["--dump", str(same), "--save-logits", str(same)], "--dump and --save-logits"),
+                         (["--dump", str(lst)], "is the input the test list"),
+                         (["--save-logits", str(ev / "results.json")], "--save-logits and results.json")):
+        assert tev.main(base + extra) == 2
+        assert words in capsys.readouterr().err
+    assert lst.read_text() == "\n".join(lines[:2]) + "\n"
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("my notes\n")
+    assert tev.main(base + ["--dump", str(mine)]) == 2  # a file tdsk did not write
+    assert "did not write" in capsys.readouterr().err and mine.read_text() == "my notes\n"
+    assert tev.main(base + ["--dump", str(tmp_path / "pred.jsonl")]) == 0
+    assert tev.main(base + ["--dump", str(tmp_path / "pred.jsonl")]) == 0  # its own files: a rerun replaces them

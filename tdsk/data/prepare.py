@@ -34,7 +34,6 @@ were bad and left out, 2 usage error (bad arguments, unreadable input, no video 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -43,6 +42,9 @@ from collections import Counter
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from tdsk import _io
+from tdsk._paths import PathCollisionError, check_distinct, check_replaceable, record_written
 
 from tdsk.data.check import UsageError, default_workers, parallel_map, progress_bar, read_class_names, \
     template_matcher
@@ -372,9 +374,12 @@ def _jobs_from_input(videos: str, root: str, out: str, labels: Optional[str], re
 def prepare_frames(videos: str, out: str, root: str = "", fps: Optional[float] = None,
                    short_side: Optional[int] = None, template: str = "img_{:05d}.jpg", workers: int = 1,
                    quality: int = 95, labels: Optional[str] = None, list_out: Optional[str] = None,
-                   progress: bool = False) -> PrepareResult:
+                   progress: bool = False, overwrite: bool = False) -> PrepareResult:
     """Extract frame folders and write the 3-column list (see the module docstring).
-    Raises :class:`~tdsk.data.check.UsageError` for bad arguments / inputs / output."""
+    Raises :class:`~tdsk.data.check.UsageError` for bad arguments / inputs / output.
+
+    The list, its ``.errors.csv`` and ``labels.txt`` never replace a file tdsk did not write
+    (a user's own ``<out>/train.txt``, say) unless ``overwrite``; none may be an input."""
     template_matcher(template)
     if fps is not None and not fps > 0:
         raise UsageError(f"--fps must be > 0, got {fps}")
@@ -397,6 +402,18 @@ def prepare_frames(videos: str, out: str, root: str = "", fps: Optional[float] =
     if os.path.isfile(videos) and os.path.exists(list_path) and os.path.samefile(list_path, videos):
         stem, ext = os.path.splitext(list_name)
         list_path = os.path.join(out, f"{stem}_frames{ext or '.txt'}")
+    errors_path = f"{os.path.splitext(list_path)[0]}.errors.csv"
+    labels_path = os.path.join(out, "labels.txt") if names is not None else None
+    outputs = {"the list (--list-out)": list_path, "the error report": errors_path, "labels.txt": labels_path}
+    inputs = {"--videos": videos if os.path.isfile(videos) else None,
+              "--labels": labels if isinstance(labels, str) and os.path.isfile(labels) else None}
+    try:
+        check_distinct(outputs, inputs)
+        for what, path in outputs.items():
+            if path:
+                check_replaceable(path, what, overwrite)
+    except (PathCollisionError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
 
     # One extraction per frame folder; a second video mapped to the same folder is bad.
     owner: Dict[str, Dict[str, Any]] = {}
@@ -447,28 +464,20 @@ def prepare_frames(videos: str, out: str, root: str = "", fps: Optional[float] =
     result.counts["bad"] = len(result.bad)
 
     try:
-        _write_text(list_path, "".join(f"{rel} {n} {label}\n" for rel, n, label in result.entries))
-        stem = os.path.splitext(list_path)[0]
-        result.errors_path = f"{stem}.errors.csv"
-        with open(result.errors_path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["line", "path", "reason"])
-            writer.writerows(result.bad)
-        if names is not None:  # the class folders' numbering, or --labels
-            result.labels_path = os.path.join(out, "labels.txt")
-            _write_text(result.labels_path, "".join(f"{n}\n" for n in names))
+        _io.write_text(list_path, "".join(f"{rel} {n} {label}\n" for rel, n, label in result.entries))
+        result.errors_path = errors_path
+        _io.write_csv(errors_path, result.bad, header=["line", "path", "reason"])
+        if labels_path is not None:  # the class folders' numbering, or --labels
+            result.labels_path = labels_path
+            _io.write_text(labels_path, "".join(f"{n}\n" for n in names))
+        for path in (list_path, errors_path, labels_path):
+            if path:
+                record_written(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)], "data.prepare")
     except OSError as exc:
         raise UsageError(f"cannot write the list to {out}: {exc}") from None
     result.list_path = list_path
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -498,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--list-out", help="path of the list to write (default: <out>/<list name> for a list input, "
                                       "<out>/<folder name>.txt for a folder)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace a list / labels.txt in --out that tdsk did not write (never an input)")
     return p
 
 
@@ -506,7 +517,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = prepare_frames(args.videos, args.out, root=args.root, fps=args.fps, short_side=args.short_side,
                                 template=args.template, workers=args.workers, quality=args.quality,
-                                labels=args.labels, list_out=args.list_out, progress=not args.no_progress)
+                                labels=args.labels, list_out=args.list_out, progress=not args.no_progress,
+                                overwrite=args.overwrite)
     except UsageError as exc:
         print(f"tdsk.data.prepare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -38,12 +38,11 @@ import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-
-from tdsk._checkpoint_io import _fsync_dir
 import torch.nn as nn
 
-from tdsk._checkpoint_io import weights_sha256
+from tdsk._checkpoint_io import _fsync_dir, weights_sha256
 from tdsk._logging import logger
+from tdsk._paths import MARKER, check_replaceable, record_written
 
 __all__ = ["save_pretrained", "from_pretrained", "load_pretrained", "read_folder_config", "is_model_folder",
            "FOLDER_FORMAT", "CONFIG_NAME", "WEIGHTS_NAME", "LABELS_NAME", "CARD_NAME"]
@@ -174,13 +173,14 @@ def _card_text(recipe: Mapping, classes: Optional[List[str]], num_classes: int, 
 
 def save_pretrained(model: nn.Module, folder: str, labels: Union[None, str, Sequence[str]] = None,
                     recipe: Union[None, str, Mapping] = None, include_clip: bool = True,
-                    card: Union[None, str, Mapping] = None) -> str:
+                    card: Union[None, str, Mapping] = None, overwrite: bool = False) -> str:
     """Write ``model`` as a model folder (see the module docstring); returns ``folder``.
 
     Args:
         model: a tdsk model (``tdsk.models.build_model``), weights as they are now.
-        folder: the target folder; replaced when it is already a model folder, refused
-            when it is another non-empty folder.
+        folder: the target folder; replaced only when tdsk wrote it and nothing in it changed
+            since (the ``.tdsk-written.json`` marker records each file's size and SHA-256);
+            any other existing file or non-empty folder is refused unless ``overwrite``.
         labels: class names in index order (a list, or a file with one name per line).
         recipe: the full recipe (dict, recipe name or YAML path); default the model's
             own section plus data defaults for its clip shape. The model section stored
@@ -190,15 +190,14 @@ def save_pretrained(model: nn.Module, folder: str, labels: Union[None, str, Sequ
         card: extra model-card facts: a dict with any of ``title``, ``description``,
             ``training_data``, ``accuracy`` (number, text or dict), ``notes``; or a text
             appended to the card.
+        overwrite: replace an existing ``folder`` even when tdsk cannot prove it wrote it.
     """
     from safetensors.torch import save_file  # noqa: PLC0415
 
     folder = os.path.abspath(os.path.expanduser(str(folder)))
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError(f"save_pretrained: {folder} exists and is not a folder")
-    if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
-        raise FileExistsError(f"save_pretrained: {folder} is a non-empty folder that is not a model folder; "
-                              "choose another path or empty it")
+    check_replaceable(folder, "save_pretrained: folder", overwrite, flag="overwrite=True (--overwrite)")
     full = _resolve_recipe(model, recipe)
     msec = full.get("model") or {}
     names = _read_labels_arg(labels)
@@ -263,6 +262,7 @@ def save_pretrained(model: nn.Module, folder: str, labels: Union[None, str, Sequ
                 f.write("".join(n.replace("\n", " ").replace("\r", " ") + "\n" for n in names))
         with open(os.path.join(tmp, CARD_NAME), "w", encoding="utf-8") as f:
             f.write(_card_text(full, names, num_classes, clip_info, card, os.path.basename(folder)))
+        record_written(tmp, [n for n in os.listdir(tmp) if n != MARKER], "save_pretrained")
         for name in os.listdir(tmp):
             _fsync_file(os.path.join(tmp, name))
         _fsync_dir(tmp)
