@@ -11,7 +11,14 @@ mode, batch 1, ``torch.no_grad``), clips/s, all rows in one run with the same we
 * ``tdsk``: tdsk, bf16 autocast + ``torch.compile`` (Inductor, ``freezing=True``: weights
   are constants, so their bf16 casts and the eval BatchNorms fold into the compiled graph);
 * ``onnxruntime_fp32``: the fp32 ONNX export (``tdsk.export.export_onnx``) in ONNX Runtime
-  (CPU execution provider, as many intra-op threads as torch uses).
+  (CPU execution provider, as many intra-op threads as torch uses);
+* ``tdsk_int8``: tdsk with int8 linear layers (:func:`tdsk.models.quantize.quantize_int8`:
+  ``torch.ao`` dynamic quantisation, x86 engine), eager: the path for CPUs without fast bf16.
+
+An AVX2-only CPU is approximated with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``;
+fbgemm (the x86 int8 engine) picks its own instruction set from the CPU, so on a CPU with
+AVX512-VNNI its int8 row is faster than it would be on a real AVX2-only CPU: the report says
+which ISA each library could use.
 
 The floor: the model's FLOPs per view (``torch.utils.flop_counter.FlopCounterMode`` on the
 meta device, as in ``bench/bench_model.py``; 2 FLOPs per MAC) over this machine's bf16
@@ -46,6 +53,7 @@ PROVIDERS = {
     "tdsk_bf16_autocast": "tdsk, bf16 autocast, eager",
     "tdsk": "tdsk, bf16 autocast + torch.compile (Inductor, freezing)",
     "onnxruntime_fp32": "tdsk fp32 ONNX export in ONNX Runtime",
+    "tdsk_int8": "tdsk, int8 linear layers (tdsk.models.quantize, torch.ao dynamic), eager",
 }
 
 _RESULTS = {"rows": {}, "logits": {}}
@@ -132,13 +140,36 @@ def _runner(provider, state):
         return fast
     if provider == "onnxruntime_fp32":
         return _onnx_runner(state)
+    if provider == "tdsk_int8":
+        from tdsk.models.quantize import int8_available, quantize_int8  # noqa: PLC0415
+
+        if not int8_available():
+            pytest.skip("no quantized CPU engine in this PyTorch build")
+        quantised = quantize_int8(model)
+        _RESULTS["int8_engine"] = torch.backends.quantized.engine
+        return lambda: quantised(view)
     raise KeyError(provider)
+
+
+def _skip_slow_bf16(what: str) -> None:
+    """A CPU without fast bf16 emulates it (a bf16 2048^3 matmul took ~68 s a round on an
+    AVX2-only CPU): such rows would take many minutes and measure nothing a user runs
+    (``precision="auto"`` picks int8 there)."""
+    from tdsk.engine.precision import cpu_bf16_support  # noqa: PLC0415
+
+    ok, why = cpu_bf16_support()
+    if not ok:
+        _RESULTS.setdefault("skipped", []).append(what)
+        pytest.skip(f"{what}: {why}")
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_matmul_rate(record, benchmark, b16, dtype):
     """The machine's matmul rate (2048^3 ``torch.mm``): bf16 is the floor's denominator; fp32
-    (context) says how far bf16 can take a model whose time is matmul."""
+    (context) says how far bf16 can take a model whose time is matmul. Without fast bf16 the
+    floor is the fp32 one."""
+    if dtype == "bf16":
+        _skip_slow_bf16("bf16 matmul")
     gen = torch.Generator().manual_seed(0)
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
     a = torch.randn(MATMUL_N, MATMUL_N, generator=gen).to(dt)
@@ -153,6 +184,9 @@ def test_matmul_rate(record, benchmark, b16, dtype):
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_b16_inference(record, benchmark, b16, provider):
+    if provider in ("tdsk_bf16_autocast", "tdsk"):
+        _skip_slow_bf16(provider)
+    print(f"\n[bench_inference] {provider}: {PROVIDERS[provider]} ...", flush=True)
     fn = _runner(provider, b16)
     first = {}
 
@@ -174,7 +208,10 @@ def test_b16_inference(record, benchmark, b16, provider):
 def _report() -> str:
     rows, logits = _RESULTS["rows"], _RESULTS["logits"]
     flops = _RESULTS["flops"]
+    floor_kind = "bf16"
     rate = 2 * MATMUL_N ** 3 / _RESULTS["matmul_s"] if "matmul_s" in _RESULTS else None
+    if rate is None and "matmul_fp32_s" in _RESULTS:  # no fast bf16: the fp32 floor
+        floor_kind, rate = "fp32", 2 * MATMUL_N ** 3 / _RESULTS["matmul_fp32_s"]
     floor = flops / rate if rate else None
     base = rows.get("official_fp32_eager")
     ref = logits.get("tdsk_fp32")
@@ -192,16 +229,17 @@ def _report() -> str:
         f"{_fmt_load(_RESULTS.get('load_before'))}, after: {_fmt_load(_RESULTS.get('load_after'))}.",
         "",
         f"Floor: {flops / 1e9:.1f} GFLOPs per view (FlopCounterMode, 2 per MAC) / "
-        + (f"{rate / 1e12:.3f} TFLOP/s bf16 matmul ({MATMUL_N}^3 `torch.mm`, same run) = **{floor * 1e3:.0f} ms** "
+        + (f"{rate / 1e12:.3f} TFLOP/s {floor_kind} matmul ({MATMUL_N}^3 `torch.mm`, same run) = **{floor * 1e3:.0f} ms** "
            f"per view ({1 / floor:.2f} clips/s)." if rate else "no matmul row."),
         "",
         (f"fp32 matmul: {2 * MATMUL_N ** 3 / _RESULTS['matmul_fp32_s'] / 1e12:.3f} TFLOP/s, so bf16 / fp32 = "
          f"{_RESULTS['matmul_fp32_s'] / _RESULTS['matmul_s']:.2f}x; at the fp32 rate the model's FLOPs take "
          f"{flops * _RESULTS['matmul_fp32_s'] / (2 * MATMUL_N ** 3) * 1e3:.0f} ms"
          + (f" (the official-style fp32 eager runs at {100 * flops * _RESULTS['matmul_fp32_s'] / (2 * MATMUL_N ** 3) / base:.0f}% "
-            "of that)." if base else ".")) if "matmul_fp32_s" in _RESULTS and rate else "",
+            "of that)." if base else ".")) if "matmul_fp32_s" in _RESULTS and "matmul_s" in _RESULTS else "",
+        (f"Skipped (no fast bf16 on this CPU): {', '.join(_RESULTS['skipped'])}." if _RESULTS.get("skipped") else ""),
         "",
-        "| provider | what | median | clips/s | vs official fp32 eager | % of bf16 floor | max abs logit diff vs tdsk fp32 |",
+        f"| provider | what | median | clips/s | vs official fp32 eager | % of {floor_kind} floor | max abs logit diff vs tdsk fp32 |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name in PROVIDERS:
@@ -221,6 +259,12 @@ def _report() -> str:
         extra.append(f"torch.compile (first call) {_RESULTS['compile_s']:.0f} s")
     if "onnx_export_s" in _RESULTS:
         extra.append(f"ONNX export {_RESULTS['onnx_export_s']:.0f} s")
+    if "int8_engine" in _RESULTS:
+        extra.append(f"int8 engine {_RESULTS['int8_engine']}")
+    isa = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
+    lines += ["", "Instruction sets: ATen " + torch.backends.cpu.get_cpu_capability()
+              + (f" (limited by {', '.join(f'{k}={v}' for k, v in isa.items())})" if isa else "")
+              + "; fbgemm (int8) picks its own from the CPU."]
     if extra:
         lines += ["", "One-off costs, not timed: " + "; ".join(extra) + "."]
     return "\n".join(lines) + "\n"

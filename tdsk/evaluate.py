@@ -108,8 +108,8 @@ def parse_views(text: str | None) -> tuple[int, int] | None:
 
 
 def read_labels(path: str) -> list[str]:
-    """Class names, one per line (``name``, ``index name`` or ``index,name``), in index order."""
-    from tdsk.inference import read_labels as _read
+    """Class names in index order: :func:`tdsk.data.labels.read_labels` (the one reader)."""
+    from tdsk.data.labels import read_labels as _read
 
     return _read(path)
 
@@ -356,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if path:
                     check_replaceable(path, flag)
         if args.labels:
-            classes = read_labels(args.labels)
+            from tdsk.data.labels import labels_for_model
+
+            classes = labels_for_model(args.labels, _num_classes(model, cfg), f"--labels {args.labels}")
         loader = build_loader(data, split, batch_size=args.batch_size or int(evalc.get("test_batch_size", 4)),
                               device=info.device, rank=info.rank, world_size=info.world_size,
                               views=tuple(views) if split == "test" else None)

@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 
 from tdsk._logging import logger
+from tdsk.data.labels import labels_for_model, read_labels  # noqa: F401  (read_labels re-exported)
 from tdsk.engine.precision import autocast_for, cpu_bf16_support, resolve_precision  # noqa: F401  (re-exported)
 
 __all__ = ["Recognizer", "Prediction", "Label", "NonFiniteOutputError", "load_model", "resolve_device",
@@ -256,6 +257,9 @@ class Recognizer:
         self.cfg = dict(cfg)
         self.data_cfg = _data_config(self.cfg, model)
         self.classes = list(classes) if classes else None
+        n = getattr(model, "num_classes", None) or (self.cfg.get("model") or {}).get("num_classes")
+        if self.classes and n and len(self.classes) != int(n):
+            raise ValueError(f"{len(self.classes)} class names for a model of {int(n)} classes")
         self.views = tuple(int(v) for v in views) if views else _views_of(self.cfg, self.data_cfg)
         self.source = source
         self.precision, self.precision_reason = resolve_precision(precision, self.device, inference=True)
@@ -408,23 +412,5 @@ class Recognizer:
                 f"{self.views[1]}, device={self.device}, precision={self.precision})")
 
 
-def read_labels(path: str) -> List[str]:
-    """Class names, one per line (``name``, ``index name`` or ``index,name``), in index order."""
-    names: dict = {}
-    with open(path, encoding="utf-8") as f:
-        rows = [line.strip() for line in f if line.strip()]
-    for i, row in enumerate(rows):
-        for sep in (",", "\t", " "):
-            head, _, tail = row.partition(sep)
-            if tail and head.strip().isdigit():
-                names[int(head)] = tail.strip().strip('"')
-                break
-        else:
-            names[i] = row
-    return [names.get(i, str(i)) for i in range(max(names) + 1)] if names else []
-
-
 def _labels(labels: Union[str, os.PathLike, Sequence[str]]) -> List[str]:
-    if isinstance(labels, (str, os.PathLike)):
-        return read_labels(os.fspath(labels))
-    return [str(x) for x in labels]
+    return labels_for_model(labels, None, f"labels {labels}" if isinstance(labels, (str, os.PathLike)) else "labels")

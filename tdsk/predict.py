@@ -198,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, cfg, classes = tev.load_for_inference(args.checkpoint, args.cfg, overrides, device=str(device))
         DataConfig.from_dict(cfg["data"])  # a bad data setting: one message now, not one per video
         if args.labels:
-            classes = tev.read_labels(args.labels)
+            from tdsk.data.labels import labels_for_model
+
+            classes = labels_for_model(args.labels, getattr(model, "num_classes", None), f"--labels {args.labels}")
         views = args.views or tuple((cfg.get("eval") or {}).get("views") or ()) or None
         rec = Recognizer(model, cfg, classes, device=device, precision=args.precision, compile=args.compile,
                          views=views, source=args.checkpoint)

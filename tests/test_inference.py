@@ -345,3 +345,70 @@ def test_evaluate_refuses_outputs_that_collide(trained, tmp_path, capsys):
     assert "did not write" in capsys.readouterr().err and mine.read_text() == "my notes\n"
     assert tev.main(base + ["--dump", str(tmp_path / "pred.jsonl")]) == 0
     assert tev.main(base + ["--dump", str(tmp_path / "pred.jsonl")]) == 0  # its own files: a rerun replaces them
+
+
+# ----------------------------------------------------------------------------- labels: one reader
+
+# names a lenient reader got wrong: one starting with a number, one with a comma
+LABEL_NAMES = ["0 left", "right, fast", "up", "3 down", "rotate cw", "rotate ccw", "approach", "recede", "still"]
+
+
+def _label_files(tmp_path):
+    txt = tmp_path / "labels.txt"
+    txt.write_text("".join(f"{n}\n" for n in LABEL_NAMES))
+    csv = tmp_path / "labels.csv"
+    order = [3, 0, 8, 1, 2, 4, 5, 6, 7]  # any row order
+    csv.write_text("label,name\n" + "".join(f'{i},"{LABEL_NAMES[i]}"\n' for i in order))
+    js = tmp_path / "labels.json"  # SSv2's form: {name: "index"}
+    js.write_text(json.dumps({n: str(i) for i, n in enumerate(LABEL_NAMES)}))
+    return [txt, csv, js]
+
+
+def test_every_tool_reads_the_three_label_forms_the_same(trained, tmp_path, capsys):
+    from tdsk import export as tex
+
+    video = trained["video"]
+    for path in _label_files(tmp_path):
+        rec = tdsk.Recognizer.from_pretrained(trained["ckpt"], precision="fp32", device="cpu", labels=str(path))
+        assert rec.classes == LABEL_NAMES, path
+        rc, rows = _cli_json(capsys, video, "--checkpoint", trained["ckpt"], "--labels", path, "--views", "1x1")
+        top = rows[video]["top"][0]
+        assert rc == 0 and top["label"] == LABEL_NAMES[top["index"]], path
+        ev = tmp_path / f"ev-{path.suffix[1:]}"
+        assert tev.main(["--checkpoint", trained["ckpt"], "--views", "1x1", "--out", str(ev), "--no-progress",
+                         "--labels", str(path), "--split", "val"]) == 0
+        import csv as _csv
+
+        rows_csv = list(_csv.reader((ev / "per_class.csv").read_text().splitlines()))[1:]
+        assert [r[1] for r in rows_csv] == LABEL_NAMES, path
+        folder = tmp_path / f"folder-{path.suffix[1:]}"
+        assert tex.main(["--checkpoint", trained["ckpt"], "--out", str(folder), "--format", "folder",
+                         "--labels", str(path)]) == 0
+        assert tdsk.Recognizer.from_pretrained(str(folder), precision="fp32", device="cpu").classes == LABEL_NAMES
+        capsys.readouterr()
+
+
+def test_label_files_that_would_be_misread_are_refused(trained, tmp_path, capsys):
+    from tdsk.data.labels import read_labels
+    from tdsk.data.lists import ListFormatError
+
+    short = tmp_path / "short.txt"
+    short.write_text("".join(f"{n}\n" for n in LABEL_NAMES[:-1]))
+    rc = tpr.main([trained["video"], "--checkpoint", trained["ckpt"], "--labels", str(short)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "8 class names for a model of 9 classes" in err and "--labels" in err
+    blank = tmp_path / "blank.txt"
+    blank.write_text("a\n\nc\n")  # a lost blank name shifted every later class
+    with pytest.raises(ListFormatError, match=r"blank.txt:2: empty line"):
+        read_labels(str(blank))
+    old = tmp_path / "old.txt"
+    old.write_text("1 b\n0 a\n2 c\n")  # the old 'index name' text form, out of order
+    with pytest.raises(ListFormatError, match="save index,name rows as a .csv"):
+        read_labels(str(old))
+    numbered = tmp_path / "numbered.txt"  # class folders named with numbers, in order: kept as written
+    numbered.write_text("0 down\n1 up\n")
+    assert read_labels(str(numbered)) == ["0 down", "1 up"]
+    dup = tmp_path / "dup.txt"
+    dup.write_text("a\nb\na\n")
+    with pytest.raises(ListFormatError, match="both named 'a'"):
+        read_labels(str(dup))

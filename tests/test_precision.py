@@ -69,3 +69,11 @@ def test_recognizer_int8():
     a, b = fp32.logits(video), int8.logits(video)
     assert not torch.equal(a, b)
     assert float((a - b).abs().max() / a.abs().max()) < 0.05
+
+
+def test_a_cpu_running_below_avx512_has_no_fast_bf16(monkeypatch):
+    """ATen limited to AVX2 (the CPU, or ATEN_CPU_CAPABILITY=avx2) emulates bf16: slower than fp32."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    ok, why = P.cpu_bf16_support()
+    assert not ok and "AVX2" in why

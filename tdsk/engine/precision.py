@@ -44,6 +44,14 @@ def cpu_bf16_support() -> Tuple[bool, str]:
     """``(fast bf16 on this CPU, what)``: AMX tiles or AVX512-BF16 (torch 2.11-2.15:
     ``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``). Any failure
     to ask means no."""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        cap = "unknown"
+    if cap in ("DEFAULT", "NO AVX", "AVX2", "ZVECTOR", "VSX"):
+        # ATen runs below AVX512 (the CPU, or ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA limits it):
+        # bf16 would be emulated, slower than fp32
+        return False, f"no fast bf16 (CPU capability {cap})"
     cpu = getattr(torch, "cpu", None)
     for attr, what in (("_is_amx_tile_supported", "AMX"), ("_is_avx512_bf16_supported", "AVX512-BF16")):
         probe = getattr(cpu, attr, None)
@@ -52,10 +60,6 @@ def cpu_bf16_support() -> Tuple[bool, str]:
                 return True, what
         except Exception:
             continue
-    try:
-        cap = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        cap = "unknown"
     return False, f"no AMX or AVX512-BF16 (CPU capability {cap})"
 
 
@@ -90,10 +94,10 @@ def resolve_precision(precision, device: Device, inference: bool = False,
         ok, what = cpu_bf16_support()
         if ok:
             return "bf16", f"auto: the CPU has {what}"
-        from tdsk.models.quantize import int8_available
+        from tdsk.models.quantize import int8_available, int8_engine
 
         if int8_available():
-            return "int8", f"auto: {what}; int8 linear layers ({torch.backends.quantized.supported_engines[-1]} engine)"
+            return "int8", f"auto: {what}; int8 linear layers ({int8_engine()} engine)"
         return "fp32", f"auto: {what}"
     return "fp32", f"auto: no autocast rule for {device.type}"
 

@@ -103,17 +103,15 @@ def _resolve_recipe(model: nn.Module, recipe: Union[None, str, Mapping]) -> Dict
 
 
 def _read_labels_arg(labels: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
-    if labels is None:
-        return None
-    if isinstance(labels, (str, os.PathLike)):
-        with open(labels, encoding="utf-8") as f:
-            return [line.rstrip("\r\n") for line in f if line.strip()]
-    return [str(x) for x in labels]
+    from tdsk.data.labels import labels_for_model  # noqa: PLC0415
+
+    return labels_for_model(labels, None, "save_pretrained(labels=...)")
 
 
 def _read_label_lines(path: str) -> List[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f if line.strip()]
+    from tdsk.data.labels import read_labels  # noqa: PLC0415
+
+    return read_labels(path)
 
 
 def _fsync_file(path: str) -> None:

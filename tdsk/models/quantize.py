@@ -22,10 +22,11 @@ import torch.nn as nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["quantize_int8", "int8_available"]
+__all__ = ["quantize_int8", "int8_available", "int8_engine"]
 
 
-def _engine() -> str:
+def int8_engine() -> str:
+    """The quantized CPU engine int8 inference uses (``x86`` where PyTorch has it)."""
     engines = torch.backends.quantized.supported_engines
     for name in ("x86", "fbgemm", "onednn", "qnnpack"):
         if name in engines:
@@ -35,7 +36,7 @@ def _engine() -> str:
 
 def int8_available() -> bool:
     """Whether this PyTorch build has a CPU int8 engine for dynamically quantised linears."""
-    return bool(_engine()) and hasattr(torch, "ao") and hasattr(torch.ao, "quantization")
+    return bool(int8_engine()) and hasattr(torch, "ao") and hasattr(torch.ao, "quantization")
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -51,7 +52,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                            f"(supported engines: {torch.backends.quantized.supported_engines})")
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("int8 inference runs on the CPU; move the model to the CPU first")
-    torch.backends.quantized.engine = _engine()
+    torch.backends.quantized.engine = int8_engine()
     q = copy.deepcopy(model).eval()
     for module in q.modules():
         if isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim \
