@@ -166,11 +166,28 @@ def _merge(base: dict, child: Mapping) -> dict:
     return out
 
 
+def _resolve_base(base: str, path: str) -> str:
+    """A ``_base_`` entry of the recipe ``path``: next to that recipe, else a shipped recipe;
+    never looked up in the working directory (a stray file there must not change a recipe)."""
+    local = os.path.join(os.path.dirname(path), os.path.expanduser(base))
+    if os.path.isfile(local):  # an absolute base is its own "local" path
+        return local
+    stem = base[:-5] if base.endswith(".yaml") else base
+    packaged = os.path.join(_config_dir(), stem + ".yaml")
+    if os.sep not in base and os.path.isfile(packaged):
+        return packaged
+    names = available_configs()
+    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(f"{path}: {BASE_KEY} {base!r}: no such file next to the recipe ({local}) and no shipped "
+                      f"recipe of that name.{hint}")
+
+
 def read_recipe(path: str, _chain: tuple = ()) -> dict:
     """Read a recipe file and resolve its ``_base_`` chain (no overrides, no validation).
 
-    ``_base_: ssv1_b16`` (a shipped recipe name, or a path relative to this file; a list
-    of them merges left to right) makes this file state only its differences: its
+    ``_base_: ssv1_b16`` (a path relative to this file, else a shipped recipe name, never the
+    working directory; a list of them merges left to right) makes this file state only its differences: its
     sections are merged key by key over the base's, lists and scalars replace.
     """
     path = os.path.abspath(path)
@@ -190,8 +207,7 @@ def read_recipe(path: str, _chain: tuple = ()) -> dict:
     for base in [bases] if isinstance(bases, str) else list(bases):
         if not isinstance(base, str):
             raise ConfigError(f"{path}: {BASE_KEY} must be a recipe name or path (or a list of them), got {base!r}")
-        local = os.path.join(os.path.dirname(path), base)
-        base_path = local if os.path.isfile(local) else _resolve(base)
+        base_path = _resolve_base(base, path)
         merged = _merge(merged, read_recipe(base_path, _chain + (path,)))
     return _merge(merged, cfg)
 

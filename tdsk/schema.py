@@ -308,9 +308,15 @@ class DataConfig:
         check(len(self.mean) == 3, "mean", f"must be 3 numbers (R, G, B), got {self.mean}")
         check(len(self.std) == 3 and all(s > 0 for s in self.std), "std",
               f"must be 3 positive numbers (R, G, B; each pixel is divided by them), got {self.std}")
+        seen: Dict[int, int] = {}
         for i, pair in enumerate(self.flip_label_pairs):
-            check(len(pair) == 2 and min(pair) >= 0, f"flip_label_pairs[{i}]",
-                  f"must be a pair of class indices >= 0, got {pair}")
+            check(len(pair) == 2 and min(pair) >= 0 and pair[0] != pair[1], f"flip_label_pairs[{i}]",
+                  f"must be a pair of two different class indices >= 0, got {pair}")
+            for c in pair:
+                # a class in two pairs would get two flipped labels: the later pair silently wins
+                check(c not in seen, f"flip_label_pairs[{i}]",
+                      f"class {c} is already in flip_label_pairs[{seen.get(c)}]; pairs must not overlap")
+                seen[c] = i
         if isinstance(self.resize, list):
             check(len(self.resize) == 2, "resize", f"must be [H, W] or an int, got {self.resize}")
             check(min(self.resize) >= self.input_size, "resize", f"{self.resize} is smaller than input_size {self.input_size}")
@@ -487,4 +493,10 @@ def validate_recipe(cfg: Mapping[str, Any], source: str = "") -> Recipe:
     if bad:
         raise ConfigError(f"{source or 'config'}: the data and model sections disagree: " + "; ".join(bad)
                           + " (override both, e.g. model.num_segments=16 data.num_segments=16)")
+    k = getattr(recipe.model, "num_classes", None)
+    if k and recipe.data.flip_label_pairs and recipe.data.flip == "sth" and \
+            max(max(p) for p in recipe.data.flip_label_pairs) >= int(k):
+        raise ConfigError(f"{where}data.flip_label_pairs={recipe.data.flip_label_pairs}: class index out of range "
+                          f"for model.num_classes={k} (indices are 0..{int(k) - 1}); set data.flip_label_pairs=[] "
+                          "for datasets without left/right class pairs")
     return recipe
