@@ -153,6 +153,7 @@ def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequ
         recipe = (_load_recipe(cfg, overrides) if cfg is not None
                   else apply_overrides(read_folder_config(path)["recipe"], overrides))
         model, recipe, classes, _ = load_pretrained(path, recipe=recipe, device=device)
+        _check_finite(model, path)
         return model, recipe, classes
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -172,7 +173,19 @@ def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequ
         del ckpt
         load_checkpoint(model, path)
     model.to(device).eval()
+    _check_finite(model, path)
     return model, recipe, (list(classes) if classes else None)
+
+
+def _check_finite(model: nn.Module, path: str) -> None:
+    """Refuse weights or buffers (BatchNorm running statistics, the text classifier...) that hold
+    NaN/inf: every prediction from them would be garbage or NaN."""
+    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"{path}: non-finite values (NaN/inf) in {', '.join(bad[:5])}{more}; the file is damaged "
+                         "or comes from a diverged run")
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -494,7 +494,9 @@ def validate_recipe(cfg: Mapping[str, Any], source: str = "") -> Recipe:
         raise ConfigError(f"{source or 'config'}: the data and model sections disagree: " + "; ".join(bad)
                           + " (override both, e.g. model.num_segments=16 data.num_segments=16)")
     k = getattr(recipe.model, "num_classes", None)
-    if k and recipe.data.flip_label_pairs and recipe.data.flip == "sth" and \
+    # only pairs the recipe states (the Something-Something defaults never match a class of a
+    # model-only recipe's smaller label set, so they cannot swap anything there)
+    if k and "flip_label_pairs" in (cfg.get("data") or {}) and recipe.data.flip == "sth" and \
             max(max(p) for p in recipe.data.flip_label_pairs) >= int(k):
         raise ConfigError(f"{where}data.flip_label_pairs={recipe.data.flip_label_pairs}: class index out of range "
                           f"for model.num_classes={k} (indices are 0..{int(k) - 1}); set data.flip_label_pairs=[] "

@@ -144,3 +144,23 @@ def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
         open(tmp, "w").write("half")
         raise RuntimeError("interrupted")
     assert path.read_text() == '{\n "a": 1\n}\n' and os.listdir(tmp_path) == ["r.json"]
+
+
+def test_non_finite_buffers_are_refused_in_folders_and_checkpoints(tiny, tmp_path):
+    """A BatchNorm running_var of inf loaded silently before (weights were checked, buffers not)."""
+    from tdsk.inference import load_model
+
+    bad = build_model("tiny", clip_pretrained=None)
+    bad.load_state_dict(tiny.state_dict())
+    name, buf = next((n, b) for n, b in bad.named_buffers() if b.is_floating_point() and b.numel())
+    buf.view(-1)[0] = float("inf")
+    folder = tmp_path / "bad"
+    save_pretrained(bad, str(folder))
+    with pytest.raises(ValueError, match=f"non-finite values.*{name}"):
+        load_model(str(folder))
+    ckpt = tmp_path / "official.pt"
+    from tdsk.models import official_state_dict
+
+    torch.save(official_state_dict(bad), ckpt)
+    with pytest.raises(ValueError, match="non-finite values"):
+        load_model(str(ckpt), cfg="tiny")
