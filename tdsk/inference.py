@@ -197,9 +197,20 @@ def _data_config(cfg: Mapping, model: Optional[nn.Module] = None):
 
     data = dict(cfg.get("data") or {})
     msec = dict(cfg.get("model") or getattr(model, "config", None) or {})
+    actual = dict(getattr(model, "config", None) or {}) if model is not None else {}
+    bad = []
     for key in ("num_segments", "num_local", "input_size"):
         if key not in data and key in msec:
             data[key] = msec[key]
+        for source in (msec, actual):  # the recipe's model section, and the model itself
+            if key in data and key in source and source[key] is not None and int(data[key]) != int(source[key]):
+                bad.append(f"data.{key}={data[key]} but the model has {key}={source[key]}")
+                break
+    if bad:  # as training checks: the model would run on the wrong clip shape, silently wrong
+        from tdsk.schema import ConfigError
+
+        raise ConfigError("the recipe's data section does not fit the model: " + "; ".join(bad)
+                          + " (override data.<key> to match, or drop it)")
     return DataConfig.from_dict(data)
 
 
@@ -226,6 +237,8 @@ def frames_to_clip(frames, data_cfg, views: Tuple[int, int], device: Union[str, 
     n = int(arr.shape[0])
     if n < 1:
         raise ValueError("frames: no frames (N = 0)")
+    if arr.shape[1] < 1 or arr.shape[2] < 1:
+        raise ValueError(f"frames: empty images ({arr.shape[1]}x{arr.shape[2]} pixels)")
     crops, clips = (int(v) for v in views)
     t, m, s = data_cfg.num_segments, data_cfg.num_local, data_cfg.input_size
     wrap = bool(data_cfg.kinetics_wrap and data_cfg.dataset == "kinetics")
@@ -339,6 +352,13 @@ class Recognizer:
             if video.dim() != 6:
                 raise ValueError(f"a float video must be prepared views [V, T, M, 3, S, S], got {tuple(video.shape)} "
                                  "(pass decoded frames as uint8 [N, H, W, 3])")
+            d = self.data_cfg
+            want = (d.num_segments, d.num_local, 3, d.input_size, d.input_size)
+            if tuple(video.shape[1:]) != want:
+                # a model runs on any T (the side network's pooling is over T), silently wrong
+                raise ValueError(f"prepared views must be [V, {', '.join(map(str, want))}] for this model "
+                                 f"(T={d.num_segments} segments, M={d.num_local} local frames, "
+                                 f"{d.input_size} px), got {tuple(video.shape)}")
             return video.to(self.device)
         if isinstance(video, (np.ndarray, torch.Tensor, list, tuple)):
             return frames_to_clip(video, self.data_cfg, views, self.device)

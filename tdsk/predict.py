@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stream", metavar="SOURCE",
                    help="live: rtsp:// or http:// URL, camera /dev/video0 (or its index 0), or a file; prints a "
                         "prediction every stride as frames arrive (Ctrl-C stops)")
-    p.add_argument("--fps", type=_positive_float, help="--stream: the source's frame rate (default: the stream's)")
+    p.add_argument("--fps", type=_fps_float, help="--stream: the source's frame rate (default: the stream's)")
     p.add_argument("--duration", type=_positive_float, metavar="SECONDS",
                    help="--stream: stop after this many seconds of the source")
     p.add_argument("--stream-format", help="--stream: PyAV/ffmpeg input format (e.g. v4l2, mjpeg; default: guessed)")
@@ -302,14 +302,23 @@ def _stream_mode(rec, args, options) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+def _bounded_float(limit_name: str):
+    def parse(text: str) -> float:
+        import tdsk.timeline  # noqa: PLC0415  (the bounds' home; imported when an argument is parsed)
+
+        limit = getattr(tdsk.timeline, limit_name)
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+        if not (0 < value <= limit):  # NaN fails too; 1e308 s overflowed frame counts
+            raise argparse.ArgumentTypeError(f"expected a number in (0, {limit:g}], got {text!r}")
+        return value
+    return parse
+
+
+_positive_float = _bounded_float("MAX_SECONDS")  # seconds
+_fps_float = _bounded_float("MAX_FPS")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,10 @@ DEFAULT_CLIP_SECONDS = 4.0
 
 # ----------------------------------------------------------------------------- sampling
 
+MAX_SECONDS = 1e6  # bounds of a time argument (11 days): larger values overflow frame counts
+MAX_FPS = 1000.0
+
+
 def segment_spacing(fps: float, num_segments: int = 8, clip_seconds: float = DEFAULT_CLIP_SECONDS) -> int:
     """Frames between consecutive segment centres: ``max(1, round(clip_seconds * fps / T))``.
 
@@ -275,11 +279,20 @@ class TimelineEngine:
         self.T = int(getattr(self.model, "num_segments", 8))
         self.M = int(getattr(self.model, "num_local", 5))
         self.fps = float(fps)
-        if not self.fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
-        self.spacing = int(spacing) if spacing else segment_spacing(self.fps, self.T, clip_seconds)
-        if self.spacing < 1:
-            raise ValueError(f"spacing must be >= 1 frame, got {spacing}")
+        if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
+            raise ValueError(f"fps must be in (0, {MAX_FPS:g}], got {fps}")
+        if spacing is not None and (isinstance(spacing, bool) or int(spacing) != spacing or int(spacing) < 1):
+            raise ValueError(f"spacing must be a whole number of frames >= 1, got {spacing!r}")  # 0 fell back before
+        if not (math.isfinite(float(clip_seconds)) and 0 < float(clip_seconds) <= MAX_SECONDS):
+            raise ValueError(f"clip_seconds must be in (0, {MAX_SECONDS:g}], got {clip_seconds}")
+        if stride_seconds is not None and not (math.isfinite(float(stride_seconds))
+                                               and 0 < float(stride_seconds) <= MAX_SECONDS):
+            raise ValueError(f"stride_seconds must be in (0, {MAX_SECONDS:g}], got {stride_seconds}")
+        if stride is not None and (isinstance(stride, bool) or int(stride) != stride or int(stride) < 1):
+            raise ValueError(f"stride must be a whole number of segments >= 1, got {stride!r}")
+        if isinstance(top_k, bool) or int(top_k) != top_k or int(top_k) < 1:
+            raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}")
+        self.spacing = int(spacing) if spacing is not None else segment_spacing(self.fps, self.T, clip_seconds)
         self.stride = stride_segments(stride, stride_seconds, self.spacing / self.fps)
         self.top_k = int(top_k)
         self.keep_logits = bool(keep_logits)

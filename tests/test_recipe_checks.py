@@ -38,3 +38,39 @@ def test_custom_recipes_do_not_flip_by_default():
     """A plain flip mislabels half the flipped clips of direction classes (left/right)."""
     for name in ("custom_b16", "custom_l14", "custom_demo"):
         assert load_config(name)["data"]["flip"] == "none", name
+
+
+def _tiny_recognizer(data):
+    import tdsk
+    from tdsk.models import build_model
+
+    m = build_model("tiny", clip_pretrained=None)
+    return tdsk.Recognizer(m, {"model": dict(m.config), "data": data}, device="cpu", precision="fp32")
+
+
+def test_inference_checks_the_data_section_and_prepared_views_against_the_model():
+    import numpy as np
+    import torch
+
+    with pytest.raises(ConfigError, match="data.num_segments=8 but the model has num_segments=4"):
+        _tiny_recognizer({"num_segments": 8})
+    rec = _tiny_recognizer({})
+    with pytest.raises(ValueError, match=r"prepared views must be \[V, 4, 5, 3, 64, 64\]"):
+        rec.predict(torch.zeros(1, 8, 5, 3, 64, 64))  # ran before: a silently wrong answer
+    with pytest.raises(ValueError, match="empty images"):
+        rec.predict(np.zeros((8, 0, 0, 3), np.uint8))
+    with pytest.raises(ValueError, match="top_k"):
+        rec.predict(np.zeros((8, 16, 16, 3), np.uint8), top_k=0)
+
+
+def test_timeline_arguments_out_of_range_are_one_clear_error():
+    from tdsk.timeline import TimelineEngine
+
+    rec = _tiny_recognizer({})
+    for kw, words in (({"spacing": 0}, "spacing"), ({"clip_seconds": 0}, "clip_seconds"),
+                      ({"clip_seconds": 1e308}, "clip_seconds"), ({"stride_seconds": float("inf")}, "stride_seconds"),
+                      ({"top_k": 0}, "top_k")):
+        with pytest.raises(ValueError, match=words):
+            TimelineEngine(rec, 25.0, **kw)
+    with pytest.raises(ValueError, match="fps"):
+        TimelineEngine(rec, 1e308)
