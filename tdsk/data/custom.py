@@ -28,7 +28,8 @@ from tdsk.schema import ConfigError
 
 __all__ = ["VIDEO_EXTENSIONS", "DatasetPlan", "plan_dataset", "resolve_dataset", "scan_class_folders"]
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+                    ".3gp", ".ogv", ".ts", ".mts")  # the one list (data.prepare, predict use it too)
 
 
 def _under_root(root: str, path: str) -> str:

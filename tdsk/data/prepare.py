@@ -53,8 +53,7 @@ __all__ = ["main", "prepare_frames", "PrepareResult", "MARKER", "VIDEO_EXTENSION
 
 MARKER = ".tdsk_frames.json"
 MARKER_VERSION = 1
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
-                    ".3gp", ".ogv", ".ts", ".mts")
+from tdsk.data.custom import VIDEO_EXTENSIONS  # noqa: E402  (one list of video extensions)
 EXIT_OK, EXIT_BAD_VIDEOS, EXIT_USAGE = 0, 1, 2
 
 
