@@ -127,8 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "segment, about clip-seconds / 8)")
     p.add_argument("--stride-segments", type=_positive_int, metavar="N",
                    help="--timeline/--stream: a window every N segments (instead of --stride)")
-    p.add_argument("--clip-seconds", type=_positive_float, default=4.0,
-                   help="--timeline/--stream: seconds one window covers (4)")
+    p.add_argument("--clip-seconds", type=_positive_float, default=None,
+                   help="--timeline/--stream: seconds one window covers (default: the recipe's eval.clip_seconds, "
+                        "4 for the shipped dataset recipes, 1.33 for the demo)")
     p.add_argument("--stream", metavar="SOURCE",
                    help="live: rtsp:// or http:// URL, camera /dev/video0 (or its index 0), or a file; prints a "
                         "prediction every stride as frames arrive (Ctrl-C stops)")
@@ -333,7 +334,7 @@ def _bounded_float(limit_name: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
         if not (0 < value <= limit):  # NaN fails too; 1e308 s overflowed frame counts
-            raise argparse.ArgumentTypeError(f"expected a number in (0, {limit:g}], got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a number > 0 (at most {limit:g}), got {text!r}")
         return value
     return parse
 

@@ -174,6 +174,7 @@ class EvalConfig:
     limit_val_batches: Optional[int] = None
     views: List[int] = field(default_factory=lambda: [3, 2])  # crops x clips
     test_batch_size: int = 4
+    clip_seconds: float = 4.0  # timeline/stream: seconds one window covers (about a training clip)
 
     def validate_values(self, prefix: str = "eval") -> None:
         if self.batch_size is not None:
@@ -184,6 +185,8 @@ class EvalConfig:
         if len(self.views) != 2 or self.views[0] not in (1, 3) or self.views[1] < 1:
             raise ConfigError(f"{prefix}.views must be [crops, clips] with crops 1 or 3 and clips >= 1, "
                               f"got {self.views}")
+        if not (0 < float(self.clip_seconds) <= 1e6):
+            raise ConfigError(f"{prefix}.clip_seconds must be in (0, 1e6] seconds, got {self.clip_seconds}")
         if any(e < 0 for e in self.skip_epochs):
             raise ConfigError(f"{prefix}.skip_epochs are 0-based epoch numbers, got {self.skip_epochs}")
 

@@ -236,8 +236,10 @@ def _resolve(model_or_recognizer) -> Dict[str, Any]:
     if hasattr(model_or_recognizer, "data_cfg") and hasattr(model_or_recognizer, "model"):
         rec = model_or_recognizer
         d = rec.data_cfg
-        return dict(model=getattr(rec, "runtime_model", rec.model), classes=rec.classes, size=int(d.input_size), resize=d.resize_size,
-                    mean=list(d.mean), std=list(d.std), device=rec.device, autocast=rec.autocast)
+        clip = (getattr(rec, "cfg", None) or {}).get("eval", {}) or {}
+        return dict(model=getattr(rec, "runtime_model", rec.model), classes=rec.classes, size=int(d.input_size),
+                    resize=d.resize_size, mean=list(d.mean), std=list(d.std), device=rec.device, autocast=rec.autocast,
+                    clip_seconds=float(clip.get("clip_seconds") or DEFAULT_CLIP_SECONDS))
     model = model_or_recognizer
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a tdsk.Recognizer or a TDS-CLIP model, got {type(model).__name__}")
@@ -248,7 +250,7 @@ def _resolve(model_or_recognizer) -> Dict[str, Any]:
     except StopIteration:
         device = torch.device("cpu")
     return dict(model=model, classes=None, size=size, resize=size, mean=list(CLIP_MEAN), std=list(CLIP_STD),
-                device=device, autocast=contextlib.nullcontext)
+                device=device, autocast=contextlib.nullcontext, clip_seconds=DEFAULT_CLIP_SECONDS)
 
 
 class TimelineEngine:
@@ -267,7 +269,7 @@ class TimelineEngine:
     """
 
     def __init__(self, model_or_recognizer, fps: float, *, stride: Optional[int] = None,
-                 spacing: Optional[int] = None, clip_seconds: float = DEFAULT_CLIP_SECONDS, top_k: int = 5,
+                 spacing: Optional[int] = None, clip_seconds: Optional[float] = None, top_k: int = 5,
                  classes: Optional[Sequence[str]] = None, reuse: bool = True, keep_logits: bool = False,
                  max_thumbs: int = 0, thumb_height: int = 48, thumb_every: int = 1,
                  stride_seconds: Optional[float] = None):
@@ -283,6 +285,9 @@ class TimelineEngine:
             raise ValueError(f"fps must be in (0, {MAX_FPS:g}], got {fps}")
         if spacing is not None and (isinstance(spacing, bool) or int(spacing) != spacing or int(spacing) < 1):
             raise ValueError(f"spacing must be a whole number of frames >= 1, got {spacing!r}")  # 0 fell back before
+        if clip_seconds is None:  # the recipe's eval.clip_seconds (a Recognizer), else 4 s
+            clip_seconds = r["clip_seconds"]
+        self.clip_seconds = float(clip_seconds)
         if not (math.isfinite(float(clip_seconds)) and 0 < float(clip_seconds) <= MAX_SECONDS):
             raise ValueError(f"clip_seconds must be in (0, {MAX_SECONDS:g}], got {clip_seconds}")
         if stride_seconds is not None and not (math.isfinite(float(stride_seconds))
@@ -466,7 +471,7 @@ class TimelineEngine:
 # ----------------------------------------------------------------------------- public API
 
 def stream(model_or_recognizer, frames: Iterable, fps: float, stride: Optional[int] = None, *,
-           spacing: Optional[int] = None, clip_seconds: float = DEFAULT_CLIP_SECONDS, top_k: int = 5,
+           spacing: Optional[int] = None, clip_seconds: Optional[float] = None, top_k: int = 5,
            classes: Optional[Sequence[str]] = None, reuse: bool = True, keep_logits: bool = False,
            engine: Optional[TimelineEngine] = None, stride_seconds: Optional[float] = None) -> Iterator[dict]:
     """Predictions over a live stream: consume ``frames`` (any iterator of ``uint8 [H, W, 3]``
@@ -529,7 +534,7 @@ class TimelineResult:
 
 def timeline(recognizer_or_model, video_path: str, stride: Optional[int] = None, *,
              out_dir: Optional[str] = None, top_k: int = 5, spacing: Optional[int] = None,
-             clip_seconds: float = DEFAULT_CLIP_SECONDS, classes: Optional[Sequence[str]] = None,
+             clip_seconds: Optional[float] = None, classes: Optional[Sequence[str]] = None,
              reuse: bool = True, keep_logits: bool = False, plot: bool = True, max_thumbs: int = 12,
              threads: int = 0, stem: Optional[str] = None, stride_seconds: Optional[float] = None) -> TimelineResult:
     """Slide the model's window over the whole of ``video_path`` (decoded as a stream).

@@ -74,3 +74,18 @@ def test_timeline_arguments_out_of_range_are_one_clear_error():
             TimelineEngine(rec, 25.0, **kw)
     with pytest.raises(ValueError, match="fps"):
         TimelineEngine(rec, 1e308)
+
+
+def test_the_timeline_window_defaults_to_the_recipes_clip_length():
+    """A 4 s window on a model trained on 1.33 s clips gave a useless timeline."""
+    from tdsk.timeline import TimelineEngine
+
+    rec = _tiny_recognizer({})
+    assert TimelineEngine(rec, 12.0).clip_seconds == 4.0
+    rec.cfg["eval"] = {"clip_seconds": 16 / 12}
+    engine = TimelineEngine(rec, 12.0)
+    assert engine.clip_seconds == pytest.approx(1.3333, abs=1e-3) and engine.spacing == 4  # 16 frames / T=4
+    assert TimelineEngine(rec, 12.0, clip_seconds=4.0).spacing == 12
+    assert load_config("demo")["eval"]["clip_seconds"] == pytest.approx(16 / 12, abs=1e-3)
+    with pytest.raises(ConfigError, match="eval.clip_seconds"):
+        validate_recipe(apply_overrides(load_config("demo"), ["eval.clip_seconds=0"]))
