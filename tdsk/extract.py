@@ -216,10 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_views = crops * clips
     dim = int(getattr(rec.model, "head").in_features) if hasattr(rec.model, "head") else None
     ck = os.stat(args.checkpoint) if os.path.isfile(args.checkpoint) else None
+    # a model folder rewritten in place (save_pretrained after more training) is another model too
+    folder_files = ([[n, os.stat(os.path.join(args.checkpoint, n)).st_size,
+                      os.stat(os.path.join(args.checkpoint, n)).st_mtime_ns]
+                     for n in sorted(os.listdir(args.checkpoint)) if os.path.isfile(os.path.join(args.checkpoint, n))]
+                    if os.path.isdir(args.checkpoint) else None)
     settings = {"checkpoint": os.path.abspath(args.checkpoint), "cfg": args.cfg, "overrides": list(args.overrides),
                 "views": [crops, clips], "per_view": bool(args.per_view), "root": os.path.abspath(root),
                 # a checkpoint rewritten in place (best.pt after more training) is another model
-                "checkpoint_file": [ck.st_size, int(ck.st_mtime)] if ck else None,
+                "checkpoint_file": [ck.st_size, int(ck.st_mtime)] if ck else folder_files,
                 "precision": getattr(rec, "precision", None),
                 "feature": "pooled side-network feature (classifier input), float32"}
     meta_path = os.path.join(args.out, "extract.json")

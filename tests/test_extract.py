@@ -124,3 +124,23 @@ def test_extract_refuses_to_resume_with_a_rewritten_checkpoint_or_other_root(tra
     os.utime(ckpt, (1, 1))  # rewritten (another mtime)
     assert tex.main(args) == 2 and "checkpoint_file" in capsys.readouterr().err
     os.utime(ckpt, None)
+
+
+def test_extract_refuses_to_resume_after_the_model_folder_changed(trained, tmp_path, capsys):
+    """It kept the old model's features when the checkpoint was a model folder."""
+    from tdsk.models import from_pretrained, save_pretrained
+
+    root = trained["root"]
+    paths = [x.rsplit(None, 1)[0] for x in open(os.path.join(root, "val.txt")).read().split("\n") if x][:1]
+    lst = tmp_path / "paths.txt"
+    lst.write_text("\n".join(paths) + "\n")
+    rec = tdsk.Recognizer.from_pretrained(trained["ckpt"], precision="fp32", device="cpu")
+    folder = tmp_path / "model"
+    save_pretrained(rec.model, str(folder), recipe=rec.cfg)
+    args = [str(lst), "--checkpoint", str(folder), "--out", str(tmp_path / "f"), "--root", root, "--no-progress",
+            "--prefetch", "0", "--precision", "fp32"]
+    assert tex.main(args) == 0
+    capsys.readouterr()
+    model = from_pretrained(str(folder))
+    save_pretrained(model, str(folder), recipe=rec.cfg)  # rewritten in place: another model as far as we know
+    assert tex.main(args) == 2 and "checkpoint_file" in capsys.readouterr().err
