@@ -108,6 +108,7 @@ setup(
             "onnx>=1.17",  # = the deploy extra: the export tests run in CI
             "onnxscript>=0.3",
             "onnxruntime>=1.20",
+            "ruff>=0.6",  # tests/test_lint.py: `ruff check .` ([tool.ruff] in pyproject.toml)
             "nvidia-dali-cuda130>=2.4; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },

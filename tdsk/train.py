@@ -20,7 +20,6 @@ import sys
 import time
 from typing import Sequence
 
-from tdsk._logging import logger
 
 __all__ = ["main", "run_demo", "build_parser"]
 

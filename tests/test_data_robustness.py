@@ -107,7 +107,7 @@ def test_unreadable_jpeg_and_short_folder_replaced(video_fixtures):
 def test_short_video_is_not_bad(video_fixtures):
     # 5 frames < T*M = 40: the clamping of docs/sampling.md §2 handles it, it is a valid sample
     fx = video_fixtures
-    lst = fx.write_list("short.txt", [f"videos/tiny.webm 93", f"videos/tiny.mp4 93"])
+    lst = fx.write_list("short.txt", ["videos/tiny.webm 93", "videos/tiny.mp4 93"])
     cfg = dict(SMALL, root=fx.root, train_list=lst, num_segments=8, num_local=5, max_bad_fraction=0.0)
     loader = build_loader(cfg, "train", batch_size=2, device="cpu")
     (video, labels), = list(loader)
@@ -116,7 +116,7 @@ def test_short_video_is_not_bad(video_fixtures):
 
 def test_fraction_exceeded_raises_with_offenders(video_fixtures):
     fx = video_fixtures
-    lines = [f"videos/carphone.mp4 1"] * 6 + [os.path.relpath(fx.bad[c], fx.root) + " 2" for c in
+    lines = ["videos/carphone.mp4 1"] * 6 + [os.path.relpath(fx.bad[c], fx.root) + " 2" for c in
                                                 ("missing", "empty", "notavideo")]
     lst = fx.write_list("mostly_bad.txt", lines)
     cfg = dict(SMALL, root=fx.root, val_list=lst)  # default max_bad_fraction 0.05

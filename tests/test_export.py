@@ -16,7 +16,6 @@ import torch
 
 from tdsk import export as E
 from tdsk.models import build_model, export_official
-from tdsk.ops import reference
 from tdsk.ops.decompositions import decompose, decomposition_table, has_tdsk_ops
 
 ONNX_ATOL = 1e-4  # ONNX Runtime vs eager fp32 (the bound); measured ~1e-7 on the tiny model

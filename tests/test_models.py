@@ -11,7 +11,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
 
 from tdsk.models import build_model, export_official, load_checkpoint, official_state_dict
 

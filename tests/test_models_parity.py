@@ -14,7 +14,6 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------
 # independent re-statement of docs/model.md (official layout and names)

@@ -34,7 +34,6 @@ returns the reference frames (decoded directly with PyAV) of a fixture video.
 """
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 import shutil

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from tdsk._logging import logger
 
