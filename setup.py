@@ -114,14 +114,14 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "tdsk-train=tdsk.train:main",
-            "tdsk-evaluate=tdsk.evaluate:main",
-            "tdsk-predict=tdsk.predict:main",
-            "tdsk-doctor=tdsk.doctor:main",
-            "tdsk-extract=tdsk.extract:main",
-            "tdsk-export=tdsk.export:main",
-            "tdsk-check=tdsk.data.check:main",
-            "tdsk-prepare=tdsk.data.prepare:main",
+            "tdsk-train=tdsk.cli.train:main",
+            "tdsk-evaluate=tdsk.cli.evaluate:main",
+            "tdsk-predict=tdsk.cli.predict:main",
+            "tdsk-doctor=tdsk.cli.doctor:main",
+            "tdsk-extract=tdsk.cli.extract:main",
+            "tdsk-export=tdsk.cli.export:main",
+            "tdsk-check=tdsk.cli.check:main",
+            "tdsk-prepare=tdsk.cli.prepare:main",
         ]
     },
 )

@@ -275,6 +275,6 @@ def _fmt_load(load):
 
 
 def _cpu_model() -> str:
-    from tdsk.doctor import cpu_name
+    from tdsk.cli.doctor import cpu_name
 
     return cpu_name()

@@ -116,7 +116,7 @@ def report() -> str:
 
 def markdown() -> str:
     """The report as Markdown, with the machine named (for ``bench/results/``)."""
-    from tdsk.doctor import cpu_name
+    from tdsk.cli.doctor import cpu_name
 
     machine = (f"cpu-{platform.machine()}-{os.cpu_count()}threads" if not torch.cuda.is_available()
                else torch.cuda.get_device_name(0))

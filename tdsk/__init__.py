@@ -8,6 +8,8 @@ Sub-packages:
 * :mod:`tdsk.data` -- frame sampling, decoders and loaders.
 * :class:`tdsk.Recognizer` (:mod:`tdsk.inference`) -- a trained model ready for
   inference: ``tdsk.Recognizer.from_pretrained(path).predict("video.mp4")``.
+* :mod:`tdsk.cli` -- the command-line tools (``python -m tdsk.train`` etc.), apart from the
+  library above, which never imports them.
 
 Importing ``tdsk`` never fails because an optional part (the C++ extension
 ``tdsk._C``, Triton, xformers, DALI) is missing; the fallback is logged once.
@@ -16,6 +18,10 @@ Heavy sub-packages (models, data) are imported lazily.
 import importlib
 
 __version__ = "0.1.0"
+
+from tdsk import _moved  # noqa: E402
+
+_moved.install()  # tdsk.train, tdsk.evaluate, ... -> tdsk.cli.* (the tools moved; old paths still work)
 
 from tdsk import ops  # noqa: E402  (registers torch.ops.tdsk.*)
 

@@ -203,7 +203,9 @@ def test_run_demo_reports_training_when_the_analysis_fails(tmp_path, capsys, mon
     def broken(*args, **kwargs):
         raise RuntimeError("no encoder here")
 
-    monkeypatch.setattr(demo, "analyse", broken)
+    from tdsk.cli.demo import analysis
+
+    monkeypatch.setattr(analysis, "analyse", broken)
     summary = run_demo(["solver.epochs=1", "solver.warmup_epochs=0", "train.tensorboard=false",
                         "train.num_workers=0"], cache=str(tmp_path / "cache"), output=str(tmp_path / "run"),
                        progress=False, spec=demo.DemoSpec(seed=22, train_per_class=1, val_per_class=1),

@@ -228,3 +228,27 @@ def test_no_import_cycles():
     if cycles:
         print(report)
     assert not cycles, f"import cycles inside tdsk:\n{report}"
+
+
+def test_the_library_never_imports_the_tools():
+    """tdsk/cli/ sits above the library: no library module imports a tool, under its new path or
+    an old alias (tdsk._moved.ALIASES)."""
+    from tdsk._moved import ALIASES
+
+    graph = import_graph()
+    tools = {"tdsk.cli"} | set(ALIASES)
+    bad = []
+    for module, (path, _) in _modules().items():
+        if path is None or module.startswith("tdsk.cli") or module in ("tdsk._moved",):
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                if any(name == t or name.startswith(t + ".") for t in tools):
+                    bad.append(f"{path}:{node.lineno} imports {name}")
+    assert not bad, "\n".join(bad)
+    assert any(m.startswith("tdsk.cli") for m in graph)  # the tools are seen

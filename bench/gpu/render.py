@@ -51,7 +51,7 @@ def cmd_mark(args) -> int:
             data["doctor"] = {k: rep.get(k) for k in ("ok", "summary", "failed", "seconds", "implementations")}
             data["doctor"]["problems"] = [{"name": c["name"], "status": c["status"], "detail": c["detail"]}
                                           for c in rep.get("checks", []) if c["status"] in ("fail", "error")]
-            from tdsk.doctor import format_report
+            from tdsk.cli.doctor import format_report
 
             print(format_report(rep), flush=True)
         except Exception as exc:

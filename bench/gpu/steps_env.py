@@ -17,7 +17,7 @@ def cmd_describe(args) -> int:
     import logging
 
     torch = lazy_torch()
-    from tdsk import doctor
+    from tdsk.cli import doctor
 
     logging.getLogger("tdsk").setLevel(logging.ERROR)  # the fallbacks are in the line below
 

@@ -222,10 +222,10 @@ def _compiled_vs_eager(dev, dry: bool) -> Dict:
 
 
 def _fit_fp16_compile(dev, dry: bool) -> Dict:
-    from tdsk import demo
+    from tdsk.cli import demo
     from tdsk.engine.metrics import read_metrics
     from tdsk.engine.trainer import fit
-    from tdsk.train import demo_config
+    from tdsk.cli.demo import demo_config
 
     root = demo.generate(demo.DemoSpec(seed=7, train_per_class=4, val_per_class=1),
                          tempfile.mkdtemp(prefix="tdsk-demo-"), progress=False)

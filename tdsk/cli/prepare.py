@@ -46,7 +46,7 @@ import numpy as np
 from tdsk import _io
 from tdsk._paths import PathCollisionError, check_distinct, check_replaceable, record_written
 
-from tdsk.data.check import UsageError, default_workers, parallel_map, progress_bar, read_class_names, \
+from tdsk.cli.check import UsageError, default_workers, parallel_map, progress_bar, read_class_names, \
     template_matcher
 
 __all__ = ["main", "prepare_frames", "PrepareResult", "MARKER", "VIDEO_EXTENSIONS"]

@@ -150,7 +150,7 @@ def _label_text(label: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tdsk.evaluate import parse_views
+    from tdsk.cli._common import parse_views
 
     p = argparse.ArgumentParser(prog="python -m tdsk.extract", description=__doc__.split("\n\n")[0])
     p.add_argument("list", metavar="LIST", help="annotation list (or a list of paths), one video per line")
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
 
-    from tdsk import evaluate as tev
+    from tdsk.cli import _common as common
 
     # cheap checks before any model is loaded
     if not os.path.isfile(args.list):
@@ -192,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         entries = read_entries(args.list, root, args.format)
         if not entries:
             return usage_error(f"{args.list}: no entries")
-        tev.check_output_writable(args.out)
-    except tev.user_errors() as exc:
+        common.check_output_writable(args.out)
+    except common.user_errors() as exc:
         return usage_error(exc)
 
     import numpy as np
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rec = Recognizer.from_pretrained(args.checkpoint, device=info.device, precision=args.precision, cfg=args.cfg,
                                          overrides=args.overrides, views=args.views, compile=args.compile)
-    except tev.user_errors(loading=True) as exc:
+    except common.user_errors(loading=True) as exc:
         return fail(exc)
     crops, clips = rec.views
     num_views = crops * clips

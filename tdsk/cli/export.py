@@ -340,7 +340,7 @@ def _load(checkpoint: str, cfg_name: Optional[str], overrides: Sequence[str]):
                       else apply_overrides(dict(load_pretrained(checkpoint)[1]), overrides))
         model, cfg, classes, _ = load_pretrained(checkpoint, recipe=recipe, device="cpu")
         return model, cfg, classes
-    from tdsk.evaluate import load_for_inference
+    from tdsk.cli._common import load_for_inference
 
     return load_for_inference(checkpoint, cfg_name, overrides, device="cpu")
 
@@ -397,7 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ImportError as exc:
             return usage_error(exc)
 
-    from tdsk.evaluate import read_labels, user_errors
+    from tdsk.cli._common import read_labels, user_errors
 
     try:
         model, cfg, classes = _load(args.checkpoint, args.cfg, args.overrides)

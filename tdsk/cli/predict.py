@@ -99,7 +99,7 @@ def _printer(as_json: bool) -> Callable[[dict], None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tdsk.evaluate import _positive_int, parse_views
+    from tdsk.cli._common import _positive_int, parse_views
 
     p = argparse.ArgumentParser(prog="python -m tdsk.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("videos", nargs="*", metavar="VIDEO",
@@ -198,12 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     from tdsk.data import DataConfig
-    from tdsk import evaluate as tev
+    from tdsk.cli import _common as common
     from tdsk.inference import Recognizer, resolve_device
 
     try:
         device = resolve_device(args.device)
-        model, cfg, classes = tev.load_for_inference(args.checkpoint, args.cfg, overrides, device=str(device))
+        model, cfg, classes = common.load_for_inference(args.checkpoint, args.cfg, overrides, device=str(device))
         DataConfig.from_dict(cfg["data"])  # a bad data setting: one message now, not one per video
         if args.labels:
             from tdsk.data.labels import labels_for_model
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         views = args.views or tuple((cfg.get("eval") or {}).get("views") or ()) or None
         rec = Recognizer(model, cfg, classes, device=device, precision=args.precision, compile=args.compile,
                          views=views, source=args.checkpoint)
-    except tev.user_errors(loading=True) as exc:
+    except common.user_errors(loading=True) as exc:
         return usage_error(exc)
     if args.stream is not None:
         return _stream_mode(rec, args, stream_options)
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if failed else 0
     try:
         results = predict(rec, cfg, present, views=views, top=args.top, on_result=emit)
-    except tev.user_errors() as exc:
+    except common.user_errors() as exc:
         return usage_error(exc)
     failed += sum("error" in r for r in results)
     return 1 if failed else 0
@@ -231,7 +231,7 @@ def _long_video_modes(rec, paths, args, emit) -> int:
     """``--timeline`` / ``--explain`` for each video; returns the number of videos that failed."""
     import json
 
-    from tdsk import evaluate as tev
+    from tdsk.cli import _common as common
 
     failed = 0
     for path in paths:
@@ -241,7 +241,7 @@ def _long_video_modes(rec, paths, args, emit) -> int:
                 res = rec.timeline(path, stride=args.stride_segments, stride_seconds=args.stride, out_dir=args.out,
                                    top_k=args.top, clip_seconds=args.clip_seconds, stem=f"{stem}_timeline")
                 if args.json:
-                    print(json.dumps({"path": path, **tev.json_safe(res.to_dict()), "files": res.paths}))
+                    print(json.dumps({"path": path, **common.json_safe(res.to_dict()), "files": res.paths}))
                 else:
                     print(f"{path}: {len(res.rows)} windows")
                     for seg in res.segments:
@@ -253,7 +253,7 @@ def _long_video_modes(rec, paths, args, emit) -> int:
                 msg = {"path": path, "explained": ex.label, "prob": ex.prob, "grid": ex.grid_path, "gif": ex.gif_path}
                 print(json.dumps(msg) if args.json else f"{path}: explained {ex.label} ({100 * ex.prob:.1f}%): "
                                                         f"{ex.grid_path}, {ex.gif_path}")
-        except tev.user_errors(loading=True) as exc:
+        except common.user_errors(loading=True) as exc:
             emit({"path": path, "error": str(exc)})
             failed += 1
     return failed
@@ -263,7 +263,7 @@ def _stream_mode(rec, args, options) -> int:
     import itertools
     import json
 
-    from tdsk import evaluate as tev
+    from tdsk.cli import _common as common
     from tdsk.timeline import TimelineEngine, VideoFrames, live_source, stream
 
     src, fmt = live_source(args.stream)
@@ -276,7 +276,7 @@ def _stream_mode(rec, args, options) -> int:
     except KeyboardInterrupt:
         print(f"stopped (Ctrl-C) while opening {args.stream}", file=sys.stderr, flush=True)
         return 0
-    except tev.user_errors(loading=True) as exc:
+    except common.user_errors(loading=True) as exc:
         print(f"error: --stream: {exc}", file=sys.stderr)
         return 1
     source = iter(frames)
@@ -299,7 +299,7 @@ def _stream_mode(rec, args, options) -> int:
         print(f"stopped (Ctrl-C) after {windows} window(s), {engine.frames_seen} frames", file=sys.stderr,
               flush=True)
         return 0
-    except tev.user_errors(loading=True) as exc:
+    except common.user_errors(loading=True) as exc:
         print(f"error: --stream {args.stream}: after {windows} window(s): {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
