@@ -499,7 +499,7 @@ def validate_recipe(cfg: Mapping[str, Any], source: str = "") -> Recipe:
     k = getattr(recipe.model, "num_classes", None)
     # only pairs the recipe states (the Something-Something defaults never match a class of a
     # model-only recipe's smaller label set, so they cannot swap anything there)
-    if k and "flip_label_pairs" in (cfg.get("data") or {}) and recipe.data.flip == "sth" and \
+    if k and recipe.data.flip_label_pairs and "flip_label_pairs" in (cfg.get("data") or {}) and recipe.data.flip == "sth" and \
             max(max(p) for p in recipe.data.flip_label_pairs) >= int(k):
         raise ConfigError(f"{where}data.flip_label_pairs={recipe.data.flip_label_pairs}: class index out of range "
                           f"for model.num_classes={k} (indices are 0..{int(k) - 1}); set data.flip_label_pairs=[] "

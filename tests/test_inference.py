@@ -137,7 +137,7 @@ def test_model_folder_round_trip_without_pickle(trained, rec, tmp_path, monkeypa
     save_pretrained(rec.model, str(folder), labels=demo.CLASSES, recipe=rec.cfg,
                     card={"accuracy": "top-1 11.1% (demo val, 1 step)"})
     names = sorted(os.listdir(folder))
-    assert names == ["README.md", "config.json", "labels.txt", "model.safetensors"]
+    assert names == [".tdsk-written.json", "README.md", "config.json", "labels.txt", "model.safetensors"]
     assert not [n for n in names if n.endswith((".pt", ".pth", ".pkl", ".bin"))]
     config = json.loads((folder / "config.json").read_text())
     assert config["format"] == "tdsk.folder/1" and config["clip"]["included"] is True
@@ -171,7 +171,7 @@ def test_model_folder_round_trip_without_pickle(trained, rec, tmp_path, monkeypa
     other = tmp_path / "notes"
     other.mkdir()
     (other / "a.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a model folder"):
+    with pytest.raises(FileExistsError, match="tdsk did not write"):
         save_pretrained(rec.model, str(other))
 
 

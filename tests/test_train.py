@@ -349,6 +349,6 @@ def test_train_compile_matches_eager(small_root, tmp_path):
 
 
 def test_labels_beyond_num_classes_are_reported_with_the_list_line(small_root, tmp_path):
-    cfg = _cfg(small_root, "model.num_classes=3", "solver.epochs=1")
+    cfg = _cfg(small_root, "model.num_classes=3", "solver.epochs=1", "data.flip_label_pairs=[[0,1]]")
     with pytest.raises(ValueError, match=r"train\.txt:\d+: label \d+ but model.num_classes=3"):
         fit(cfg, output_dir=str(tmp_path), progress=False)
