@@ -225,15 +225,15 @@ def explain(model_or_recognizer, clip_path, out_dir: Optional[str], target_class
     (nothing is written when it is None). ``target_class``: the class to explain (default the
     predicted one). ``scale``: display magnification (default: panels at least 128 px).
     """
-    from tdsk.timeline import _eval_mode, _resolve
+    from tdsk.timeline import eval_mode, resolve_source
 
-    r = _resolve(model_or_recognizer)
+    r = resolve_source(model_or_recognizer)
     if hasattr(model_or_recognizer, "data_cfg"):
         r["recognizer"] = model_or_recognizer
     model = r["model"]
     names = list(classes) if classes is not None else (list(r["classes"]) if r["classes"] else None)
     video = _load(r, clip_path).to(r["device"])
-    with _eval_mode(model):
+    with eval_mode(model):
         cam, logits, target = grad_cam(model, video, target_class)
     local = video[0]                                            # [T, M, 3, S, S]
     motion = motion_energy(local)

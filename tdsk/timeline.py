@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import csv
 import json
 import math
 import os
@@ -49,10 +48,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+# the frame source (files and live input) lives in the data package, the writers in tdsk.report;
+# both are re-exported here, where they were first documented
+from tdsk.data.stream import MAX_GUESSED_FPS, VideoFrames, live_source  # noqa: F401
+from tdsk.report import plot_timeline, smooth_segments, write_rows_csv  # noqa: F401
+
 __all__ = ["timeline", "stream", "TimelineEngine", "NonFiniteWindowError", "TimelineResult", "VideoFrames", "segment_spacing",
            "stride_segments", "live_source",
            "segment_frame_indices", "window_frame_indices", "smooth_segments", "write_rows_csv",
-           "plot_timeline", "DEFAULT_CLIP_SECONDS"]
+           "plot_timeline", "DEFAULT_CLIP_SECONDS", "resolve_source", "eval_mode"]
 
 class NonFiniteWindowError(RuntimeError):
     """The model produced NaN/inf for a window: there is no prediction for it. (Not
@@ -116,110 +120,6 @@ def stride_segments(stride: Optional[int], stride_seconds: Optional[float], segm
     return int(stride)
 
 
-# ----------------------------------------------------------------------------- frames of a file
-
-def live_source(source: str) -> Tuple[str, Optional[str]]:
-    """``(what to open, container format)`` for a stream source: a URL (``rtsp://``, ``http://``,
-    ``udp://``, ...) as given; a camera index ``"0"`` as ``/dev/video0`` (v4l2; a file named
-    ``0`` is ``./0``); a ``/dev/video*`` device with v4l2; anything else (a file) as given."""
-    src = os.fspath(source)
-    if src.isascii() and src.isdecimal():  # a file named "0" is "./0"
-        return f"/dev/video{int(src)}", "v4l2"
-    if src.startswith("/dev/video"):
-        return src, "v4l2"
-    return src, None
-
-
-#: a live source stating more frames per second than this has no real rate (see VideoFrames)
-MAX_GUESSED_FPS = 240.0
-
-
-class VideoFrames:
-    """A video's frames as a stream: ``uint8 [H, W, 3]`` RGB, presentation order, one at a
-    time (PyAV sequential decode; display rotation applied like :class:`tdsk.data.PyAVVideo`).
-
-    ``path``: a file, or with ``live=True`` anything PyAV opens (an ``rtsp://`` / ``http://``
-    URL, a ``/dev/video0`` camera, see :func:`live_source`). ``format`` / ``options``: PyAV's
-    container format and options (e.g. ``{"rtsp_transport": "tcp"}``); ``timeout``: seconds to
-    wait for a live source's data. ``fps``: the frame rate to use (default the stream's; a live
-    source without one needs it). ``fps`` (average frame rate), ``num_frames_hint`` (the
-    container's count or duration x fps; 0 when unknown) are known before iterating.
-    """
-
-    def __init__(self, path: str, threads: int = 0, autorotate: bool = True, *, live: bool = False,
-                 format: Optional[str] = None, options: Optional[Dict[str, str]] = None,
-                 timeout: Optional[float] = None, fps: Optional[float] = None):
-        import av
-
-        from tdsk.data.decoders import DecodeError
-
-        self.path = os.fspath(path)
-        self.autorotate = autorotate
-        self.live = bool(live)
-        if not self.live and not os.path.isfile(self.path):
-            raise DecodeError(self.path, "file not found")
-        kwargs: Dict[str, Any] = {}
-        if format:
-            kwargs["format"] = format
-        if options:
-            kwargs["options"] = {str(k): str(v) for k, v in options.items()}
-        if timeout:
-            kwargs["timeout"] = float(timeout)
-        try:
-            self._container = av.open(self.path, **kwargs)
-        except Exception as exc:
-            what = "cannot open the stream" if self.live else "cannot open as a video"
-            raise DecodeError(self.path, f"{what} ({type(exc).__name__}: {exc})") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise DecodeError(self.path, "no video stream")
-        st = self._container.streams.video[0]
-        if threads != 1:
-            st.thread_type = "AUTO"
-            st.codec_context.thread_count = int(threads)
-        self._stream = st
-        rate = fps or st.average_rate or st.guessed_rate or st.base_rate
-        if not rate or not float(rate) > 0:
-            self._container.close()
-            raise DecodeError(self.path, "no frame rate in the stream; give the source's rate "
-                                         "(--fps, or fps= / tdsk.timeline.stream(frames, fps=...))")
-        if self.live and not fps and float(rate) > MAX_GUESSED_FPS:
-            # live H.264/RTSP streams often state no rate, and the "guess" is the time base (90000)
-            self._container.close()
-            raise DecodeError(self.path, f"the stream's frame rate reads {float(rate):g} fps, which is not a camera's; "
-                                         "give the source's rate (--fps, or fps=)")
-        self.fps = float(rate)
-        hint = 0 if self.live else int(st.frames or 0)
-        if not hint and not self.live and self._container.duration:
-            hint = int(round(self._container.duration / 1e6 * self.fps))
-        self.num_frames_hint = hint
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        from tdsk.data.decoders import _frame_orientation, _orient, _to_rgb
-
-        import av
-
-        from tdsk.data.decoders import DecodeError
-
-        orientation, known = None, not self.autorotate
-        try:
-            for frame in self._container.decode(self._stream):
-                if not known:
-                    orientation, known = _frame_orientation(frame, self.path), True
-                yield _orient(_to_rgb(frame), orientation)
-        except av.error.ExitError as exc:  # the read timeout of a live source
-            raise DecodeError(self.path, f"no data from the source within the timeout ({exc})") from None
-        except av.error.FFmpegError as exc:  # not all of them are OSError (e.g. HTTPError, UnknownError)
-            raise DecodeError(self.path, f"reading failed ({type(exc).__name__}: {exc})") from None
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
-
-
 # ----------------------------------------------------------------------------- the engine
 
 @dataclass
@@ -229,7 +129,7 @@ class _Segment:
     taps: Optional[List[torch.Tensor]] = None    # L x [N+1, C], computed when a window needs them
 
 
-def _resolve(model_or_recognizer) -> Dict[str, Any]:
+def resolve_source(model_or_recognizer) -> Dict[str, Any]:
     """model, classes, transform sizes, normalisation, device and autocast of a Recognizer or model."""
     from tdsk.schema import CLIP_MEAN, CLIP_STD
 
@@ -273,7 +173,7 @@ class TimelineEngine:
                  classes: Optional[Sequence[str]] = None, reuse: bool = True, keep_logits: bool = False,
                  max_thumbs: int = 0, thumb_height: int = 48, thumb_every: int = 1,
                  stride_seconds: Optional[float] = None):
-        r = _resolve(model_or_recognizer)
+        r = resolve_source(model_or_recognizer)
         self.model: nn.Module = r["model"]
         self.classes = list(classes) if classes is not None else (list(r["classes"]) if r["classes"] else None)
         self.device = torch.device(r["device"])
@@ -486,14 +386,14 @@ def stream(model_or_recognizer, frames: Iterable, fps: float, stride: Optional[i
     eng = engine or TimelineEngine(model_or_recognizer, fps, stride=stride, spacing=spacing,
                                    clip_seconds=clip_seconds, top_k=top_k, classes=classes, reuse=reuse,
                                    keep_logits=keep_logits, stride_seconds=stride_seconds)
-    with _eval_mode(eng.model):
+    with eval_mode(eng.model):
         for frame in frames:
             yield from eng.push(frame)
         yield from eng.finish()
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
     was = model.training
     model.eval()
     try:
@@ -567,106 +467,6 @@ def _pick_thumbs(thumbs, k: int):
     return [thumbs[i] for i in pick]
 
 
-# ----------------------------------------------------------------------------- outputs
-
-def smooth_segments(rows: Sequence[dict], duration: Optional[float] = None) -> List[dict]:
-    """Merge consecutive windows with the same top-1 class into ``{"label", "index", "start",
-    "end", "windows", "mean_prob"}``.
-
-    Each window owns the span between the midpoints to its neighbours' centres (the first
-    from 0, the last to ``duration``), so the merged segments tile the video without overlap.
-    """
-    if not rows:
-        return []
-    bounds = _own_bounds(rows, duration)
-    out: List[dict] = []
-    for k, r in enumerate(rows):
-        top = r["top"][0]
-        if out and out[-1]["index"] == top["index"]:
-            seg = out[-1]
-            seg["end"] = bounds[k + 1]
-            seg["windows"] += 1
-            seg["_sum"] += top["prob"]
-        else:
-            out.append({"label": top["label"], "index": top["index"], "start": bounds[k], "end": bounds[k + 1],
-                        "windows": 1, "_sum": top["prob"]})
-    for seg in out:
-        seg["mean_prob"] = seg.pop("_sum") / seg["windows"]
-    return out
-
-
-def _own_bounds(rows: Sequence[dict], duration: Optional[float] = None) -> List[float]:
-    """``len(rows) + 1`` times: window k owns ``[b[k], b[k+1])`` (midpoints between centres)."""
-    centres = [r["time"] for r in rows]
-    end_all = float(duration) if duration is not None else rows[-1]["end"]
-    return [0.0] + [0.5 * (a + b) for a, b in zip(centres, centres[1:])] + [end_all]
-
-
-def write_rows_csv(rows: Sequence[dict], path: str) -> None:
-    """One line per window: ``window,start,end,label_1,prob_1,...,label_k,prob_k``."""
-    k = max((len(r["top"]) for r in rows), default=0)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["window", "start", "end"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"prob_{i}")])
-        for r in rows:
-            w.writerow([r["window"], f"{r['start']:.3f}", f"{r['end']:.3f}"]
-                       + [v for t in r["top"] for v in (t["label"], f"{t['prob']:.6f}")])
-
-
-def plot_timeline(result: TimelineResult, path: str, classes: int = 5) -> str:
-    """PNG: time on x, stacked probability ribbons of the ``classes`` most probable classes
-    (highest peak top-k probability; the rest of the top-k mass as "other"), a strip of frame
-    thumbnails on top, the smoothed segments as a bar under the ribbons."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    rows = result.rows
-    duration = float(result.meta.get("duration") or (rows[-1]["end"] if rows else 1.0)) or 1.0
-    peak: Dict[int, float] = {}
-    names: Dict[int, str] = {}
-    for r in rows:
-        for t in r["top"]:
-            peak[t["index"]] = max(peak.get(t["index"], 0.0), t["prob"])
-            names[t["index"]] = t["label"]
-    chosen = sorted(peak, key=lambda i: -peak[i])[:classes]
-    series = np.array([[next((t["prob"] for t in r["top"] if t["index"] == c), 0.0) for r in rows] for c in chosen])
-    if rows:  # piecewise constant: each window over the span it owns (as in the smoothed segments)
-        b = _own_bounds(rows, duration)
-        times = np.array([v for k in range(len(rows)) for v in (b[k], b[k + 1])], dtype=np.float64)
-        series = np.repeat(series, 2, axis=1).reshape(len(chosen), -1)
-    fig = plt.figure(figsize=(12, 4.8), dpi=100)
-    ax_img = fig.add_axes([0.06, 0.74, 0.74, 0.22])
-    ax = fig.add_axes([0.06, 0.16, 0.74, 0.55], sharex=ax_img)
-    ax_seg = fig.add_axes([0.06, 0.06, 0.74, 0.06], sharex=ax_img)
-    thumbs = result.thumbs
-    if thumbs:
-        slot = duration / len(thumbs)
-        for k, (_, img) in enumerate(thumbs):
-            ax_img.imshow(img, extent=(k * slot, (k + 1) * slot, 0, 1), aspect="auto")
-    ax_img.set_ylim(0, 1)
-    ax_img.set_yticks([])
-    ax_img.tick_params(labelbottom=False)
-    ax_img.set_title(os.path.basename(str(result.meta.get("source", ""))) +
-                     f"  ({result.meta.get('window_seconds', 0):.2f} s windows, stride "
-                     f"{result.meta.get('stride_seconds', 0):.2f} s)", fontsize=9)
-    cmap = plt.get_cmap("tab10")
-    if len(rows):
-        other = np.clip(1.0 - series.sum(0), 0.0, 1.0)
-        ax.stackplot(times, *series, other, labels=[names[c] for c in chosen] + ["other"],
-                     colors=[cmap(k % 10) for k in range(len(chosen))] + [(0.85, 0.85, 0.85)], alpha=0.9)
-    ax.set_ylim(0, 1)
-    ax.set_xlim(0, duration)
-    ax.set_ylabel("probability")
-    ax.tick_params(labelbottom=False)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    colour = {c: cmap(k % 10) for k, c in enumerate(chosen)}
-    for seg in result.segments:
-        ax_seg.barh(0, seg["end"] - seg["start"], left=seg["start"], height=1.0,
-                    color=colour.get(seg["index"], (0.6, 0.6, 0.6)), edgecolor="white", linewidth=0.5)
-    ax_seg.set_yticks([])
-    ax_seg.set_xlabel("time (s)")
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+# the names explain and the demo imported before they were public
+_resolve = resolve_source
+_eval_mode = eval_mode

@@ -46,7 +46,7 @@ import numpy as np
 from tdsk import _io
 from tdsk._paths import PathCollisionError, check_distinct, check_replaceable, record_written
 
-from tdsk.cli.check import UsageError, default_workers, parallel_map, progress_bar, read_class_names, \
+from tdsk.cli._workers import UsageError, default_workers, parallel_map, progress_bar, read_class_names, \
     template_matcher
 
 __all__ = ["main", "prepare_frames", "PrepareResult", "MARKER", "VIDEO_EXTENSIONS"]
@@ -375,7 +375,7 @@ def prepare_frames(videos: str, out: str, root: str = "", fps: Optional[float] =
                    quality: int = 95, labels: Optional[str] = None, list_out: Optional[str] = None,
                    progress: bool = False, overwrite: bool = False) -> PrepareResult:
     """Extract frame folders and write the 3-column list (see the module docstring).
-    Raises :class:`~tdsk.data.check.UsageError` for bad arguments / inputs / output.
+    Raises :class:`~tdsk.cli._workers.UsageError` for bad arguments / inputs / output.
 
     The list, its ``.errors.csv`` and ``labels.txt`` never replace a file tdsk did not write
     (a user's own ``<out>/train.txt``, say) unless ``overwrite``; none may be an input."""

@@ -343,30 +343,43 @@ def count_jpeg_frames(folder: str, template: str) -> int:
     return count
 
 
-def _template_index(template: str):
-    """A function name -> frame number (or None) for a one-field template like ``img_{:05d}.jpg``."""
+def template_matcher(template: str):
+    """The one frame-template matcher: a function ``file name -> frame number`` (None when the
+    name is not a frame file) for a template with one integer field such as ``img_{:05d}.jpg``.
+    A template without exactly one number field, or with a folder part, is a ``ValueError``."""
     import re
     import string
 
     try:
         parts = list(string.Formatter().parse(template))
-    except ValueError:
-        return None
-    fields = [p for p in parts if p[1] is not None]
-    if len(fields) != 1:
-        return None
-    head = "".join(p[0] for p in parts[:parts.index(fields[0]) + 1])
-    tail = "".join(p[0] for p in parts[parts.index(fields[0]) + 1:])
+        template.format(1)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ValueError(f"bad frame template {template!r}: {exc}") from None
+    fields = [i for i, p in enumerate(parts) if p[1] is not None]
+    if len(fields) != 1 or os.sep in template or template.format(1) == template.format(2):
+        raise ValueError(f"bad frame template {template!r}: it needs exactly one number field, "
+                         "e.g. img_{:05d}.jpg, and no folder part")
+    k = fields[0]
+    head = "".join(p[0] for p in parts[:k + 1])
+    tail = "".join(p[0] for p in parts[k + 1:])
     pattern = re.compile(re.escape(head) + r"([0-9]+)" + re.escape(tail) + r"\Z")
 
-    def index_of(name: str) -> Optional[int]:
+    def number(name: str) -> Optional[int]:
         match = pattern.match(name)
         if match is None:
             return None
-        number = int(match.group(1))
-        return number if template.format(number) == name else None
+        value = int(match.group(1))
+        return value if template.format(value) == name else None
 
-    return index_of
+    return number
+
+
+def _template_index(template: str):
+    """:func:`template_matcher`, or None for a template it refuses (the decoder then says so)."""
+    try:
+        return template_matcher(template)
+    except ValueError:
+        return None
 
 
 def check_jpeg_frames(folder: str, template: str = "{:05d}.jpg", num_frames: Optional[int] = None) -> int:

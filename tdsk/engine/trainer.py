@@ -35,9 +35,7 @@ import dataclasses
 import math
 import os
 import random
-import shutil
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -51,22 +49,17 @@ from tdsk.engine import checkpoint as C
 from tdsk.engine import distributed as D
 from tdsk.engine import rundir as R
 from tdsk.engine.evaluation import EvalResult, evaluate
-from tdsk.engine.metrics import MetricsLogger, plot_curves, read_metrics
+from tdsk.engine.metrics import MetricsLogger, plot_curves
 from tdsk.engine.optim import WarmupCosine, build_criterion, build_optimizer
 from tdsk.engine.precision import autocast_for, resolve_precision
+from tdsk.engine.resume import (HARMLESS_KEYS, _check_recipe_unchanged, _open_run_dir,  # noqa: F401
+                                 _pending_validation_from_metrics, _restore, _take_lock, config_changes)
+from tdsk.engine.resume import NonFiniteLossError, _non_finite_state, _save_checkpoint, _validation_due  # noqa: F401
+from tdsk.engine.stop import _StopFlag
 from tdsk.schema import ConfigError, Recipe, validate_recipe
 
 __all__ = ["NonFiniteLossError", "RunInterrupted", "RunResult", "fit", "resolve_precision", "autocast_for",
            "build_model", "config_changes", "HARMLESS_KEYS"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss, a gradient or the trained state became NaN/inf; the run stopped before
-    using it. ``last_checkpoint``: the newest checkpoint on disk (all finite), or None."""
-
-    def __init__(self, message: str, last_checkpoint: str | None = None):
-        super().__init__(message)
-        self.last_checkpoint = last_checkpoint
 
 
 class RunInterrupted(Exception):
@@ -127,64 +120,6 @@ def _format_output_dir(cfg: Mapping) -> str:
 
 
 # ----------------------------------------------------------------------------- resume checks
-
-# Keys whose change does not alter what a resumed run computes: allowed, and logged.
-HARMLESS_KEYS = ("train.num_workers", "train.log_every", "train.tensorboard", "train.compile", "train.device",
-                 "train.find_unused_parameters", "data.num_workers", "data.decode_threads", "eval.", "output.")
-
-
-def _normalised(cfg: Mapping) -> dict:
-    """The recipe with every default filled in, flattened (``solver.lr`` -> value)."""
-    from tdsk.config import flatten
-
-    try:
-        recipe = validate_recipe(cfg)
-        full = {f.name: dataclasses.asdict(getattr(recipe, f.name)) for f in dataclasses.fields(Recipe)}
-    except ConfigError:  # a recipe an older tdsk wrote: compare what it says
-        full = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
-    return flatten(full)
-
-
-def config_changes(saved: Mapping, new: Mapping) -> tuple[list[str], list[str]]:
-    """``(altering, harmless)``: ``"key: old -> new"`` for each value that differs."""
-    a, b = _normalised(saved), _normalised(new)
-    changed = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
-    lines = {k: f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in changed}
-    harmless = [lines[k] for k in changed if k.startswith(HARMLESS_KEYS)]
-    return [lines[k] for k in changed if not k.startswith(HARMLESS_KEYS)], harmless
-
-
-# ----------------------------------------------------------------------------- signals
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag that the loop reads at each step (installed from the main thread only).
-
-    After the first signal the previous handlers are back, so a second Ctrl-C aborts at once.
-    """
-
-    def __init__(self):
-        self.signum = 0
-        self._old: dict = {}
-
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, _frame) -> None:
-        self.signum = signum
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        logger.warning(f"{signal.Signals(signum).name} received: writing a checkpoint at the next step, then "
-                       "stopping (send it again to abort without one)")
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, old)
-
-
 # ----------------------------------------------------------------------------- run state
 
 @dataclass
@@ -224,88 +159,6 @@ class _Run:
     @property
     def device(self) -> torch.device:
         return self.info.device
-
-
-def _open_run_dir(run: _Run, resume: str | None, overwrite: bool, resume_force: bool) -> dict | None:
-    """Clean up, decide fresh start or resume, and read the resume checkpoint (once).
-
-    Runs after the lock is held. Returns the checkpoint to restore, or None.
-    """
-    out_dir, info = run.out_dir, run.info
-    if info.is_main:
-        R.remove_stale_temporaries(out_dir)
-    D.barrier(info)
-    ckpt = None
-    if resume == "auto":
-        run.resumed_from, ckpt, _ = R.find_resume(out_dir)
-        if ckpt is None and info.is_main:
-            logger.info(f"--resume auto: no checkpoint in {out_dir}; starting a fresh run")
-    elif resume:
-        if not os.path.isfile(resume):
-            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-        ckpt = C.load(resume, map_location="cpu")
-        if not C.is_training_checkpoint(ckpt):
-            raise ValueError(f"{resume} is not a tdsk training checkpoint (to fine-tune from official "
-                             "weights, use train.init_from instead of resuming)")
-        run.resumed_from = resume
-        # Checkpoints in the run directory beyond the resumed one belong to another
-        # timeline: continuing would mix the two (and --resume auto would pick them later).
-        here = (int(ckpt["epoch"]), int((ckpt.get("epoch_progress") or {}).get("iteration", 0)))
-        newer = [p for key, p in R.checkpoint_files(out_dir)
-                 if key > here and os.path.abspath(p) != os.path.abspath(resume)]
-        if newer and not overwrite:
-            raise R.RunDirError(f"--resume {resume}: {out_dir} already holds later checkpoints "
-                                f"({R.describe([(None, p) for p in newer])}) of another run or an abandoned "
-                                "continuation. Resume into another --output, or pass --overwrite to delete them.")
-        if newer and info.is_main:
-            for p in newer:
-                os.remove(p)
-            logger.warning(f"--overwrite: deleted {len(newer)} later checkpoint(s): {R.describe([(None, p) for p in newer])}")
-    if ckpt is not None:
-        _check_recipe_unchanged(run, ckpt, resume_force)
-        return ckpt
-    existing = R.checkpoint_files(out_dir)
-    # --resume auto with no checkpoint continues an append-only metrics file; a best.pt
-    # without checkpoints, or any earlier file on a plain fresh start, is another run's.
-    others = [n for n in (C.BEST_NAME, "metrics.jsonl") if os.path.exists(os.path.join(out_dir, n))
-              and not (resume == "auto" and n == "metrics.jsonl")]
-    if (existing or others) and not overwrite:
-        what = R.describe(existing) or ", ".join(others)
-        raise R.RunDirError(f"{out_dir} already holds files of an earlier run ({what}). Continue it with "
-                            "--resume auto, start over with --overwrite (deletes them), or choose another "
-                            "output.dir=...")
-    if overwrite and info.is_main:
-        for _, p in existing:
-            os.remove(p)
-        for name in (C.BEST_NAME, "metrics.jsonl", R.MANIFEST_NAME):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(out_dir, name))
-        shutil.rmtree(os.path.join(out_dir, "tensorboard"), ignore_errors=True)
-    D.barrier(info)
-    return None
-
-
-def _check_recipe_unchanged(run: _Run, ckpt: Mapping, force: bool) -> None:
-    saved = C.stored_recipe(ckpt)
-    altering, harmless = config_changes(saved, run.cfg)
-    saved_world = int(ckpt.get("world_size") or 1)
-    if saved_world != run.info.world_size:
-        if (ckpt.get("epoch_progress") or {}).get("iteration"):
-            raise ConfigError(f"{run.resumed_from} is a mid-epoch checkpoint of {saved_world} process(es); it can "
-                              f"only be resumed with {saved_world} (this run has {run.info.world_size}): each rank's "
-                              "share of the epoch depends on it. Resume from an epoch checkpoint to change it.")
-        altering.append(f"world size (processes): {saved_world} -> {run.info.world_size} "
-                        "(the effective batch changes)")
-    if altering and not force:
-        raise ConfigError(
-            f"{run.resumed_from} was trained with another recipe; resuming would change the run:\n  "
-            + "\n  ".join(altering) + "\nResume with the recipe it was trained with, or pass --resume-force "
-            "to continue with the new values anyway.")
-    if run.info.is_main:
-        for line in altering:
-            logger.warning(f"--resume-force: continuing with a changed recipe: {line}")
-        for line in harmless:
-            logger.info(f"resuming with a changed setting (does not alter the run): {line}")
 
 
 def _build(run: _Run, model: nn.Module | None, resuming: bool = False) -> None:
@@ -360,53 +213,6 @@ def _build(run: _Run, model: nn.Module | None, resuming: bool = False) -> None:
     run.schedule = WarmupCosine(run.optimizer, rc.solver.lr, rc.solver.epochs, rc.solver.warmup_epochs,
                                 rc.solver.final_lr_factor, rc.solver.lr_step_every, rc.solver.schedule)
     run.criterion = build_criterion(solver)
-
-
-def _restore(run: _Run, ckpt: Mapping) -> None:
-    """Weights, optimiser, schedule, scaler, counters and RNG from a checkpoint read once."""
-    C.load_model_state(run.raw_model, ckpt)
-    run.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-    run.schedule.load_state_dict(ckpt["scheduler"])
-    if ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
-    run.epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
-    progress = ckpt.get("epoch_progress") or {}
-    run.iteration = int(progress.get("iteration", 0))
-    run.epoch_sums = torch.tensor(progress["sums"], dtype=torch.float64) if run.iteration else None
-    run.best = dict(ckpt.get("best") or run.best)
-    run.run_id = ckpt.get("run_id") or R.new_run_id()
-    rng = ckpt["rng"]
-    if run.info.rank:  # every rank stores its own stream under rng_rank<k>
-        rng = ckpt.get(f"rng_rank{run.info.rank}", rng)
-    C.set_rng_state(rng)
-    run.validate_pending = bool(ckpt.get("validation_pending")) and run.iteration == 0
-    if run.info.is_main:
-        where = f", {run.iteration} iteration(s) into epoch {run.epoch + 1}" if run.iteration else ""
-        logger.info(f"resumed from {run.resumed_from}: {run.epoch} epoch(s){where}, {run.step} step(s) done")
-
-
-def _pending_validation_from_metrics(run: _Run) -> None:
-    """After an epoch-boundary resume: the best so far and whether that epoch's validation ran
-    (rank 0 reads the metrics; every rank gets its answer, so all ranks agree on ``best``)."""
-    if not run.validate_pending:
-        return
-    # [validation still pending, has a best, best top-1, best epoch]: zeros on the other ranks
-    shared = torch.zeros(4, dtype=torch.float64)
-    path = os.path.join(run.out_dir, "metrics.jsonl")
-    if run.info.is_main:
-        records = read_metrics(path) if os.path.exists(path) else []
-        vals = [r for r in records if r.get("kind") == "val" and r.get("epoch", -1) < run.epoch]
-        for r in vals:
-            top1 = r.get("val_top1")
-            if r.get("eligible") and isinstance(top1, float) and (run.best["val_top1"] is None or top1 > run.best["val_top1"]):
-                run.best = {"val_top1": top1, "epoch": r["epoch"]}
-        shared[0] = 0.0 if any(r["epoch"] == run.epoch - 1 for r in vals) else 1.0
-        if run.best["val_top1"] is not None:
-            shared[1:] = torch.tensor([1.0, float(run.best["val_top1"]), float(run.best["epoch"])], dtype=torch.float64)
-    shared = D.all_reduce_sum(shared.to(run.device), run.info).cpu()
-    run.validate_pending = bool(shared[0].item() > 0)
-    if shared[1].item() > 0:
-        run.best = {"val_top1": float(shared[2].item()), "epoch": int(shared[3].item())}
 
 
 def _build_loaders(run: _Run, loader_factory: Callable | None) -> None:
@@ -595,70 +401,6 @@ def _log_epoch(run: _Run, epoch: int, sums: torch.Tensor, seconds: float) -> Non
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _non_finite_state(run: _Run) -> list[str]:
-    """Names of trainable parameters, buffers and optimizer-state tensors that are not finite."""
-    bad = [n for n, t in list(run.raw_model.named_parameters()) + list(run.raw_model.named_buffers())
-           if (t.requires_grad or not isinstance(t, nn.Parameter)) and t.is_floating_point()
-           and not bool(torch.isfinite(t).all())]
-    for pid, state in run.optimizer.state_dict()["state"].items():
-        bad += [f"optimizer[{pid}].{k}" for k, v in state.items()
-                if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    return bad
-
-
-def _save_checkpoint(run: _Run, epoch: int, iteration: int, sums: torch.Tensor | None) -> str:
-    """Write ``epoch_N.pt`` (``iteration == 0``: ``epoch`` epochs done) or a mid-epoch
-    checkpoint ``iteration`` iterations into epoch ``epoch``; all ranks call it."""
-    info = run.info
-    epochs_done = epoch if iteration else epoch + 1
-    bad = _non_finite_state(run)
-    flag = D.all_reduce_sum(torch.tensor([float(len(bad))], dtype=torch.float64, device=run.device), info)
-    if bad or float(flag.item()) > 0:
-        raise NonFiniteLossError(
-            f"the trained state is not finite after global step {run.step} ({', '.join(bad[:5]) or 'on another rank'}"
-            f"{'...' if len(bad) > 5 else ''}); not writing a checkpoint", run.last_path)
-    rng_states = [C.rng_state()]
-    if info.enabled:
-        rng_states = [None] * info.world_size
-        torch.distributed.all_gather_object(rng_states, C.rng_state())
-    path = os.path.join(run.out_dir, R.checkpoint_name(epochs_done, iteration))
-    if info.is_main:
-        state = {
-            "format": C.FORMAT,
-            "run_id": run.run_id,
-            "model_state_dict": C.trainable_state_dict(run.raw_model, include_frozen=run.frozen_info["weights_included"],
-                                                       tower=run.tower),
-            "optimizer_state_dict": run.optimizer.state_dict(),
-            "scheduler": run.schedule.state_dict(),
-            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
-            "epoch": epochs_done,
-            "step": run.step,
-            "epoch_progress": {"iteration": iteration, "sums": sums.tolist()} if iteration else None,
-            "validation_pending": not iteration and _validation_due(run, epoch),
-            "rng": rng_states[0],
-            "frozen": run.frozen_info,
-            "best": dict(run.best),
-            "config": C.plain({k: v for k, v in run.cfg.items()}),
-            "classes": list(run.classes) if run.classes else None,
-            "precision": run.precision,
-            "world_size": info.world_size,
-        }
-        for r in range(1, len(rng_states)):
-            state[f"rng_rank{r}"] = rng_states[r]
-        C.atomic_save(state, path)
-        run.manifest.add(path)
-        run.manifest.prune(run.recipe.output.keep_last, newest=path)
-        del state
-    run.last_path = path
-    D.barrier(info)
-    return path
-
-
-def _validation_due(run: _Run, epoch: int) -> bool:
-    rc = run.recipe
-    return run.val_loader is not None and (epoch not in set(rc.eval.skip_epochs) or epoch == rc.solver.epochs - 1)
-
-
 def _validate(run: _Run, epoch: int, state_path: str) -> EvalResult | None:
     """Validate after epoch ``epoch`` (its checkpoint ``state_path`` is already on disk);
     copy it to ``best.pt`` when top-1 improved and every output was finite."""
@@ -763,23 +505,6 @@ def fit(cfg: Mapping, *, resume: str | None = None, output_dir: str | None = Non
     result.seconds = time.time() - start_time
     _finish(run, result)
     return result
-
-
-def _take_lock(out_dir: str, info: D.DistInfo):
-    """Rank 0 takes the run lock; every rank learns whether it did (no rank left in a collective)."""
-    lock, error = None, None
-    if info.is_main:
-        try:
-            lock = R.RunLock(out_dir).acquire()
-        except R.RunDirError as exc:
-            error = exc
-    if info.enabled:
-        flag = D.all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=info.device), info)
-        if error is None and float(flag.item()) > 0:
-            raise R.RunDirError(f"{out_dir}: rank 0 could not take the run lock (see its message)")
-    if error is not None:
-        raise error
-    return lock
 
 
 def _agreed_stop(run: _Run) -> int:

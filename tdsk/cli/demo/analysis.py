@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from tdsk.cli.demo.generate import CLASSES, _encode, _progress
+from tdsk.cli.demo.dataset import CLASSES, _encode, _progress
 from tdsk.cli.demo.loader import _decode_split
 
 # ----------------------------------------------------------------------------- after training
@@ -73,7 +73,7 @@ def cam_localisation(model, root: str, *, split: str = "val", batch_size: int = 
 
     from tdsk.data import normalize, parse_list, sample_indices
     from tdsk.explain import box_cell_fraction, grad_cam_batch, motion_energy, peak_in_box
-    from tdsk.timeline import _eval_mode
+    from tdsk.timeline import eval_mode
 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -95,7 +95,7 @@ def cam_localisation(model, root: str, *, split: str = "val", batch_size: int = 
     hits, peaks, correct, motion, motion_px = [], [], [], [], []
     grid = None
     bar = _progress(len(rel), "where the model looked", progress)
-    with _eval_mode(model):
+    with eval_mode(model):
         for b0 in range(0, len(rel), int(batch_size)):
             video = normalize(frames[b0:b0 + batch_size][:, flat].to(device)).view(-1, t, m, 3, size, size)
             cam, logits, target = grad_cam_batch(model, video, upsample=False)   # [B, T, g, g]

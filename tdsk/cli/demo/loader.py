@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from tdsk.cli.demo.generate import CLASSES
+from tdsk.cli.demo.dataset import CLASSES
 
 # ----------------------------------------------------------------------------- in-memory loader
 

@@ -10,15 +10,15 @@ from typing import Sequence
 
 def demo_config(root: str, overrides: Sequence[str] = ()) -> dict:
     """The ``demo`` recipe pointed at a generated demo dataset."""
-    from tdsk.cli.demo import generate
+    from tdsk.cli.demo import dataset
     from tdsk.config import apply_overrides, load_config
 
     cfg = load_config("demo")
     data = cfg["data"]
     data.update(root=root, train_list=os.path.join(root, "train.txt"), val_list=os.path.join(root, "val.txt"),
                 test_list=os.path.join(root, "val.txt"))
-    if cfg["model"]["num_classes"] != len(generate.CLASSES):
-        raise ValueError(f"demo.yaml: model.num_classes must be {len(generate.CLASSES)} (tdsk.demo.CLASSES)")
+    if cfg["model"]["num_classes"] != len(dataset.CLASSES):
+        raise ValueError(f"demo.yaml: model.num_classes must be {len(dataset.CLASSES)} (tdsk.demo.CLASSES)")
     data.setdefault("num_segments", cfg["model"].get("num_segments", 8))
     data.setdefault("num_local", cfg["model"].get("num_local", 5))
     meta = cfg.pop("_meta")
@@ -34,12 +34,12 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
     the scores. ``spec``: a :class:`tdsk.demo.DemoSpec` (default the standard demo)."""
     import torch
 
-    from tdsk.cli.demo import analysis, generate, loader
+    from tdsk.cli.demo import analysis, dataset, loader
     from tdsk.engine.trainer import fit
 
     t0 = time.time()
     threads = torch.get_num_threads()
-    root = generate.generate(spec, cache_dir=cache, progress=progress)
+    root = dataset.generate(spec, cache_dir=cache, progress=progress)
     t_data = time.time() - t0
     cfg = demo_config(root, overrides)
     out = output or os.path.join((cfg.get("output") or {}).get("dir", "runs/demo").format(name="demo"))
@@ -49,7 +49,7 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
     for variant, title in names:
         t1 = time.time()
         res = fit(cfg, output_dir=os.path.join(out, variant), overwrite=True, variant=variant,
-                  classes=generate.CLASSES, progress=progress, loader_factory=loader.MemoryClipLoader)
+                  classes=dataset.CLASSES, progress=progress, loader_factory=loader.MemoryClipLoader)
         runs[variant] = (res, time.time() - t1)
         print(f"tdsk demo: {title} trained in {time.time() - t1:.1f} s, val top-1 {100 * res.val.top1:.1f}%",
               flush=True)
@@ -66,7 +66,7 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
     summary = {"wall_seconds": wall, "data_seconds": t_data, "analysis_seconds": t_after, "dataset": root,
                "runs": {}, **after}
     lines = ["", "tdsk demo results (held-out split, %d videos, %d classes; wall time %.0f s)"
-             % (runs["tds_clip"][0].val.count, len(generate.CLASSES), wall)]
+             % (runs["tds_clip"][0].val.count, len(dataset.CLASSES), wall)]
     header = f"  {'':22s}" + "".join(f"{t:>20s}" for _, t in names)
     lines.append(header)
 
@@ -75,8 +75,8 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
 
     row("top-1", [f"{100 * runs[v][0].val.top1:.1f}%" for v, _ in names])
     row("top-5", [f"{100 * runs[v][0].val.top5:.1f}%" for v, _ in names])
-    for a, b in generate.REVERSED_PAIRS:
-        ia, ib = generate.CLASSES.index(a), generate.CLASSES.index(b)
+    for a, b in dataset.REVERSED_PAIRS:
+        ia, ib = dataset.CLASSES.index(a), dataset.CLASSES.index(b)
         row(f"{a} vs {b}", [f"{100 * runs[v][0].val.pair_accuracy(ia, ib)[0]:.1f}%" for v, _ in names])
     if "cam" in after:
         row("CAM hit rate", [f"{100 * after['cam'][v]['hit_rate']:.1f}%" for v, _ in names])
@@ -93,8 +93,8 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
         res = runs[variant][0]
         summary["runs"][variant] = {
             "top1": res.val.top1, "top5": res.val.top5, "seconds": runs[variant][1],
-            "pairs": {f"{a}/{b}": res.val.pair_accuracy(generate.CLASSES.index(a), generate.CLASSES.index(b))[0]
-                      for a, b in generate.REVERSED_PAIRS},
+            "pairs": {f"{a}/{b}": res.val.pair_accuracy(dataset.CLASSES.index(a), dataset.CLASSES.index(b))[0]
+                      for a, b in dataset.REVERSED_PAIRS},
             "checkpoint": res.last_checkpoint, "metrics": res.metrics, "curves": res.curves,
         }
         lines.append(f"  {title}: checkpoint {res.last_checkpoint}")
