@@ -109,6 +109,7 @@ setup(
             "onnxscript>=0.3",
             "onnxruntime>=1.20",
             "ruff>=0.6",  # tests/test_lint.py: `ruff check .` ([tool.ruff] in pyproject.toml)
+            "import-linter>=2",  # tests/test_imports.py: the layer contracts ([tool.importlinter])
             "nvidia-dali-cuda130>=2.4; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },
