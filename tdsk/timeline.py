@@ -453,6 +453,10 @@ def timeline(recognizer_or_model, video_path: str, stride: Optional[int] = None,
                          keep_logits=keep_logits, max_thumbs=max_thumbs if plot else 0,
                          thumb_every=max(1, frames.num_frames_hint // max(1, 2 * max_thumbs)))
     rows = list(stream(None, frames, frames.fps, engine=eng))
+    if eng.frames_seen == 0:  # as for plain predict: never an empty timeline with exit 0
+        from tdsk.data.decoders import DecodeError
+
+        raise DecodeError(os.fspath(video_path), "zero frames")
     meta = {"source": os.fspath(video_path), **eng.meta()}
     res = TimelineResult(rows, smooth_segments(rows, meta["duration"]), meta, thumbs=_pick_thumbs(eng.thumbs, max_thumbs))
     if out_dir is not None:

@@ -89,3 +89,32 @@ def test_the_timeline_window_defaults_to_the_recipes_clip_length():
     assert load_config("demo")["eval"]["clip_seconds"] == pytest.approx(16 / 12, abs=1e-3)
     with pytest.raises(ConfigError, match="eval.clip_seconds"):
         validate_recipe(apply_overrides(load_config("demo"), ["eval.clip_seconds=0"]))
+
+
+def test_a_zero_frame_video_is_an_error_in_the_timeline(monkeypatch, tmp_path):
+    """It gave an empty timeline (and files) with exit 0; plain predict says "zero frames"."""
+    import tdsk.timeline as T
+    from tdsk.data.decoders import DecodeError
+
+    class NoFrames:
+        fps, num_frames_hint = 12.0, 0
+
+        def __init__(self, *a, **k):
+            pass
+
+        def __iter__(self):
+            return iter(())
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(T, "VideoFrames", NoFrames)
+    with pytest.raises(DecodeError, match="zero frames"):
+        T.timeline(_tiny_recognizer({}), str(tmp_path / "empty.mp4"), out_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
