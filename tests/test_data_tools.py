@@ -300,3 +300,28 @@ def test_prepare_usage_errors_exit_2(tmp_path, capsys):
     assert prepare.main(["frames", "--videos", str(tmp_path / "empty")] + out) == 2
     assert prepare.main(["frames", "--videos", str(tmp_path / "empty"), "--template", "img.jpg"] + out) == 2
     assert prepare.main(["frames", "--videos", str(tmp_path / "empty"), "--quality", "0"] + out) == 2
+
+
+def test_prepare_folder_input_links_empty_and_numbered_classes(video_fixtures, tmp_path, capsys):
+    """Links looped (2 videos became 902 entries) or crossed labels; an empty class folder shifted
+    every later class; numbered class folder names must come back exactly."""
+    from tdsk.data.labels import read_labels
+
+    src = tmp_path / "videos"
+    clip = video_fixtures.videos["carphone_pristine.mp4"]
+    for cls in ("1 up", "2 down"):
+        (src / cls).mkdir(parents=True)
+    (src / "0 empty").mkdir()
+    shutil.copyfile(clip, src / "1 up" / "a.mp4")
+    shutil.copyfile(clip, src / "2 down" / "b.mp4")
+    os.symlink(src, src / "1 up" / "loop")                          # a link back up the tree
+    os.symlink(src / "2 down" / "b.mp4", src / "1 up" / "crossed.mp4")  # a video of another class
+    out = tmp_path / "out"
+    res = prepare.prepare_frames(str(src), str(out), fps=2.0, workers=1)
+    assert read_labels(str(out / "labels.txt")) == ["0 empty", "1 up", "2 down"]  # exact, empty class kept
+    assert sorted((rel, label) for rel, _, label in res.entries) == [("1 up/a", 1), ("2 down/b", 2)]
+    notes = "\n".join(res.notes)
+    assert "'0 empty' holds no video" in notes and "another class folder" in notes
+    (src / " ").mkdir()
+    with pytest.raises(prepare.UsageError, match="blank"):
+        prepare.prepare_frames(str(src), str(tmp_path / "out2"), fps=2.0, workers=1)

@@ -280,11 +280,43 @@ def _is_video(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS)
 
 
-def _walk_videos(folder: str) -> List[str]:
-    found = []
+def _inside(path: str, folder: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real == top or real.startswith(top + os.sep)
+
+
+def _walk_videos(folder: str, tree: Optional[str] = None, notes: Optional[List[str]] = None) -> List[str]:
+    """Video files under ``folder``, sorted. Linked folders are followed once each (a link
+    back up the tree looped: 2 videos became 902 entries); with ``tree`` (the input folder),
+    a link from this class folder into another part of the tree is left out with a note (its
+    videos belong to the class folder they are in, not to this one)."""
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_video(f)]
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if d.startswith("."):
+                continue
+            if os.path.islink(full) and tree is not None and _inside(full, tree) and not _inside(full, folder):
+                if notes is not None:
+                    notes.append(f"{full}: a link into another part of the input folder, left out")
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            full = os.path.join(dirpath, f)
+            if not _is_video(f):
+                continue
+            if os.path.islink(full) and tree is not None and _inside(full, tree) and not _inside(full, folder):
+                if notes is not None:
+                    notes.append(f"{full}: a link to a video of another class folder, left out")
+                continue
+            found.append(full)
     return found
 
 
@@ -332,8 +364,20 @@ def _jobs_from_input(videos: str, root: str, out: str, labels: Optional[str], re
         raise UsageError(f"--videos {videos}: no such file or folder")
     top = os.path.normpath(videos)
     entries = sorted(os.listdir(top))
-    class_dirs = [d for d in entries if not d.startswith(".") and os.path.isdir(os.path.join(top, d))
-                  and _walk_videos(os.path.join(top, d))]
+    folders = [d for d in entries if not d.startswith(".") and os.path.isdir(os.path.join(top, d))]
+    blank = [d for d in folders if not d.strip() or d != d.strip()]
+    if blank:  # a labels.txt line cannot hold such a name
+        raise UsageError(f"class folder name {blank[0]!r} in {videos}: blank, or with spaces around it; "
+                         "rename the folder")
+    with_videos = {d for d in folders if _walk_videos(os.path.join(top, d), top)}
+    # a class folder without videos keeps its place in the numbering (leaving it out shifted every
+    # later class), with a note; folders of no video at all mean no classes
+    class_dirs = folders if with_videos else []
+    for d in folders:
+        if with_videos and d not in with_videos:
+            result.notes.append(f"class folder {d!r} holds no video: class {folders.index(d)} has no examples")
+    if with_videos and len(folders) == 1:
+        result.notes.append(f"only one class folder ({folders[0]!r}): every video gets label 0")
     loose = [f for f in entries if os.path.isfile(os.path.join(top, f)) and _is_video(f)]
     list_name = (os.path.basename(top) or "frames") + ".txt"
     if not class_dirs:
@@ -353,7 +397,7 @@ def _jobs_from_input(videos: str, root: str, out: str, labels: Optional[str], re
     else:
         names = class_dirs
     index = {name: i for i, name in enumerate(names)}
-    unknown = [d for d in class_dirs if d not in index]
+    unknown = [d for d in class_dirs if d not in index and d in with_videos]
     if unknown:
         source = labels or existing
         raise UsageError(f"class folders not in {source}: {', '.join(unknown[:20])}"
@@ -364,7 +408,7 @@ def _jobs_from_input(videos: str, root: str, out: str, labels: Optional[str], re
                             f"e.g. {loose[0]}")
     jobs = []
     for d in class_dirs:
-        for path in _walk_videos(os.path.join(top, d)):
+        for path in _walk_videos(os.path.join(top, d), top, result.notes):
             jobs.append({"line": len(jobs) + 1, "src": path, "rel": _frame_dir(os.path.relpath(path, top)),
                          "label": index[d]})
     return jobs, names, list_name
