@@ -325,3 +325,18 @@ def test_prepare_folder_input_links_empty_and_numbered_classes(video_fixtures, t
     (src / " ").mkdir()
     with pytest.raises(prepare.UsageError, match="blank"):
         prepare.prepare_frames(str(src), str(tmp_path / "out2"), fps=2.0, workers=1)
+
+
+def test_check_a_folders_layout_and_never_its_users_files(video_fixtures, tmp_path, capsys):
+    """data.check took lists only (training takes both); its report replaced files it had not written."""
+    src = tmp_path / "data"
+    for cls, name in (("walk", "carphone_pristine.mp4"), ("ride", "bikes.mp4")):
+        (src / cls).mkdir(parents=True)
+        shutil.copyfile(video_fixtures.videos[name], src / cls / name)
+    out = tmp_path / "report"
+    assert check.main([str(src), "--out", str(out), "--no-progress", "--workers", "1", "--index-only"]) == 0
+    assert _read(out / "classes.csv")[1:] == ["0,ride,1,0", "1,walk,1,0"]  # sorted class folders, as training
+    assert check.main([str(src), "--out", str(out), "--no-progress", "--workers", "1", "--index-only"]) == 0  # rerun
+    (out / "problems.csv").write_text("my notes\n")  # now the user's
+    assert check.main([str(src), "--out", str(out), "--no-progress", "--workers", "1", "--index-only"]) == 2
+    assert "did not write" in capsys.readouterr().err and (out / "problems.csv").read_text() == "my notes\n"

@@ -27,8 +27,6 @@ error or unreadable list. docs/data-tools.md describes the tool.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 import time
@@ -331,32 +329,45 @@ def plot_histogram(result: CheckResult, path: str, title: str) -> str:
     return path
 
 
+def output_paths(list_file: str, out_dir: str) -> Dict[str, str]:
+    """The report files of a check of ``list_file`` in ``out_dir``."""
+    stem, ext = os.path.splitext(os.path.basename(os.path.normpath(list_file)))
+    return {"problems": os.path.join(out_dir, "problems.csv"),
+            "classes_csv": os.path.join(out_dir, "classes.csv"),
+            "histogram": os.path.join(out_dir, "classes.png"),
+            "clean_list": os.path.join(out_dir, f"{stem}.clean{ext or '.txt'}"),
+            "summary": os.path.join(out_dir, "summary.json")}
+
+
+def check_outputs(list_file: str, out_dir: str, inputs: Dict[str, Optional[str]], overwrite: bool = False) -> None:
+    """The report never replaces an input or a file tdsk did not write (docs/data-tools.md,
+    "What the tools write"); raises :class:`UsageError`."""
+    from tdsk._paths import PathCollisionError, check_distinct, check_replaceable
+
+    paths = output_paths(list_file, out_dir)
+    try:
+        check_distinct(paths, inputs)
+        for name, path in paths.items():
+            check_replaceable(path, f"the report's {name} file", overwrite)
+    except (PathCollisionError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def write_outputs(result: CheckResult, list_file: str, out_dir: str) -> Dict[str, str]:
+    from tdsk import _io
+    from tdsk._paths import record_written
+
     os.makedirs(out_dir, exist_ok=True)
-    stem, ext = os.path.splitext(os.path.basename(list_file))
-    paths = {"problems": os.path.join(out_dir, "problems.csv"),
-             "classes_csv": os.path.join(out_dir, "classes.csv"),
-             "histogram": os.path.join(out_dir, "classes.png"),
-             "clean_list": os.path.join(out_dir, f"{stem}.clean{ext or '.txt'}"),
-             "summary": os.path.join(out_dir, "summary.json")}
-    with open(paths["problems"], "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["kind", "line", "path", "reason", "action"])
-        writer.writerows(result.problems)
+    paths = output_paths(list_file, out_dir)
+    _io.write_csv(paths["problems"], result.problems, header=["kind", "line", "path", "reason", "action"])
     k, kept, dropped = _class_counts(result)
-    with open(paths["classes_csv"], "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label", "name", "videos", "removed"])
-        for i in range(k):
-            writer.writerow([i, _class_name(result, i), kept[i], dropped[i]])
-    tmp = paths["clean_list"] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for line in sorted(result.kept):
-            handle.write(result.kept[line] + "\n")
-    os.replace(tmp, paths["clean_list"])
+    _io.write_csv(paths["classes_csv"], [[i, _class_name(result, i), kept[i], dropped[i]] for i in range(k)],
+                  header=["label", "name", "videos", "removed"])
+    _io.write_text(paths["clean_list"], "".join(result.kept[line] + "\n" for line in sorted(result.kept)))
     plot_histogram(result, paths["histogram"],
-                   f"videos per class: {os.path.basename(list_file)} ({len(result.kept)} kept, "
+                   f"videos per class: {os.path.basename(os.path.normpath(list_file))} ({len(result.kept)} kept, "
                    f"{len(result.records) - len(result.kept)} removed)")
+    record_written(out_dir, [os.path.basename(p) for n, p in paths.items() if n != "summary"], "data.check")
     return paths
 
 
@@ -449,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "than the model window, labels out of range and duplicates; write a problem CSV, a "
                     "class histogram and a cleaned list. Exit 0: usable; 1: problems (left out of the "
                     "cleaned list); 2: usage error or unreadable list.")
-    p.add_argument("list", help="annotation list: <path> <label> (videos) or <dir> <num_frames> <label> (frames)")
+    p.add_argument("list", help="annotation list: <path> <label> (videos) or <dir> <num_frames> <label> (frames); "
+                                "or a folder of <class>/<video> (data.layout=folders)")
     p.add_argument("--root", default=d.root, help="directory the list's paths are relative to (data.root; "
                                                   "default: the current directory)")
     p.add_argument("--labels", help="class names: labels.txt (one per line), an index,name CSV, or a JSON "
@@ -468,8 +480,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open and index every entry (frame counts, truncation) without decoding frames: "
                         "faster, but a corrupt payload or JPEG goes unnoticed")
     p.add_argument("--out", help="output folder (default: <list>.check/ next to the list)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace report files in --out that tdsk did not write (never the list itself)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _folder_list(folder: str, names: Optional[List[str]], out_dir: str) -> Tuple[str, List[str]]:
+    """A ``<path> <label>`` list of ``folder/<class>/<video>`` (classes numbered as training numbers
+    them: ``--labels`` order, else sorted folder names), written into the report folder."""
+    from tdsk import _io
+    from tdsk.config import ConfigError
+    from tdsk.data.custom import scan_class_folders
+
+    try:
+        classes = scan_class_folders(folder)
+    except ConfigError as exc:
+        raise UsageError(str(exc).replace("data.layout=folders: ", "")) from None
+    order = list(names) if names else sorted(classes)
+    unknown = [c for c in classes if c not in order]
+    if unknown:
+        raise UsageError(f"class folders not in --labels: {', '.join(unknown[:10])}")
+    index = {c: i for i, c in enumerate(order)}
+    lines = [f"{path} {index[c]}\n" for c in sorted(classes) for path in classes[c]]
+    if not lines:
+        raise UsageError(f"{folder}: no videos in its class folders")
+    from tdsk._paths import check_replaceable, record_written
+
+    path = os.path.join(out_dir, "folder-list.txt")
+    try:
+        check_replaceable(path, "the derived list")
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from None
+    _io.write_text(path, "".join(lines))
+    record_written(out_dir, ["folder-list.txt"], "data.check")
+    return path, order
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -486,11 +531,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  f"in {args.labels}")
         if args.root and not os.path.isdir(args.root):
             raise UsageError(f"--root {args.root}: no such directory")
-        result = check_list(args.list, root=args.root, fmt=args.format, template=args.template,
+        out_dir = args.out or f"{os.path.normpath(args.list)}.check"
+        check_outputs(args.list, out_dir, {"the list": args.list, "--labels": args.labels}, args.overwrite)
+        list_file = args.list
+        if os.path.isdir(args.list):  # data.layout=folders: <list>/<class>/<video>, as training reads it
+            list_file, derived = _folder_list(args.list, names, out_dir)
+            names = names or derived
+        result = check_list(list_file, root=args.root, fmt=args.format, template=args.template,
                             num_segments=args.num_segments, num_local=args.num_local, dataset=args.dataset,
                             num_classes=args.num_classes, class_names=names, workers=args.workers,
                             progress=not args.no_progress, decode=not args.index_only)
-        out_dir = args.out or f"{args.list}.check"
         try:
             paths = write_outputs(result, args.list, out_dir)
         except OSError as exc:
@@ -503,8 +553,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     code = EXIT_PROBLEMS if result.problems else EXIT_OK
     summary = _summary(result, args.list, code, paths)
-    with open(paths["summary"], "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=1)
+    from tdsk import _io
+    from tdsk._paths import record_written
+
+    _io.write_json(paths["summary"], summary)
+    record_written(os.path.dirname(os.path.abspath(paths["summary"])), ["summary.json"], "data.check")
     try:
         print_report(result, summary, args.list)
     except BrokenPipeError:  # `... | head`: the report files are written, the code stands
