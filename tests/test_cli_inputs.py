@@ -18,6 +18,7 @@ import yaml
 import tdsk.engine.evaluation as E
 from video_fixtures import encode_video
 import tdsk.evaluate as tev
+from tdsk.cli import _common as common
 from tdsk import demo
 from tdsk import predict as tpr
 from tdsk.engine import checkpoint as C
@@ -100,13 +101,13 @@ def test_predict_top_must_be_at_least_one(tiny, top, capsys):
 def test_predict_checks_inputs_before_loading_the_model(tiny, tmp_path, capsys, monkeypatch):
     missing = str(tmp_path / "typo.mp4")
     seen = {}
-    real = tev.load_for_inference
+    real = common.load_for_inference
 
     def spy(*a, **k):
         seen["out_before_load"] = capsys.readouterr().out
         return real(*a, **k)
 
-    monkeypatch.setattr(tev, "load_for_inference", spy)
+    monkeypatch.setattr(common, "load_for_inference", spy)
     rc = tpr.main([tiny["video"], missing, "--checkpoint", tiny["ckpt"], "--views", "1x1"])
     assert rc == 1 and f"{missing}: error: no such file" in seen["out_before_load"]
     seen.clear()
@@ -138,7 +139,7 @@ def test_predict_non_finite_output_is_an_error_not_a_prediction(tiny, value, cap
     assert len(res) == 1 and "top" not in res[0] and "non-finite model output" in res[0]["error"]
     ok = tpr.predict(model, cfg, [tiny["video"]], views=(1, 2))
     assert len(ok[0]["top"]) == 5
-    monkeypatch.setattr(tev, "load_for_inference", lambda *a, **k: (_NaNFirstView(model, value), cfg, None))
+    monkeypatch.setattr(common, "load_for_inference", lambda *a, **k: (_NaNFirstView(model, value), cfg, None))
     rc = tpr.main([tiny["video"], "--checkpoint", tiny["ckpt"], "--views", "1x1"])
     out = capsys.readouterr().out
     assert rc == 1 and f"{tiny['video']}: error: non-finite model output" in out and "%" not in out
