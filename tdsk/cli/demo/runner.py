@@ -95,19 +95,25 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
             "top1": res.val.top1, "top5": res.val.top5, "seconds": runs[variant][1],
             "pairs": {f"{a}/{b}": res.val.pair_accuracy(dataset.CLASSES.index(a), dataset.CLASSES.index(b))[0]
                       for a, b in dataset.REVERSED_PAIRS},
-            "checkpoint": res.last_checkpoint, "metrics": res.metrics, "curves": res.curves,
+            "checkpoint": res.best_checkpoint or res.last_checkpoint, "metrics": res.metrics, "curves": res.curves,
         }
-        lines.append(f"  {title}: checkpoint {res.last_checkpoint}")
+        # best.pt is what the README and the Next: lines load; the last epoch's file is named
+        # beside it only when it is another file
+        ckpt = res.best_checkpoint or res.last_checkpoint
+        lines.append(f"  {title}: checkpoint {ckpt}")
+        if res.last_checkpoint and res.last_checkpoint != ckpt:
+            lines.append(f"  {' ' * len(title)}  last epoch {res.last_checkpoint}")
         lines.append(f"  {' ' * len(title)}  metrics    {res.metrics}")
         if res.curves:
             lines.append(f"  {' ' * len(title)}  curves     {res.curves}")
     if "timeline" in after:
         lines += analysis.report_lines(after)
     tds = runs["tds_clip"][0]
+    tds_ckpt = tds.best_checkpoint or tds.last_checkpoint
     lines.append("")
-    lines.append("Next: python -m tdsk.evaluate --checkpoint %s --views 1x2" % tds.last_checkpoint)
+    lines.append("Next: python -m tdsk.evaluate --checkpoint %s --views 1x2" % tds_ckpt)
     sample = os.path.join(root, "videos", "val", "left_0000.mp4")
-    lines.append("      python -m tdsk.predict %s --checkpoint %s" % (sample, tds.last_checkpoint))
+    lines.append("      python -m tdsk.predict %s --checkpoint %s" % (sample, tds_ckpt))
     print("\n".join(lines), flush=True)
     import json
 
