@@ -53,11 +53,33 @@ def write_rows_csv(rows: Sequence[dict], path: str) -> None:
                        + [v for t in r["top"] for v in (t["label"], f"{t['prob']:.6f}")])
 
 
-def plot_timeline(result: Any, path: str, classes: int = 5) -> str:
-    """PNG of ``result`` (a :class:`tdsk.timeline.TimelineResult`): time on x, stacked probability
-    ribbons of the ``classes`` most probable classes
+def class_colours(indices: Sequence[int]) -> Dict[int, Any]:
+    """A colour per class index that depends on the index, not on the class's rank in one video
+    (the same class keeps its colour across plots): ``tab20`` slot ``index % 20``; when two of
+    ``indices`` share a slot, the larger index takes the next free slot (still deterministic)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    used: Dict[int, int] = {}
+    out: Dict[int, Any] = {}
+    for i in sorted(set(int(i) for i in indices)):
+        slot = i % 20
+        for _ in range(20):
+            if slot not in used:
+                break
+            slot = (slot + 1) % 20
+        used[slot] = i
+        out[i] = cmap(slot)
+    return out
+
+
+def plot_timeline(result: Any, path: str, classes: int = 5, truth: Optional[Sequence[dict]] = None) -> str:
+    """PNG of ``result`` (a :class:`tdsk.timeline.TimelineResult`): time in seconds on x, stacked
+    probability ribbons of the ``classes`` most probable classes
     (highest peak top-k probability; the rest of the top-k mass as "other"), a strip of frame
-    thumbnails on top, the smoothed segments as a bar under the ribbons."""
+    thumbnails on top, the smoothed segments as a bar under the ribbons ("predicted") and, given
+    ``truth`` (``[{"start", "end", "label"}]`` in seconds), the ground truth as a bar under
+    that. A class has the same colour in every plot (:func:`class_colours`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -79,8 +101,14 @@ def plot_timeline(result: Any, path: str, classes: int = 5) -> str:
         series = np.repeat(series, 2, axis=1).reshape(len(chosen), -1)
     fig = plt.figure(figsize=(12, 4.8), dpi=100)
     ax_img = fig.add_axes([0.06, 0.74, 0.74, 0.22])
-    ax = fig.add_axes([0.06, 0.16, 0.74, 0.55], sharex=ax_img)
-    ax_seg = fig.add_axes([0.06, 0.06, 0.74, 0.06], sharex=ax_img)
+    if truth:
+        ax = fig.add_axes([0.06, 0.24, 0.74, 0.47], sharex=ax_img)
+        ax_seg = fig.add_axes([0.06, 0.16, 0.74, 0.05], sharex=ax_img)
+        ax_truth = fig.add_axes([0.06, 0.08, 0.74, 0.05], sharex=ax_img)
+    else:
+        ax = fig.add_axes([0.06, 0.16, 0.74, 0.55], sharex=ax_img)
+        ax_seg = fig.add_axes([0.06, 0.06, 0.74, 0.06], sharex=ax_img)
+        ax_truth = None
     thumbs = result.thumbs
     if thumbs:
         slot = duration / len(thumbs)
@@ -92,22 +120,36 @@ def plot_timeline(result: Any, path: str, classes: int = 5) -> str:
     ax_img.set_title(os.path.basename(str(result.meta.get("source", ""))) +
                      f"  ({result.meta.get('window_seconds', 0):.2f} s windows, stride "
                      f"{result.meta.get('stride_seconds', 0):.2f} s)", fontsize=9)
-    cmap = plt.get_cmap("tab10")
+    by_name = {n: i for i, n in names.items()}
+    truth_index = [by_name.get(t["label"]) for t in (truth or [])]
+    colour = class_colours(list(chosen) + [s["index"] for s in result.segments]
+                           + [i for i in truth_index if i is not None])
     if len(rows):
         other = np.clip(1.0 - series.sum(0), 0.0, 1.0)
         ax.stackplot(times, *series, other, labels=[names[c] for c in chosen] + ["other"],
-                     colors=[cmap(k % 10) for k in range(len(chosen))] + [(0.85, 0.85, 0.85)], alpha=0.9)
+                     colors=[colour[c] for c in chosen] + [(0.85, 0.85, 0.85)], alpha=0.9)
     ax.set_ylim(0, 1)
     ax.set_xlim(0, duration)
     ax.set_ylabel("probability")
     ax.tick_params(labelbottom=False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    colour = {c: cmap(k % 10) for k, c in enumerate(chosen)}
     for seg in result.segments:
         ax_seg.barh(0, seg["end"] - seg["start"], left=seg["start"], height=1.0,
                     color=colour.get(seg["index"], (0.6, 0.6, 0.6)), edgecolor="white", linewidth=0.5)
-    ax_seg.set_yticks([])
-    ax_seg.set_xlabel("time (s)")
+    ax_seg.set_yticks([0])
+    ax_seg.set_yticklabels(["predicted"], fontsize=8)
+    last = ax_seg
+    if ax_truth is not None:
+        ax_seg.tick_params(labelbottom=False)
+        for t, i in zip(truth, truth_index):
+            ax_truth.barh(0, float(t["end"]) - float(t["start"]), left=float(t["start"]), height=1.0,
+                          color=colour.get(i, (0.6, 0.6, 0.6)), edgecolor="white", linewidth=0.5)
+            ax_truth.text(0.5 * (float(t["start"]) + float(t["end"])), 0, str(t["label"]), ha="center",
+                          va="center", fontsize=7, clip_on=True)
+        ax_truth.set_yticks([0])
+        ax_truth.set_yticklabels(["truth"], fontsize=8)
+        last = ax_truth
+    last.set_xlabel("time (s)")
     fig.savefig(path)
     plt.close(fig)
     return path

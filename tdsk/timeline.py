@@ -418,8 +418,10 @@ class TimelineResult:
         rows = [{k: v for k, v in r.items() if k != "logits"} for r in self.rows]
         return {**self.meta, "windows": rows, "segments": self.segments}
 
-    def save(self, out_dir: str, stem: str = "timeline", plot: bool = True, classes_in_plot: int = 5) -> Dict[str, str]:
-        """Write ``<stem>.json``, ``<stem>.csv`` and (``plot``) ``<stem>.png`` under ``out_dir``."""
+    def save(self, out_dir: str, stem: str = "timeline", plot: bool = True, classes_in_plot: int = 5,
+             truth: Optional[Sequence[dict]] = None) -> Dict[str, str]:
+        """Write ``<stem>.json``, ``<stem>.csv`` and (``plot``) ``<stem>.png`` under ``out_dir``;
+        ``truth`` (``[{"start", "end", "label"}]``, seconds) adds a ground-truth row to the plot."""
         os.makedirs(out_dir, exist_ok=True)
         paths = {"json": os.path.join(out_dir, f"{stem}.json"), "csv": os.path.join(out_dir, f"{stem}.csv")}
         with open(paths["json"], "w", encoding="utf-8") as f:
@@ -427,7 +429,7 @@ class TimelineResult:
         write_rows_csv(self.rows, paths["csv"])
         if plot:
             paths["png"] = os.path.join(out_dir, f"{stem}.png")
-            plot_timeline(self, paths["png"], classes_in_plot)
+            plot_timeline(self, paths["png"], classes_in_plot, truth=truth)
         self.paths.update(paths)
         return paths
 

@@ -252,3 +252,34 @@ def test_stride_in_seconds_is_rounded_to_segments(tmp_path, demo_model):
     by_segments = timeline(demo_model, path, stride=2, plot=False)
     assert by_seconds.meta["stride_segments"] == 2 and by_seconds.meta["stride_seconds"] == pytest.approx(1.0)
     assert [r["top"] for r in by_seconds.rows] == [r["top"] for r in by_segments.rows]
+
+
+def test_plot_colours_follow_the_class_and_truth_row(tmp_path, monkeypatch):
+    """A class keeps its colour whatever else a video shows (colours went by rank in one video);
+    the plot's x axis is in seconds, the smoothed bar is "predicted" and a given ground truth is
+    a "truth" row under it."""
+    import matplotlib.figure
+
+    from tdsk.report import class_colours, plot_timeline
+    from tdsk.timeline import TimelineResult
+
+    a, b = class_colours([3, 7]), class_colours([7, 23, 3])
+    assert a[3] == b[3] and a[7] == b[7] and b[23] != b[3]          # 23 % 20 == 3: next free slot
+    rows = [{"window": k, "start": k * 1.0, "end": k + 2.0, "time": k + 1.0,
+             "top": [{"index": 7 - k, "label": f"c{7 - k}", "prob": 0.8}, {"index": 1, "label": "c1", "prob": 0.1}]}
+            for k in range(3)]
+    segs = [{"start": 0.0, "end": 2.0, "index": 7, "label": "c7"}, {"start": 2.0, "end": 4.0, "index": 5, "label": "c5"}]
+    res = TimelineResult(rows=rows, segments=segs, meta={"duration": 4.0, "source": "v.mp4"})
+    seen = []
+    real = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (seen.append(fig), real(fig, *a, **k)))
+    out = plot_timeline(res, str(tmp_path / "t.png"), truth=[{"start": 0.0, "end": 2.5, "label": "c7"},
+                                                              {"start": 2.5, "end": 4.0, "label": "c6"}])
+    assert os.path.getsize(out) > 0
+    axes = seen[0].axes
+    labels = [[t.get_text() for t in ax.get_yticklabels()] for ax in axes]
+    assert ["predicted"] in labels and ["truth"] in labels
+    assert axes[-1].get_xlabel() == "time (s)"
+    colours = class_colours([7, 6, 5, 1])
+    truth_bar = [p for p in axes[-1].patches][0]
+    assert tuple(truth_bar.get_facecolor()[:3]) == pytest.approx(colours[7][:3])

@@ -212,6 +212,10 @@ def analyse(tds_checkpoint: str, root: str, out_dir: str, *, baseline_checkpoint
     # one window covers one training clip: F frames of the demo's videos (docs/timeline.md §1)
     res = rec.timeline(video, out_dir=os.path.join(out_dir, "timeline"), classes=CLASSES,
                        clip_seconds=spec["frames"] / spec["fps"])
+    if res.paths.get("png"):  # the generator knows each part's class: the plot gets a ground-truth row
+        from tdsk.report import plot_timeline
+
+        plot_timeline(res, res.paths["png"], truth=parts)
     result["timeline"] = {"video": video, "png": res.paths.get("png"), "json": res.paths.get("json"),
                           **part_accuracy(res.rows, res.segments, parts)}
     # the same clips with a freeze at each cut: how much of the loss is windows reaching across a cut
