@@ -283,3 +283,12 @@ def test_plot_colours_follow_the_class_and_truth_row(tmp_path, monkeypatch):
     colours = class_colours([7, 6, 5, 1])
     truth_bar = [p for p in axes[-1].patches][0]
     assert tuple(truth_bar.get_facecolor()[:3]) == pytest.approx(colours[7][:3])
+
+
+def test_window_grid_differs_from_the_clip_sampler_as_documented():
+    """docs/timeline.md: the timeline's segment grid (centres j*s + s//2) is not what the
+    recipe's evaluation sampler picks from the same window's frames; the documented frames."""
+    from tdsk.data.sampling import sample_indices
+
+    assert window_frame_indices(0, 8, 6, 5)[:, 2].tolist() == [3, 9, 15, 21, 27, 33, 39, 45]
+    assert sample_indices(48, 8, 5, "test")[:, 2].tolist() == [2, 8, 14, 20, 26, 31, 37, 43]
