@@ -347,6 +347,8 @@ def test_clip_pretrained_tag_offline_fails_fast():
         "try:\n"
         "    build_model('tiny', arch='ViT-B-32', input_size=224, clip_pretrained='openai')\n"
         "except RuntimeError as e:\n"
+        "    from tdsk.schema import ConfigError\n"
+        "    assert isinstance(e, ConfigError), type(e)  # the tools print a ConfigError as one line\n"
         "    assert 'local file' in str(e), e\n"
         "    print('FAILED-FAST', time.time() - t)\n"
     )
@@ -354,6 +356,7 @@ def test_clip_pretrained_tag_offline_fails_fast():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "FAILED-FAST" in res.stdout, res.stdout + res.stderr
     assert float(res.stdout.split("FAILED-FAST")[1]) < 10.0
+    assert "ERROR" not in res.stderr, res.stderr                    # open_clip's own log line is not shown
 
 
 # --------------------------------------------------------------------------- GPU

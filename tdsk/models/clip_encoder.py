@@ -35,6 +35,7 @@ from tdsk._checkpoint_io import read_state_dict
 from tdsk._logging import log_once, logger
 from tdsk.models._common import autocast_dtype
 from tdsk.ops.attention import attention
+from tdsk.schema import ConfigError
 
 __all__ = ["FrozenCLIPEncoder", "TDSK_VIT_CONFIGS", "register_vit_config", "vision_config", "load_clip_visual_state_dict"]
 
@@ -107,6 +108,12 @@ def _env_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
+class PretrainedUnavailableError(ConfigError, RuntimeError):
+    """A ``clip_pretrained`` tag that needs the model hub on an offline machine: a user's
+    recipe choice (a :class:`ConfigError`, one error line from the tools; it was an 80-line
+    traceback from ``tdsk.train``), and a ``RuntimeError`` as before for library callers."""
+
+
 def _pretrained_tag_state_dict(arch: str, tag: str, quick_gelu: bool) -> dict:
     """Visual state dict of open_clip's ``create_model(arch, pretrained=tag)``.
 
@@ -128,15 +135,21 @@ def _pretrained_tag_state_dict(arch: str, tag: str, quick_gelu: bool) -> dict:
             except Exception:
                 hf_constants = None
         try:
-            model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, device="cpu")
+            if offline:  # open_clip logs the failed download at ERROR before raising: the error below says it
+                logging.disable(logging.ERROR)
+            try:
+                model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, device="cpu")
+            finally:
+                if offline:
+                    logging.disable(logging.NOTSET)
         except Exception as exc:
             if offline:
-                raise RuntimeError(
-                    f"clip_pretrained={tag!r} for {arch} needs a download from the model hub, but this "
+                raise PretrainedUnavailableError(
+                    f"model.clip_pretrained={tag!r} for {arch} needs a download from the model hub, but this "
                     f"machine is offline (HF_HUB_OFFLINE set or hub unreachable) and no cached copy exists. "
-                    f"Pass a local file instead: clip_pretrained=/path/to/{arch}.pt (an open_clip/OpenAI "
-                    f"state dict or TorchScript file), or clip_pretrained=null for random init. "
-                    f"[{type(exc).__name__}: {exc}]"
+                    f"Pass a local file instead: model.clip_pretrained=/path/to/{arch}.pt (an open_clip/OpenAI "
+                    f"state dict or TorchScript file; docs/training.md), or model.clip_pretrained=null for "
+                    f"random init ({type(exc).__name__})"
                 ) from exc
             raise
         finally:
