@@ -169,7 +169,12 @@ def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequ
             raise ValueError(f"{path} is not a tdsk training checkpoint; pass --cfg (cfg=) with the recipe it "
                              "belongs to (e.g. --cfg ssv1_b16 for an official TDS-CLIP B/16 SSv1 checkpoint)")
         recipe = _load_recipe(cfg, overrides)
-        model = build_model(recipe["model"])
+        # an official checkpoint holds every tensor of the model, the frozen CLIP included
+        # (load_checkpoint refuses one that does not): build the CLIP as a skeleton rather than
+        # fetch the recipe's clip_pretrained (a hub download for 'openai') only to replace it
+        model = build_model({**recipe["model"], "clip_pretrained": None})
+        if isinstance(getattr(model, "config", None), dict):
+            model.config["clip_pretrained"] = recipe["model"].get("clip_pretrained")
         del ckpt
         load_checkpoint(model, path)
     model.to(device).eval()

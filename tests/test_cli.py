@@ -147,3 +147,28 @@ def test_evaluate_leaves_undecodable_videos_out_and_names_them(trained, tmp_path
     rows = list(csv.DictReader(open(out / "per_class.csv")))
     assert sum(int(r["videos"]) for r in rows) == len(lines)
     assert int(rows[0]["videos"]) == sum(1 for x in lines if x.split()[-1] == "0")
+
+
+def test_official_checkpoint_loads_without_the_clip_source(tmp_path, monkeypatch):
+    """An official checkpoint carries the frozen CLIP: loading it with a recipe whose
+    clip_pretrained is a hub tag must not fetch that tag (offline it failed)."""
+    import tdsk.models.clip_encoder as ce
+    from tdsk.inference import load_model
+    from tdsk.models import build_model, export_official
+
+    import torch
+
+    from tdsk.config import load_config
+
+    model = build_model(load_config("tiny")["model"])
+    path = tmp_path / "official.pt"
+    export_official(model, str(path))
+
+    def no_hub(*a, **k):
+        raise AssertionError("the hub was asked for CLIP weights the checkpoint carries")
+
+    monkeypatch.setattr(ce, "_pretrained_tag_state_dict", no_hub)
+    loaded, rec, _ = load_model(str(path), "tiny", ["model.clip_pretrained=openai"])
+    a, b = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert rec["model"]["clip_pretrained"] == "openai" and loaded.config["clip_pretrained"] == "openai"
