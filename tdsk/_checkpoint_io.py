@@ -67,21 +67,11 @@ def _fsync_dir(path: str) -> None:
 
 
 def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    """``write(file)`` fills a temporary next to ``path`` that replaces it (tdsk._io)."""
+    from tdsk import _io
+
+    with _io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 atomic_write = _atomic_write  # ``atomic_write(path, write)``: ``write(file)`` fills a temporary, renamed over path

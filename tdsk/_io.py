@@ -10,11 +10,12 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import tempfile
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "write_csv", "fsync_dir"]
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "write_csv", "fsync_dir", "plain"]
 
 
 def fsync_dir(path: str) -> None:
@@ -32,15 +33,28 @@ def fsync_dir(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str, mode: int = 0o644) -> Iterator[str]:
+def atomic_path(path: str, mode: int = 0o644, keep_name: bool = False) -> Iterator[str]:
     """Yield a temp path in ``path``'s folder; on success it replaces ``path`` (fsynced),
     on any exception (KeyboardInterrupt included) it is removed and ``path`` is untouched.
 
-    For writers that need a file name (``torch.save``, ``safetensors``, ``savefig``)."""
+    For writers that need a file name (``torch.save``, ``safetensors``, ``savefig``).
+    ``keep_name``: the temp file has ``path``'s own name, in a hidden folder next to it (for
+    writers that name side files after it, such as ONNX external data)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     base = os.path.basename(path)
+    if keep_name:
+        hidden = tempfile.mkdtemp(prefix=f".{base}.", dir=folder)
+        try:
+            yield os.path.join(hidden, base)
+            os.replace(os.path.join(hidden, base), path)
+        finally:
+            import shutil
+
+            shutil.rmtree(hidden, ignore_errors=True)
+        fsync_dir(folder)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
@@ -81,3 +95,20 @@ def write_csv(path: str, rows: Iterable[Sequence[Any]], header: Sequence[str] | 
         writer.writerow(header)
     writer.writerows(rows)
     return write_text(path, buf.getvalue())
+
+
+def plain(obj: Any, finite_only: bool = False) -> Any:
+    """The one plain-value converter: mappings (string keys), lists and scalars, numpy/torch
+    values through ``tolist()``, anything else as ``str`` -- what JSON, YAML and a
+    ``weights_only`` checkpoint accept. ``finite_only``: NaN/inf become ``None`` (strict JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v, finite_only) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v, finite_only) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return None if finite_only and not math.isfinite(obj) else obj
+    if hasattr(obj, "tolist") and not isinstance(obj, bytes):
+        return plain(obj.tolist(), finite_only)
+    return str(obj)

@@ -202,7 +202,7 @@ def test_graph_sees_the_whole_package():
 def test_layers():
     graph = import_graph()
     # checkpoint file I/O is a leaf both the model layer and the engine build on
-    assert graph["tdsk._checkpoint_io"] == {}
+    assert set(graph["tdsk._checkpoint_io"]) <= {"tdsk._io"}  # atomic writes only
     assert "tdsk._checkpoint_io" in graph["tdsk.engine.checkpoint"]
     # (the model layer never reaching up into the engine is an import-linter contract, below)
 

@@ -3,7 +3,6 @@ inference, the errors that mean "the user can fix this", argument parsers, outpu
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 from typing import Any, Sequence
@@ -30,19 +29,11 @@ def user_errors(loading: bool = False) -> tuple:
 
 
 def json_safe(obj: Any) -> Any:
-    """``obj`` with non-finite floats as ``None`` and numpy scalars/arrays as Python values,
-    so ``json.dump(..., allow_nan=False)`` always writes valid JSON."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy / torch scalars and arrays
-        return json_safe(obj.tolist())
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return obj
+    """``obj`` with non-finite floats as ``None`` and numpy/torch values as Python values, so
+    ``json.dump(..., allow_nan=False)`` always writes valid JSON (:func:`tdsk._io.plain`)."""
+    from tdsk._io import plain
+
+    return plain(obj, finite_only=True)
 
 
 def parse_views(text: str | None) -> tuple[int, int] | None:

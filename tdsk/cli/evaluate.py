@@ -144,8 +144,9 @@ def write_dump(path: str, result, rows, skipped_at, records, classes, views: int
 
     by_entry = {i: r for r, i in enumerate(rows)}
     probs = np.asarray(result.probs)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    from tdsk import _io
+
+    with _io.atomic_path(path) as tmp, open(tmp, "w") as f:
         for i, rec in enumerate(records):
             line = {"index": i, "path": rec.path, "line": rec.line, "label": rec.label, "label_name": name(rec.label)}
             if i in skipped_at:
@@ -162,7 +163,6 @@ def write_dump(path: str, result, rows, skipped_at, records, classes, views: int
             else:  # pragma: no cover - scored_entries covers every entry
                 line["skipped"] = "not scored"
             f.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
-    os.replace(tmp, path)
     return len(records)
 
 
@@ -177,9 +177,10 @@ def write_logits(path: str, result, rows, records) -> tuple:
         logp = np.log(probs).astype(np.float32)
     for r, i in enumerate(rows):
         out[i] = logp[r]
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    from tdsk import _io
+
+    with _io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, out)
     return out.shape
 
 

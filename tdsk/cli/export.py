@@ -40,6 +40,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from tdsk import _io
+
 __all__ = [
     "FORMATS", "INPUT_NAME", "export_program", "export_pt2", "export_onnx", "export_folder",
     "export_metadata", "example_input", "MultiViewScores", "check_export", "parse_views_count", "main",
@@ -147,33 +149,6 @@ def export_metadata(model: nn.Module, views: int = 1, classes: Optional[Sequence
     }
 
 
-class _AtomicPath:
-    """A temporary path with ``path``'s file name, in a hidden folder next to it; on success
-    the file is renamed to ``path`` (a crash never leaves a torn file there)."""
-
-    def __init__(self, path: str):
-        import tempfile
-
-        self.path = os.path.abspath(path)
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, exist_ok=True)
-        self.folder = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-        self.tmp = os.path.join(self.folder, os.path.basename(path))
-
-    def __enter__(self) -> str:
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        import shutil
-
-        try:
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        return False
-
-
 def export_pt2(model: nn.Module, path: str, views: int = 1, metadata: Optional[Dict] = None,
                program: "Optional[torch.export.ExportedProgram]" = None) -> str:
     """Write the decomposed ``torch.export`` program to ``path`` (``torch.export.save``).
@@ -184,7 +159,7 @@ def export_pt2(model: nn.Module, path: str, views: int = 1, metadata: Optional[D
     program = program if program is not None else export_program(model, views)
     meta = metadata if metadata is not None else export_metadata(model, views)
     program.example_inputs = None  # not stored: a batch of B/16 clips is ~50 MB (the metadata has the shape)
-    with _AtomicPath(path) as tmp:
+    with _io.atomic_path(path, keep_name=True) as tmp:
         torch.export.save(program, tmp, extra_files={f"{METADATA_KEY}.json": json.dumps(meta, default=str)})
     return path
 
@@ -233,7 +208,7 @@ def export_onnx(model: nn.Module, path: str, views: int = 1, opset: Optional[int
     if weight_bytes > 1.8e9:  # external data: its file name follows the model's, so write in place
         onnx_program.save(path, external_data=True)
         return path
-    with _AtomicPath(path) as tmp:
+    with _io.atomic_path(path, keep_name=True) as tmp:
         onnx_program.save(tmp, external_data=False)
     return path
 

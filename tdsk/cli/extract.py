@@ -112,13 +112,9 @@ def _save_npy(path: str, array) -> None:
 
 
 def _write_csv(path: str, fields: Sequence[str], rows: Sequence[dict]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(fields))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in fields})
-    os.replace(tmp, path)
+    from tdsk import _io
+
+    _io.write_csv(path, [[r.get(k, "") for k in fields] for r in rows], header=list(fields))
 
 
 def _read_csv(path: str) -> List[dict]:
@@ -127,11 +123,9 @@ def _read_csv(path: str) -> List[dict]:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    from tdsk import _io
+
+    _io.write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _reason(exc: BaseException) -> str:

@@ -195,11 +195,7 @@ def _write_marker(job: Dict[str, Any], n: int) -> None:
     size = os.path.getsize(job["src"]) if os.path.exists(job["src"]) else None
     data = {"version": MARKER_VERSION, "num_frames": n, "settings": _settings(job),
             "source": os.path.abspath(job["src"]), "source_size": size}
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(path + ".tmp", path)
+    _io.write_text(path, json.dumps(data))
 
 
 def extract_video(job: Dict[str, Any]) -> Dict[str, Any]:

@@ -65,11 +65,9 @@ class DatasetPlan:
         for path, text in self.files.items():
             if os.path.exists(path):
                 continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            from tdsk import _io
+
+            _io.write_text(path, text)
 
 
 def plan_dataset(cfg: MutableMapping, run_dir: str) -> DatasetPlan:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from tdsk._io import plain  # noqa: F401  (config values -> weights_only types; re-exported)
 from tdsk._checkpoint_io import (  # noqa: F401  (re-exported: the engine's checkpoint API)
     FORMAT,
     atomic_copy,
@@ -144,17 +145,6 @@ def frozen_identity(model: nn.Module, clip_pretrained: Any) -> dict:
 
 def is_training_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == FORMAT
-
-
-def plain(obj: Any) -> Any:
-    """Config values reduced to types ``weights_only`` loading accepts."""
-    if isinstance(obj, Mapping):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
 
 
 def describe(paths: Iterable[str]) -> str:

@@ -208,12 +208,9 @@ class Manifest:
             return {}
 
     def _write(self) -> None:
-        tmp = os.path.join(os.path.dirname(self.path), f".{MANIFEST_NAME}.tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump({"run_id": self.run_id, "files": self.files}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        from tdsk import _io
+
+        _io.write_json(self.path, {"run_id": self.run_id, "files": self.files})
 
     def add(self, path: str) -> None:
         name = os.path.basename(path)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from tdsk import _io
 from tdsk._logging import logger
 from tdsk.engine import checkpoint as C
 from tdsk.engine import distributed as D
@@ -259,10 +260,8 @@ def _open_metrics(run: _Run, n_train: int, n_frozen: int) -> None:
                         run_id=run.run_id)
     else:
         run.metrics.log("start", 0, run_id=run.run_id)
-    tmp = os.path.join(run.out_dir, f".config.yaml.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(C.plain({k: v for k, v in run.cfg.items()}), f, sort_keys=False)
-    os.replace(tmp, os.path.join(run.out_dir, "config.yaml"))
+    _io.write_text(os.path.join(run.out_dir, "config.yaml"),
+                   yaml.safe_dump(C.plain({k: v for k, v in run.cfg.items()}), sort_keys=False))
     run.manifest = R.Manifest(run.out_dir, run.run_id)
     logger.info(
         f"training {(run.cfg.get('_meta') or {}).get('name', '')} on {run.device} x{run.info.world_size} "

@@ -35,13 +35,14 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from tdsk._checkpoint_io import _fsync_dir, weights_sha256
 from tdsk._logging import logger
+from tdsk._io import plain as _plain
 from tdsk._paths import MARKER, check_replaceable, record_written
 
 __all__ = ["save_pretrained", "from_pretrained", "load_pretrained", "read_folder_config", "is_model_folder",
@@ -64,19 +65,6 @@ def is_model_folder(path: str) -> bool:
     """``path`` is a folder holding ``config.json`` and ``model.safetensors``."""
     return (os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_NAME))
             and os.path.isfile(os.path.join(path, WEIGHTS_NAME)))
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-ready copy: mappings, lists and scalars; anything else as ``str``."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if hasattr(obj, "tolist"):
-        return _plain(obj.tolist())
-    return str(obj)
 
 
 def _resolve_recipe(model: nn.Module, recipe: Union[None, str, Mapping]) -> Dict:
