@@ -2,7 +2,6 @@
 the timeline picture."""
 from __future__ import annotations
 
-import csv
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -44,13 +43,12 @@ def _own_bounds(rows: Sequence[dict], duration: Optional[float] = None) -> List[
 
 def write_rows_csv(rows: Sequence[dict], path: str) -> None:
     """One line per window: ``window,start,end,label_1,prob_1,...,label_k,prob_k``."""
+    from tdsk import _io
+
     k = max((len(r["top"]) for r in rows), default=0)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["window", "start", "end"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"prob_{i}")])
-        for r in rows:
-            w.writerow([r["window"], f"{r['start']:.3f}", f"{r['end']:.3f}"]
-                       + [v for t in r["top"] for v in (t["label"], f"{t['prob']:.6f}")])
+    _io.write_csv(path, ([r["window"], f"{r['start']:.3f}", f"{r['end']:.3f}"]
+                         + [v for t in r["top"] for v in (t["label"], f"{t['prob']:.6f}")] for r in rows),
+                  header=["window", "start", "end"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"prob_{i}")])
 
 
 def class_colours(indices: Sequence[int]) -> Dict[int, Any]:
@@ -150,6 +148,11 @@ def plot_timeline(result: Any, path: str, classes: int = 5, truth: Optional[Sequ
         ax_truth.set_yticklabels(["truth"], fontsize=8)
         last = ax_truth
     last.set_xlabel("time (s)")
-    fig.savefig(path)
-    plt.close(fig)
+    from tdsk import _io
+
+    try:
+        with _io.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -424,8 +423,9 @@ class TimelineResult:
         ``truth`` (``[{"start", "end", "label"}]``, seconds) adds a ground-truth row to the plot."""
         os.makedirs(out_dir, exist_ok=True)
         paths = {"json": os.path.join(out_dir, f"{stem}.json"), "csv": os.path.join(out_dir, f"{stem}.csv")}
-        with open(paths["json"], "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        from tdsk import _io
+
+        _io.write_json(paths["json"], self.to_dict(), indent=1)  # atomic: a killed run leaves no half file
         write_rows_csv(self.rows, paths["csv"])
         if plot:
             paths["png"] = os.path.join(out_dir, f"{stem}.png")
