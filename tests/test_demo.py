@@ -215,3 +215,17 @@ def test_run_demo_reports_training_when_the_analysis_fails(tmp_path, capsys, mon
     assert "top-1" in captured.out and "CAM hit rate" not in captured.out
     assert summary["analysis_error"] == "RuntimeError: no encoder here" and "tds_clip" in summary["runs"]
     assert json.load(open(tmp_path / "run" / "demo_summary.json"))["runs"]["tds_clip"]["top1"] >= 0.0
+
+
+def test_the_timeline_table_says_correct_not_right():
+    """"right" was both a verdict and a class of the demo in the same column."""
+    from tdsk.cli.demo.analysis import report_lines
+
+    parts = [{"label": "right", "start": 0.0, "end": 1.3, "part_right": True, "part_label": "right", "windows": 2,
+              "windows_right": 2, "time_right": 1.0},
+             {"label": "left", "start": 1.3, "end": 2.7, "part_right": False, "part_label": "right", "windows": 2,
+              "windows_right": 0, "time_right": 0.0}]
+    lines = report_lines({"timeline": {"parts": parts, "parts_right": 0.5, "windows": 0.5, "time": 0.5, "png": "t.png"},
+                          "explain": {"png": "e.png", "clip": "c.mp4", "label": "up", "prob": 0.9}})
+    rows = [x for x in lines if x.strip().startswith(("1 ", "2 "))]
+    assert "correct" in rows[0] and rows[0].count("right") == 1 and "wrong (right)" in rows[1]  # the class only

@@ -2,6 +2,7 @@
 the same way, analyse, print the table (``python -m tdsk.train`` with no arguments)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -97,23 +98,33 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
                       for a, b in dataset.REVERSED_PAIRS},
             "checkpoint": res.last_checkpoint, "metrics": res.metrics, "curves": res.curves,
         }
-        lines.append(f"  {title}: checkpoint {res.last_checkpoint}")
+        best = res.best_checkpoint or res.last_checkpoint
+        lines.append(f"  {title}: checkpoint {best}" + (f" (best val top-1; last epoch: {os.path.basename(res.last_checkpoint)})"
+                                                         if best != res.last_checkpoint else ""))
         lines.append(f"  {' ' * len(title)}  metrics    {res.metrics}")
         if res.curves:
             lines.append(f"  {' ' * len(title)}  curves     {res.curves}")
     if "timeline" in after:
         lines += analysis.report_lines(after)
     tds = runs["tds_clip"][0]
+    tds_ckpt = tds.best_checkpoint or tds.last_checkpoint
     lines.append("")
-    lines.append("Next: python -m tdsk.evaluate --checkpoint %s --views 1x2" % tds.last_checkpoint)
+    lines.append("Next: python -m tdsk.evaluate --checkpoint %s --views 1x2" % tds_ckpt)
     sample = os.path.join(root, "videos", "val", "left_0000.mp4")
-    lines.append("      python -m tdsk.predict %s --checkpoint %s" % (sample, tds.last_checkpoint))
+    lines.append("      python -m tdsk.predict %s --checkpoint %s" % (sample, tds_ckpt))
+    lines.append(f"  (deterministic on one machine: the same CPU type and thread count ({torch_threads()}) give the "
+                 "same numbers; other CPUs round differently and may differ by a few videos)")
     print("\n".join(lines), flush=True)
-    import json
+    from tdsk import _io
 
-    with open(os.path.join(out, "demo_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    _io.write_text(os.path.join(out, "demo_summary.json"), json.dumps(_io.plain(summary), indent=1))
     return summary
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------- main
