@@ -19,10 +19,6 @@ import importlib
 
 __version__ = "0.1.0"
 
-from tdsk import _moved  # noqa: E402
-
-_moved.install()  # tdsk.train, tdsk.evaluate, ... -> tdsk.cli.* (the tools moved; old paths still work)
-
 from tdsk import ops  # noqa: E402  (registers torch.ops.tdsk.*)
 
 _LAZY = {"models", "data", "configs"}

@@ -217,19 +217,15 @@ def test_run_demo_reports_training_when_the_analysis_fails(tmp_path, capsys, mon
     assert json.load(open(tmp_path / "run" / "demo_summary.json"))["runs"]["tds_clip"]["top1"] >= 0.0
 
 
-def test_timeline_table_verdict_is_not_a_class_name():
-    """The per-part table said "right" as its verdict beside the class "right"; the verdict
-    is "correct" / "wrong (label)" and no column header says "right"."""
-    from tdsk.cli.demo import analysis
+def test_the_timeline_table_says_correct_not_right():
+    """"right" was both a verdict and a class of the demo in the same column."""
+    from tdsk.cli.demo.analysis import report_lines
 
-    parts = [{"label": "right", "start": 0.0, "end": 1.0, "part_right": True, "part_label": "right",
-              "windows": 2, "windows_right": 2, "time_right": 1.0},
-             {"label": "left", "start": 1.0, "end": 2.0, "part_right": False, "part_label": "right",
-              "windows": 2, "windows_right": 0, "time_right": 0.0}]
-    lines = analysis.report_lines({"timeline": {"parts": parts, "parts_right": 0.5, "windows": 0.5,
-                                                "time": 0.5, "png": "t.png"},
-                                   "explain": {"png": "e.png", "clip": "c", "label": "left", "prob": 0.9}})
-    rows = [ln.split() for ln in lines if ln.strip()[:1].isdigit()]
-    assert rows[0][1] == "right" and rows[0][5] == "correct"
-    assert rows[1][1] == "left" and rows[1][5:7] == ["wrong", "(right)"]
-    assert not any("right" in ln for ln in lines if "part" in ln and "class" in ln)
+    parts = [{"label": "right", "start": 0.0, "end": 1.3, "part_right": True, "part_label": "right", "windows": 2,
+              "windows_right": 2, "time_right": 1.0},
+             {"label": "left", "start": 1.3, "end": 2.7, "part_right": False, "part_label": "right", "windows": 2,
+              "windows_right": 0, "time_right": 0.0}]
+    lines = report_lines({"timeline": {"parts": parts, "parts_right": 0.5, "windows": 0.5, "time": 0.5, "png": "t.png"},
+                          "explain": {"png": "e.png", "clip": "c.mp4", "label": "up", "prob": 0.9}})
+    rows = [x for x in lines if x.strip().startswith(("1 ", "2 "))]
+    assert "correct" in rows[0] and rows[0].count("right") == 1 and "wrong (right)" in rows[1]  # the class only

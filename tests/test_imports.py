@@ -238,3 +238,19 @@ def test_layer_contracts_hold():
     out = res.stdout + res.stderr
     assert res.returncode == 0 and "0 broken" in out, out[-4000:]
     assert "Contracts: 2 kept" in out, out[-2000:]
+
+
+def test_tools_run_from_a_folder_that_holds_a_clone_named_tdsk(tmp_path):
+    """There Python can take the clone for a namespace package ``tdsk``: the tools must still run
+    under their old and new paths (export failed with "cannot import name '__version__'")."""
+    import subprocess
+    import sys
+
+    (tmp_path / "tdsk" / "tdsk").mkdir(parents=True)  # a clone's root: no __init__.py in it
+    for mod in ("tdsk.export", "tdsk.train", "tdsk.cli.predict", "tdsk.data.check"):
+        res = subprocess.run([sys.executable, "-m", mod, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0 and "usage:" in res.stdout, (mod, res.stderr[-2000:])
+    code = "from tdsk._version import version; from tdsk.cli.export import export_metadata; print(version())"
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip(), res.stderr[-2000:]

@@ -123,7 +123,7 @@ def export_program(model: nn.Module, views: int = 1) -> "torch.export.ExportedPr
 def export_metadata(model: nn.Module, views: int = 1, classes: Optional[Sequence[str]] = None,
                     cfg: Optional[Dict] = None) -> Dict[str, Any]:
     """What a consumer of the exported file needs to feed it and read its output."""
-    from tdsk import __version__
+    from tdsk._version import version
     from tdsk.schema import CLIP_MEAN, CLIP_STD
 
     t, m, size = _clip_shape(model)
@@ -133,7 +133,7 @@ def export_metadata(model: nn.Module, views: int = 1, classes: Optional[Sequence
     outputs = ({"logits": ["batch", k]} if views == 1 else {"probs": ["batch", k], "logits": ["batch", views, k]})
     return {
         "format": METADATA_FORMAT,
-        "tdsk_version": __version__,
+        "tdsk_version": version(),
         "torch_version": torch.__version__,
         "inputs": {INPUT_NAME: {"dtype": "float32", "shape": shape,
                                 "layout": ("B" if views == 1 else "B, V") + ", T, M, 3, H, W"}},

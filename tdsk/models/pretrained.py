@@ -228,12 +228,9 @@ def save_pretrained(model: nn.Module, folder: str, labels: Union[None, str, Sequ
         "card": _plain(card) if isinstance(card, Mapping) else None,
         "tensors": len(tensors),
     }
-    try:
-        from importlib.metadata import version as _dist_version  # noqa: PLC0415
+    from tdsk._version import version  # noqa: PLC0415
 
-        config["tdsk_version"] = _dist_version("tdsk")
-    except Exception:  # pragma: no cover - not installed as a distribution
-        config["tdsk_version"] = None
+    config["tdsk_version"] = version()
 
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)

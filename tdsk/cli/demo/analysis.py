@@ -236,10 +236,10 @@ def report_lines(result: dict) -> List[str]:
              f"  {'part':>4s}  {'class':11s} {'time':>13s}   {'window on the part':18s} {'windows correct':>15s}"
              f"  {'time labelled correctly':>23s}"]
     for k, p in enumerate(t["parts"], 1):
-        # "correct"/"wrong", never "right": "right" is also a class name in this table
+        # "correct"/"wrong", never "right": right is also a class of the demo
         mark = "correct" if p["part_right"] else f"wrong ({p['part_label']})"
         lines.append(f"  {k:4d}  {p['label']:11s} {p['start']:5.2f}-{p['end']:5.2f} s   {mark:18s} "
-                     f"{p['windows_right']:>7d}/{p['windows']:<7d}  {100 * p['time_right']:22.0f}%")
+                     f"{p['windows_right']:>8d}/{p['windows']:<6d}  {100 * p['time_right']:22.0f}%")
     lines.append(f"  per-part accuracy {100 * t['parts_right']:.1f}%; {100 * t['windows']:.1f}% of all windows and "
                  f"{100 * t['time']:.1f}% of the time labelled correctly (windows across a cut see two clips)")
     h = result.get("timeline_hold2")

@@ -2,6 +2,7 @@
 the same way, analyse, print the table (``python -m tdsk.train`` with no arguments)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -95,14 +96,11 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
             "top1": res.val.top1, "top5": res.val.top5, "seconds": runs[variant][1],
             "pairs": {f"{a}/{b}": res.val.pair_accuracy(dataset.CLASSES.index(a), dataset.CLASSES.index(b))[0]
                       for a, b in dataset.REVERSED_PAIRS},
-            "checkpoint": res.best_checkpoint or res.last_checkpoint, "metrics": res.metrics, "curves": res.curves,
+            "checkpoint": res.last_checkpoint, "metrics": res.metrics, "curves": res.curves,
         }
-        # best.pt is what the README and the Next: lines load; the last epoch's file is named
-        # beside it only when it is another file
-        ckpt = res.best_checkpoint or res.last_checkpoint
-        lines.append(f"  {title}: checkpoint {ckpt}")
-        if res.last_checkpoint and res.last_checkpoint != ckpt:
-            lines.append(f"  {' ' * len(title)}  last epoch {res.last_checkpoint}")
+        best = res.best_checkpoint or res.last_checkpoint
+        lines.append(f"  {title}: checkpoint {best}" + (f" (best val top-1; last epoch: {os.path.basename(res.last_checkpoint)})"
+                                                         if best != res.last_checkpoint else ""))
         lines.append(f"  {' ' * len(title)}  metrics    {res.metrics}")
         if res.curves:
             lines.append(f"  {' ' * len(title)}  curves     {res.curves}")
@@ -114,12 +112,19 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
     lines.append("Next: python -m tdsk.evaluate --checkpoint %s --views 1x2" % tds_ckpt)
     sample = os.path.join(root, "videos", "val", "left_0000.mp4")
     lines.append("      python -m tdsk.predict %s --checkpoint %s" % (sample, tds_ckpt))
+    lines.append(f"  (deterministic on one machine: the same CPU type and thread count ({torch_threads()}) give the "
+                 "same numbers; other CPUs round differently and may differ by a few videos)")
     print("\n".join(lines), flush=True)
-    import json
+    from tdsk import _io
 
-    with open(os.path.join(out, "demo_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    _io.write_text(os.path.join(out, "demo_summary.json"), json.dumps(_io.plain(summary), indent=1))
     return summary
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------- main

@@ -77,10 +77,10 @@ def driver_version() -> Optional[str]:
 
 def versions() -> Dict[str, Dict]:
     """Versions of the stack tdsk runs on (``None`` + ``error`` for what is missing)."""
-    import tdsk
+    from tdsk._version import version as tdsk_version
 
     out = {
-        "tdsk": {"version": tdsk.__version__, "error": None},
+        "tdsk": {"version": tdsk_version(), "error": None},
         "python": {"version": platform.python_version(), "error": None},
         "torch": {"version": torch.__version__, "error": None, "cuda": torch.version.cuda,
                   "cudnn": _cudnn_version(), "cuda_available": torch.cuda.is_available()},

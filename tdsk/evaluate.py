@@ -1,0 +1,10 @@
+"""``tdsk.evaluate`` moved to :mod:`tdsk.cli.evaluate` (the tools live apart from the library); this name
+stays valid: importing it gives the module :mod:`tdsk.cli.evaluate` itself, and ``python -m tdsk.evaluate``
+runs it."""
+import sys
+
+import tdsk.cli.evaluate as _moved
+
+if __name__ == "__main__":
+    sys.exit(_moved.main())
+sys.modules[__name__] = _moved  # the same module object under the old name (attributes, patches agree)
