@@ -552,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     args = build_parser().parse_args(argv)
     try:
         result = prepare_frames(args.videos, args.out, root=args.root, fps=args.fps, short_side=args.short_side,
