@@ -518,6 +518,9 @@ def _folder_list(folder: str, names: Optional[List[str]], out_dir: str) -> Tuple
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     args = build_parser().parse_args(argv)
     try:
         names = read_class_names(args.labels) if args.labels else None

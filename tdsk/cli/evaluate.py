@@ -185,6 +185,9 @@ def write_logits(path: str, result, rows, records) -> tuple:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     p = argparse.ArgumentParser(prog="python -m tdsk.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="tdsk checkpoint (epoch_*.pt, best.pt), official TDS-CLIP file, or model folder")

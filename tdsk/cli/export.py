@@ -321,6 +321,9 @@ def _load(checkpoint: str, cfg_name: Optional[str], overrides: Sequence[str]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     p = argparse.ArgumentParser(prog="python -m tdsk.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="tdsk checkpoint (best.pt, epoch_*.pt), official TDS-CLIP file (with --cfg), or model folder")

@@ -144,6 +144,9 @@ def _label_text(label: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     from tdsk.cli._common import parse_views
 
     p = argparse.ArgumentParser(prog="python -m tdsk.extract", description=__doc__.split("\n\n")[0])

@@ -99,6 +99,9 @@ def _printer(as_json: bool) -> Callable[[dict], None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     from tdsk.cli._common import _positive_int, parse_views
 
     p = argparse.ArgumentParser(prog="python -m tdsk.predict", description=__doc__.split("\n\n")[0])

@@ -186,7 +186,8 @@ def _clear(folder: str, template: str) -> None:
     """Remove the marker and the frame files (only those) of a half-written folder."""
     number = template_matcher(template)
     for name in os.listdir(folder):
-        if name in (MARKER, MARKER + ".tmp") or number(name) is not None:
+        marker_tmp = name.startswith(f".{MARKER}.") and name.endswith(".tmp")  # tdsk._io's temp name
+        if name in (MARKER, MARKER + ".tmp") or marker_tmp or number(name) is not None:
             os.remove(os.path.join(folder, name))
 
 
@@ -552,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     args = build_parser().parse_args(argv)
     try:
         result = prepare_frames(args.videos, args.out, root=args.root, fps=args.fps, short_side=args.short_side,

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- the demo
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options

@@ -17,7 +17,7 @@ which checkpoints this run line wrote) and ``.tdsk-run.lock``.
   and none is readable it raises: a fresh start needs an explicit ``--overwrite``.
 * **Pruning** deletes only checkpoints listed in the manifest of the current run line
   (the run and the runs it resumed from), never the newest one.
-* **Temporary files** left by a write that was killed (``.<name>.tmp<pid>``) are
+* **Temporary files** left by a write that was killed (``.<name>.tmp<pid>``, ``.<name>.XXXXXXXX.tmp``) are
   removed when the next run takes the lock.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ LOCK_NAME = ".tdsk-run.lock"
 MANIFEST_NAME = "checkpoints.json"
 _CKPT_RE = re.compile(r"^epoch_(\d{4,})(?:_iter_(\d{6,}))?\.pt$")
 _TMP_RE = re.compile(r"^\.(epoch_\d+(?:_iter_\d+)?\.pt|best\.pt|checkpoints\.json|config\.yaml|metrics\.jsonl)"
-                     r"\.tmp\d+$")
+                     r"(?:\.tmp\d+|\.[a-z0-9_]{8}\.tmp)$")  # checkpoint writer's / tdsk._io's temp names
 
 
 class RunDirError(FileExistsError):

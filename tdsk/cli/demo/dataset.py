@@ -274,6 +274,9 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def main(argv=None) -> None:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     parser = argparse.ArgumentParser(prog="python -m tdsk.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", default=None, help=f"cache folder (default {default_cache_dir()})")
     parser.add_argument("--seed", type=int, default=DemoSpec.seed)

@@ -41,6 +41,9 @@ __all__ = ["OP_TOLERANCES", "ATTENTION_TOLERANCES", "CHECK_GROUPS", "run_doctor"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from tdsk._logging import configure_cli_logging
+
+    configure_cli_logging()
     parser = argparse.ArgumentParser(prog="python -m tdsk.doctor", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
