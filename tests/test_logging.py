@@ -26,3 +26,11 @@ def test_cli_logging_prints_to_current_stderr_once(capsys):
         logger.handlers[:] = before[0]
         logger.setLevel(before[1])
     assert logging.getLogger("tdsk").level == before[1]
+
+
+def test_one_off_notices_reach_stderr_once_when_nothing_is_configured():
+    """Fallback notices keep the design rule "fall back and say so once" for library users."""
+    code = ("import tdsk._logging as L; L.log_once('k', 'fell back to X'); L.log_once('k', 'fell back to X'); "
+            "L.logger.info('per-step info stays quiet')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr == "[tdsk] INFO: fell back to X\n"

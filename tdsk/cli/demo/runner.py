@@ -96,7 +96,8 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
             "top1": res.val.top1, "top5": res.val.top5, "seconds": runs[variant][1],
             "pairs": {f"{a}/{b}": res.val.pair_accuracy(dataset.CLASSES.index(a), dataset.CLASSES.index(b))[0]
                       for a, b in dataset.REVERSED_PAIRS},
-            "checkpoint": res.last_checkpoint, "metrics": res.metrics, "curves": res.curves,
+            "checkpoint": res.best_checkpoint or res.last_checkpoint, "last_checkpoint": res.last_checkpoint,
+            "metrics": res.metrics, "curves": res.curves,
         }
         best = res.best_checkpoint or res.last_checkpoint
         lines.append(f"  {title}: checkpoint {best}" + (f" (best val top-1; last epoch: {os.path.basename(res.last_checkpoint)})"
