@@ -54,16 +54,10 @@ STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model")
 # ----------------------------------------------------------------------------- writing
 
 def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Flush a directory entry (:func:`tdsk._io.fsync_dir`)."""
+    from tdsk import _io
+
+    _io.fsync_dir(path)
 
 
 def _atomic_write(path: str, write) -> None:

@@ -294,26 +294,19 @@ def _walk_videos(folder: str, tree: Optional[str] = None, notes: Optional[List[s
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        keep = []
-        for d in sorted(dirnames):
-            full = os.path.join(dirpath, d)
-            if d.startswith("."):
-                continue
+
+        def crosses(full: str, what: str) -> bool:
+            """A link from this class folder into another part of the input tree (noted)."""
             if os.path.islink(full) and tree is not None and _inside(full, tree) and not _inside(full, folder):
                 if notes is not None:
-                    notes.append(f"{full}: a link into another part of the input folder, left out")
-                continue
-            keep.append(d)
-        dirnames[:] = keep
-        for f in sorted(filenames):
-            full = os.path.join(dirpath, f)
-            if not _is_video(f):
-                continue
-            if os.path.islink(full) and tree is not None and _inside(full, tree) and not _inside(full, folder):
-                if notes is not None:
-                    notes.append(f"{full}: a link to a video of another class folder, left out")
-                continue
-            found.append(full)
+                    notes.append(f"{full}: a link to {what}, left out")
+                return True
+            return False
+
+        dirnames[:] = [d for d in sorted(dirnames)
+                       if not d.startswith(".") and not crosses(os.path.join(dirpath, d), "another part of the input folder")]
+        found += [os.path.join(dirpath, f) for f in sorted(filenames)
+                  if _is_video(f) and not crosses(os.path.join(dirpath, f), "a video of another class folder")]
     return found
 
 
@@ -366,7 +359,8 @@ def _jobs_from_input(videos: str, root: str, out: str, labels: Optional[str], re
     if blank:  # a labels.txt line cannot hold such a name
         raise UsageError(f"class folder name {blank[0]!r} in {videos}: blank, or with spaces around it; "
                          "rename the folder")
-    with_videos = {d for d in folders if _walk_videos(os.path.join(top, d), top)}
+    videos_of = {d: _walk_videos(os.path.join(top, d), top, result.notes) for d in folders}  # one walk each
+    with_videos = {d for d in folders if videos_of[d]}
     # a class folder without videos keeps its place in the numbering (leaving it out shifted every
     # later class), with a note; folders of no video at all mean no classes
     class_dirs = folders if with_videos else []
@@ -405,7 +399,7 @@ def _jobs_from_input(videos: str, root: str, out: str, labels: Optional[str], re
                             f"e.g. {loose[0]}")
     jobs = []
     for d in class_dirs:
-        for path in _walk_videos(os.path.join(top, d), top, result.notes):
+        for path in videos_of.get(d, []):
             jobs.append({"line": len(jobs) + 1, "src": path, "rel": _frame_dir(os.path.relpath(path, top)),
                          "label": index[d]})
     return jobs, names, list_name
