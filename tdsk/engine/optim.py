@@ -48,9 +48,12 @@ def param_groups(model: nn.Module, solver: Mapping) -> list[dict]:
     return out
 
 
-def build_optimizer(model: nn.Module, solver: Mapping) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, solver: Mapping, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """The solver's optimiser over ``groups`` (a model family's own, see
+    :func:`tdsk.models.registry.param_groups_of`; default :func:`param_groups`)."""
     name = str(solver.get("optimizer", "adamw")).lower()
-    groups = param_groups(model, solver)
+    if groups is None:
+        groups = param_groups(model, solver)
     if name == "adamw":
         return torch.optim.AdamW(
             groups,

@@ -29,7 +29,7 @@ import torch.nn as nn
 from tdsk.models.clip_encoder import FrozenCLIPEncoder
 from tdsk.models.dist_blocks import IntegrationBlock, IntegrationToTemporal, TemporalBlock, TemporalToIntegration
 from tdsk.models.dist_pooling import AdaptivePooling
-from tdsk.models.text_tower import class_text_embeddings
+from tdsk.models.text_tower import class_text_embeddings, text_embeddings_deferred
 from tdsk.models.video import VideoClassifier, as_video
 from tdsk.schema import ConfigError
 
@@ -91,7 +91,10 @@ class DiSTNetwork(nn.Module):
         # what trains (docs/dist.md §Parameters).
         _parameters_to_buffers(self.integration2temporal_nets[-1])
 
-    def forward(self, frames: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, taps: Sequence[torch.Tensor],
+                capture: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """``capture`` (a list): receives the temporal stream after the last temporal block as
+        ``[b, T, g*g, D]``, a tensor the output is computed from (for Grad-CAM)."""
         b, t = frames.shape[:2]
         if t != self.num_frames:
             raise ValueError(f"DiST: expected {self.num_frames} frames, got {t}")
@@ -101,6 +104,11 @@ class DiSTNetwork(nn.Module):
         last = len(taps) - 1
         for i, z in enumerate(taps):
             x_t = self.temporal_nets[i](x_t)
+            if capture is not None and i == last:
+                d, g = x_t.shape[1], x_t.shape[-1]
+                a = x_t.permute(0, 2, 3, 4, 1).reshape(b, t, g * g, d)   # [b, T, N, D]
+                capture.append(a)
+                x_t = a.reshape(b, t, g, g, d).permute(0, 4, 1, 2, 3)
             mid = self.input_linears[i](z.transpose(0, 1)) + res  # [L, b*T', I]
             new_t = self.integration2temporal_nets[i](mid) + x_t if i < last else None
             mid = mid + self.temporal2integration_nets[i](x_t)
@@ -144,10 +152,13 @@ class DiST(VideoClassifier):
             raise ConfigError(f"model.num_classes={self.num_classes} but {len(self.class_names)} class names were "
                               "given (data.labels)")
         if c["classifier"] == "text":
-            if self.class_names is None:
+            names = self.class_names
+            if names is None and text_embeddings_deferred():  # the buffer is loaded right after
+                names = [str(i) for i in range(self.num_classes)]
+            if names is None:
                 raise ConfigError("model.classifier=text needs the class names: set data.labels in the recipe "
                                   "(or pass build_model(..., class_names=[...])), or use model.classifier=linear")
-            emb, scale = class_text_embeddings(c["arch"], self.class_names, c["text_pretrained"] or c["clip_pretrained"],
+            emb, scale = class_text_embeddings(c["arch"], names, c["text_pretrained"] or c["clip_pretrained"],
                                                c["quick_gelu"], c["text_prompt"],
                                                key="model.text_pretrained" if c["text_pretrained"]
                                                else "model.clip_pretrained")
@@ -207,6 +218,19 @@ class DiST(VideoClassifier):
         frames = video[:, :, 0]                                           # [B, T, 3, H, W]
         sparse = frames[:, ::self.alpha].flatten(0, 1)                     # [B*T', 3, H, W]
         return self.dist_net(frames, self.encoder(sparse))
+
+    def cam_activations(self, video: torch.Tensor):
+        """``(A [B, T, N, D], logits [B, K])`` for Grad-CAM (:mod:`tdsk.explain`): the temporal
+        stream after the last temporal block, one map per frame on the patch grid; ``logits``
+        is a differentiable function of ``A``."""
+        video = as_video(video, self.num_segments, self.num_local, self.encoder.image_size)
+        frames = video[:, :, 0]
+        with torch.no_grad():
+            taps = self.encoder(frames[:, ::self.alpha].flatten(0, 1))
+        captured: List[torch.Tensor] = []
+        with torch.enable_grad():
+            logits = self.classify(self.dist_net(frames, taps, capture=captured))
+        return captured[0], logits
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """``video[B, T, 1, 3, H, W]`` -> logits ``[B, K]``."""

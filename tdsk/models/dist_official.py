@@ -68,6 +68,9 @@ def load_official(model: nn.Module, sd: Dict[str, torch.Tensor]) -> int:
             unexpected.append(k)
     uses_text = getattr(model, "head", None) is None
     if uses_text:
+        if model.class_names is None:
+            raise ValueError("loading an official DiST checkpoint recomputes the classes' text embeddings: build "
+                             "the model with the class names (build_model(..., class_names=[...]) or data.labels)")
         if "token_embedding.weight" not in text:
             raise ValueError("the official DiST file has no CLIP text tower (token_embedding.weight): its "
                              "classifier cannot be rebuilt")

@@ -14,6 +14,7 @@ test ViTs get a tiny text tower (:data:`TINY_TEXT_CFG`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,7 +28,8 @@ from tdsk._logging import log_once
 from tdsk.models.clip_encoder import TDSK_VIT_CONFIGS, _pretrained_tag_state_dict, vision_config
 from tdsk.schema import ConfigError
 
-__all__ = ["TINY_TEXT_CFG", "text_config", "clip_text_state_dict", "build_text_tower", "encode_texts",
+__all__ = ["placeholder_text_embeddings", "text_embeddings_deferred",
+           "TINY_TEXT_CFG", "text_config", "clip_text_state_dict", "build_text_tower", "encode_texts",
            "class_text_embeddings", "TEXT_KEYS"]
 
 # A one-layer text tower of width 64 for tdsk's tiny ViTs (CPU tests, the demo).
@@ -36,6 +38,24 @@ TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads"
 TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection",
              "logit_scale")
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature
+_DEFERRED = [0]
+
+
+@contextlib.contextmanager
+def placeholder_text_embeddings():
+    """Inside: :func:`class_text_embeddings` returns zeros of the right shape without running
+    the text tower. For rebuilding a model whose ``text_embeddings`` buffer is loaded right
+    after from a checkpoint or model folder (no text weights or class names needed)."""
+    _DEFERRED[0] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED[0] -= 1
+
+
+def text_embeddings_deferred() -> bool:
+    """Whether :func:`placeholder_text_embeddings` is active."""
+    return _DEFERRED[0] > 0
 
 
 def text_config(arch: str) -> Tuple[int, dict]:
@@ -122,6 +142,8 @@ def class_text_embeddings(arch: str, class_names: Sequence[str], pretrained: Opt
     ``pretrained``. ``logit_scale`` is the file's (log-space, as in CLIP) or CLIP's initial one.
     """
     names = [str(n) for n in class_names]
+    if text_embeddings_deferred():
+        return torch.zeros(len(names), text_config(arch)[0]), DEFAULT_LOGIT_SCALE
     blank = [i for i, n in enumerate(names) if not n.strip()]
     if blank:
         raise ConfigError(f"class names {blank[:5]} are blank: the text classifier needs a name per class")
