@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(exc)
     crops, clips = rec.views
     num_views = crops * clips
-    dim = int(getattr(rec.model, "head").in_features) if hasattr(rec.model, "head") else None
+    dim = getattr(rec.model, "feature_dim", None)
     ck = os.stat(args.checkpoint) if os.path.isfile(args.checkpoint) else None
     # a model folder rewritten in place (save_pretrained after more training) is another model too
     folder_files = ([[n, os.stat(os.path.join(args.checkpoint, n)).st_size,

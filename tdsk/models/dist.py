@@ -168,6 +168,10 @@ class DiST(VideoClassifier):
         else:
             self.head = nn.Linear(enc.embed_dim, self.num_classes)
 
+    @property
+    def feature_dim(self) -> int:
+        return int(self.encoder.embed_dim)
+
     # -- classifier --------------------------------------------------------------------------------
     def set_class_text_embeddings(self, embeddings: torch.Tensor, logit_scale: Optional[float] = None) -> None:
         """Replace the classes' text embeddings ``[K, E]`` (e.g. of an official checkpoint's text tower)."""

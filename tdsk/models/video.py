@@ -58,6 +58,12 @@ class VideoClassifier(nn.Module):
         self.num_local = int(self.config["num_local"])
         self.num_classes = int(self.config["num_classes"])
 
+    @property
+    def feature_dim(self) -> Optional[int]:
+        """Width of :meth:`features` (the classifier's input)."""
+        head = getattr(self, "head", None)
+        return int(head.in_features) if isinstance(head, nn.Linear) else None
+
     def trainable_parameters(self) -> List[nn.Parameter]:
         """The parameters an optimiser should see (everything but the frozen tower)."""
         return [p for p in self.parameters() if p.requires_grad]
