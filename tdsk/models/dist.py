@@ -115,8 +115,10 @@ class DiSTNetwork(nn.Module):
             res = self.integration_nets[i](mid)
             x_t = new_t
         tokens = res + mid
-        video_q = self.aggregated_cls_token.expand(1, b, -1).to(tokens.dtype)
-        frame_q = self.aggregated_spatial_cls_token.expand(1, b * self.frames, -1).to(tokens.dtype)
+        # repeat (a copy), not expand: a view of a parameter handed to a module confuses
+        # module-level autograd hooks (torch.utils.flop_counter) under no_grad
+        video_q = self.aggregated_cls_token.repeat(1, b, 1).to(tokens.dtype)
+        frame_q = self.aggregated_spatial_cls_token.repeat(1, b * self.frames, 1).to(tokens.dtype)
         for pool in self.adapooling_nets:
             video_q, frame_q = pool(tokens, video_q, frame_q)
         cls_mean = taps[-1][:, 0].reshape(b, self.frames, -1).mean(dim=1)  # last block's class tokens
