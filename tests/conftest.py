@@ -6,7 +6,8 @@ set here, at collection time. With a GPU the real kernels run on CUDA tensors.
 
 The session-scoped factories ``demo_root`` and ``demo_fit`` generate each demo dataset and
 train each tiny model once for the whole run; tests share what they return and must not
-write into it (a test that changes a dataset or run folder copies it first, shutil.copytree).
+write into it (a test that changes a dataset or run folder copies it first, shutil.copytree;
+the factories check at the session's end that every shared folder is as it was made).
 """
 import copy
 import os
@@ -53,6 +54,22 @@ TINY_FIT = ("solver.epochs=1", "train.limit_train_batches=1", "data.test_crops=1
             "eval.validate=false", "output.plot=false")
 
 
+def _snapshot(folder):
+    """``{relative path: (size, mtime_ns)}`` of every file under ``folder``."""
+    out = {}
+    for d, _, files in os.walk(folder):
+        for f in files:
+            st = os.stat(os.path.join(d, f))
+            out[os.path.relpath(os.path.join(d, f), folder)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _check_untouched(snapshots, what):
+    """At the session's end: a shared folder still holds exactly the files it was made with."""
+    changed = [folder for folder, snap in snapshots.items() if _snapshot(folder) != snap]
+    assert not changed, f"a test wrote into the shared {what} {changed}: copy it first (shutil.copytree)"
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """Factory ``demo_root(train_per_class=2, val_per_class=1) -> str``: the root of a generated demo
@@ -60,16 +77,18 @@ def demo_root(tmp_path_factory):
     Shared: copy it (shutil.copytree) before writing into it."""
     from tdsk import demo
 
-    roots = {}
+    roots, snapshots = {}, {}
 
     def get(train_per_class=2, val_per_class=1):
         key = (int(train_per_class), int(val_per_class))
         if key not in roots:
             spec = demo.DemoSpec(seed=5, train_per_class=key[0], val_per_class=key[1])
             roots[key] = demo.generate(spec, str(tmp_path_factory.mktemp(f"demo-{key[0]}x{key[1]}")), progress=False)
+            snapshots[roots[key]] = _snapshot(roots[key])
         return roots[key]
 
-    return get
+    yield get
+    _check_untouched(snapshots, "demo dataset")
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +104,7 @@ def demo_fit(demo_root, tmp_path_factory):
     from tdsk.engine.trainer import fit
     from tdsk.train import demo_config
 
-    runs = {}
+    runs, snapshots = {}, {}
 
     def get(*overrides, train_per_class=2, val_per_class=1):
         recipe = tuple(fast_overrides(*TINY_FIT, *overrides))
@@ -97,6 +116,8 @@ def demo_fit(demo_root, tmp_path_factory):
             res = fit(cfg, output_dir=str(base / "run"), classes=demo.CLASSES, progress=False)
             runs[key] = {"root": root, "run": str(base / "run"), "ckpt": res.last_checkpoint,
                          "cfg": write_recipe(cfg, base / "recipe.yaml"), "cfg_dict": cfg}
+            snapshots[str(base)] = _snapshot(str(base))
         return dict(runs[key], cfg_dict=copy.deepcopy(runs[key]["cfg_dict"]))
 
-    return get
+    yield get
+    _check_untouched(snapshots, "run folder")
