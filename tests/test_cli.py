@@ -40,7 +40,7 @@ def test_evaluate_official_checkpoint_matches_tdsk_checkpoint(trained, tmp_path)
     export_official(model, str(official))
     a = run_tool("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "1x2", "--out", tmp_path / "a", "--no-progress")
     b = run_tool("tdsk.evaluate", "--checkpoint", official, "--cfg", trained["cfg"], "--views", "1x2",
-             "--out", tmp_path / "b", "--no-progress")
+                 "--out", tmp_path / "b", "--no-progress")
     assert a.returncode == 0 and b.returncode == 0, (a.stderr + b.stderr)[-3000:]
     ra, rb = (json.load(open(tmp_path / x / "results.json")) for x in "ab")
     assert (ra["top1"], ra["top5"]) == (rb["top1"], rb["top5"])
@@ -113,7 +113,7 @@ def test_evaluate_leaves_undecodable_videos_out_and_names_them(trained, tmp_path
     lst.write_text("\n".join(lines + [f"{broken} 0"]) + "\n")
     out = tmp_path / "eval"
     proc = run_tool("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "1x1", "--out", out, "--no-progress",
-                f"data.test_list={lst}", "data.max_bad_fraction=0.5")
+                    f"data.test_list={lst}", "data.max_bad_fraction=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.load(open(out / "results.json"))
     assert res["count"] == len(lines)  # the broken file is not scored (and not replaced by a duplicate)

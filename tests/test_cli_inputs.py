@@ -230,7 +230,7 @@ def test_predict_user_errors_in_process(tiny, tmp_path, capsys):
 def test_user_errors_reach_the_terminal_without_traceback(tiny, tmp_path):
     lst = _write_list(tmp_path / "garbage.txt", ["videos/val/left_0000.mp4 notalabel"])
     proc = run_tool("tdsk.evaluate", "--checkpoint", tiny["ckpt"], "--out", tmp_path / "o", "--no-progress",
-                f"data.test_list={lst}")
+                    f"data.test_list={lst}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert any(x.startswith("error: ") for x in proc.stderr.splitlines()), proc.stderr
     assert "garbage.txt:1" in proc.stderr
