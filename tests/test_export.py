@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 
+from helpers import run_tool
 from tdsk import export as E
 from tdsk.models import build_model, export_official
 from tdsk.ops.decompositions import decompose, decomposition_table, has_tdsk_ops
@@ -184,10 +185,8 @@ def test_multi_view_graph_averages_softmax_over_views(tiny, tmp_path):
 
 # ----------------------------------------------------------------------------- command line
 
-def _cli(*args, timeout=600):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "tdsk.export", *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=env, timeout=timeout)
+def _cli(*args):
+    return run_tool("tdsk.export", *args, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -12,23 +12,12 @@ import pytest
 import tdsk
 from tdsk import demo
 from tdsk import extract as tex
-from tdsk.engine.trainer import fit
-from tdsk.train import demo_config
-
-FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
-        "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9", "solver.epochs=1",
-        "solver.warmup_epochs=0", "train.limit_train_batches=1", "data.test_crops=1", "data.test_clips=1",
-        "eval.validate=false", "output.plot=false"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("extract")
-    root = demo.generate(demo.DemoSpec(seed=3, train_per_class=1, val_per_class=1), str(base / "cache"),
-                         progress=False)
-    cfg = demo_config(root, FAST)
-    res = fit(cfg, output_dir=str(base / "run"), classes=demo.CLASSES, progress=False)
-    return {"root": root, "ckpt": res.last_checkpoint}
+def trained(demo_fit):
+    """The shared tiny demo model (conftest.py) and its data."""
+    return demo_fit()
 
 
 def _rows(path):

@@ -19,15 +19,8 @@ import tdsk.inference as I
 from tdsk import demo
 from tdsk import predict as tpr
 from tdsk.data import PyAVVideo, read_jpeg_frames
-from tdsk.engine.trainer import fit
 from tdsk.models import from_pretrained, save_pretrained
 from tdsk.models.quantize import int8_available
-from tdsk.train import demo_config
-
-FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
-        "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9", "solver.epochs=1",
-        "solver.warmup_epochs=0", "train.limit_train_batches=1", "data.test_crops=1", "data.test_clips=1",
-        "eval.validate=false", "output.plot=false"]
 
 #: bf16 autocast vs fp32 logits of the demo model: measured max |diff| ~1e-3 on logits of
 #: magnitude ~0.3 (bf16 keeps 8 mantissa bits: ~4e-3 relative per op)
@@ -35,12 +28,10 @@ BF16_ATOL, BF16_RTOL = 2e-2, 2e-2
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("inference")
-    root = demo.generate(demo.DemoSpec(seed=7, train_per_class=1, val_per_class=1), str(base / "cache"),
-                         progress=False)
-    cfg = demo_config(root, FAST)
-    res = fit(cfg, output_dir=str(base / "run"), classes=demo.CLASSES, progress=False)
+def trained(demo_fit, tmp_path_factory):
+    """The shared tiny demo model (conftest.py), a val video, a real clip and a JPEG frame folder of it."""
+    run = demo_fit()
+    root, base = run["root"], tmp_path_factory.mktemp("inference")
     video = os.path.join(root, "videos", "val", "rotate_cw_0000.mp4")
     # a JPEG frame folder made from a real clip (frames numbered from 1, data.template)
     real = [c for c in demo.sample_clips() if os.path.basename(c) == "carphone_pristine.mp4"][0]
@@ -50,8 +41,7 @@ def trained(tmp_path_factory):
         real_frames = v.get_frames(list(range(v.num_frames)))
     for i, f in enumerate(real_frames[:40], 1):
         Image.fromarray(f).save(frames_dir / f"{i:05d}.jpg", quality=90)
-    return {"root": root, "ckpt": res.last_checkpoint, "video": video, "real": real, "real_frames": real_frames,
-            "frames_dir": str(frames_dir), "base": base}
+    return {**run, "video": video, "real": real, "real_frames": real_frames, "frames_dir": str(frames_dir)}
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,11 @@
 the custom recipes with data.labels, and lists derived from class folders."""
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from helpers import fast_overrides, run_tool
 from tdsk import demo
 from tdsk.config import ConfigError, load_config
 from tdsk.data.custom import resolve_dataset
@@ -17,20 +16,14 @@ from tdsk.engine.finetune import init_from
 from tdsk.engine.trainer import build_model, fit
 from tdsk.train import demo_config
 
-FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
-        "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9", "solver.warmup_epochs=0",
-        "solver.epochs=1", "train.limit_train_batches=2", "output.plot=false"]
+FAST = fast_overrides("solver.epochs=1", "train.limit_train_batches=2", "output.plot=false")
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """A demo-trained tdsk checkpoint (9 classes) and its data."""
-    base = tmp_path_factory.mktemp("own")
-    root = demo.generate(demo.DemoSpec(seed=13, train_per_class=2, val_per_class=1), str(base / "cache"),
-                         progress=False)
-    res = fit(demo_config(root, FAST), output_dir=str(base / "run"), progress=False,
-              loader_factory=demo.MemoryClipLoader, classes=demo.CLASSES)
-    return {"root": root, "ckpt": res.last_checkpoint, "base": base}
+def source(demo_fit):
+    """A demo-trained tdsk checkpoint (9 classes; the shared one, conftest.py) and its data
+    (2 training videos per class)."""
+    return demo_fit()
 
 
 def _subset_lists(root, out, keep=(0, 1, 2)):
@@ -129,12 +122,10 @@ def test_custom_recipe_on_class_folders_end_to_end(source, tmp_path):
             dst.mkdir(parents=True, exist_ok=True)
             shutil.copy(os.path.join(source["root"], rel), dst / os.path.basename(rel))
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "tdsk.train", "--cfg", "custom_demo", "--output", str(out),
-           "--no-progress", f"data.root={root}", "data.layout=folders", "data.train_list=train",
-           "data.val_list=val", "solver.epochs=1", "train.limit_train_batches=1",
-           "train.num_workers=0", "data.num_workers=0", "train.tensorboard=false"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, timeout=300)
+    args = ["--cfg", "custom_demo", "--output", out, "--no-progress", f"data.root={root}", "data.layout=folders",
+            "data.train_list=train", "data.val_list=val", "solver.epochs=1", "train.limit_train_batches=1",
+            "train.num_workers=0", "data.num_workers=0", "train.tensorboard=false"]
+    proc = run_tool("tdsk.train", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = sorted(n.replace("_", " ") for n in names)
     (labels,), (train_list,) = (out / "lists").glob("labels-*.txt"), (out / "lists").glob("train-*.txt")
@@ -145,14 +136,12 @@ def test_custom_recipe_on_class_folders_end_to_end(source, tmp_path):
     assert ckpt["classes"] == want and ckpt["config"]["model"]["num_classes"] == len(names)
     assert ckpt["config"]["data"]["train_list"] == str(train_list)
     # resuming with the same folders derives the same lists (same names: nothing replaced)
-    again = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True,
-                           stdin=subprocess.DEVNULL, env=env, timeout=300)
+    again = run_tool("tdsk.train", *args, "--resume", "auto")
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(p.name for p in (out / "lists").iterdir()) == sorted(
         [labels.name, train_list.name] + [p.name for p in (out / "lists").glob("val-*.txt")])
     # a video added to a class folder changes the list: the resume check reports it
     first = sorted((root / "train").iterdir())[0]
     shutil.copy(next(first.iterdir()), first / "added.mp4")
-    changed = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                             env=env, timeout=300)
+    changed = run_tool("tdsk.train", *args, "--resume", "auto")
     assert changed.returncode == 2 and "data.train_list" in changed.stderr, changed.stderr[-2000:]

@@ -4,6 +4,7 @@ directory, no scored or kept non-finite numbers, true evaluation counts, and eve
 recipe value checked with its key named. CPU, demo-sized settings."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,8 @@ import time
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from helpers import assert_bit_identical
+from helpers import assert_bit_identical, fast_overrides, run_tool, tool_env, write_recipe
 from tdsk import demo
 from tdsk.config import ConfigError, load_config
 from tdsk.engine import checkpoint as C
@@ -25,15 +25,12 @@ from tdsk.engine.metrics import read_metrics
 from tdsk.engine.trainer import NonFiniteLossError, build_model, fit
 from tdsk.train import demo_config
 
-FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
-        "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9", "solver.warmup_epochs=0",
-        "output.keep_last=10", "train.log_every=2", "output.plot=false"]
+FAST = fast_overrides("output.keep_last=10", "train.log_every=2", "output.plot=false")
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    spec = demo.DemoSpec(seed=5, train_per_class=4, val_per_class=1)  # 36 train videos: 6 iterations/epoch
-    return demo.generate(spec, str(tmp_path_factory.mktemp("runs-cache")), progress=False)
+def root(demo_root):
+    return demo_root(train_per_class=4, val_per_class=1)  # 36 train videos: 6 iterations/epoch
 
 
 def _cfg(root, *extra):
@@ -44,19 +41,6 @@ def _fit(root, out, *extra, **kw):
     kw.setdefault("progress", False)
     kw.setdefault("loader_factory", demo.MemoryClipLoader)
     return fit(_cfg(root, *extra), output_dir=str(out), **kw)
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
-    return env
-
-
-def _write_cfg(cfg, path):
-    with open(path, "w") as f:
-        yaml.safe_dump(C.plain({k: v for k, v in cfg.items() if k != "_meta"}), f)
-    return str(path)
 
 
 class _Crash(RuntimeError):
@@ -135,11 +119,11 @@ def test_mid_epoch_checkpoint_resume_is_bit_identical(root, tmp_path):
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(root, tmp_path):
-    cfg_path = _write_cfg(_cfg(root, "solver.epochs=8", "eval.validate=false"), tmp_path / "cfg.yaml")
+    cfg_path = write_recipe(_cfg(root, "solver.epochs=8", "eval.validate=false"), tmp_path / "cfg.yaml")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "tdsk.train", "--cfg", cfg_path, "--output", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = ["--cfg", cfg_path, "--output", str(out), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "tdsk.train", *args], env=tool_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not (out / "epoch_0001.pt").exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -153,8 +137,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(root, tmp_path):
     assert len(line) == 1 and "--resume auto" in line[0]
     path = line[0].split("checkpoint ", 1)[1].split(";")[0]
     assert os.path.isfile(path) and C.load(path)["epoch"] >= 1
-    done = subprocess.run(cmd + ["--resume", "auto"], env=_env(), stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=300)
+    done = run_tool("tdsk.train", *args, "--resume", "auto", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert C.load(str(out / "epoch_0008.pt"))["epoch"] == 8
 
@@ -218,15 +201,15 @@ def test_second_run_into_the_same_directory_is_refused_naming_the_holder(root, t
 
 def test_two_trainings_started_together_one_refuses(root, tmp_path):
     # the first run is long: it must still be training when the second one starts
-    cfg_path = _write_cfg(_cfg(root, "solver.epochs=200", "eval.validate=false"), tmp_path / "cfg.yaml")
-    cmd = [sys.executable, "-m", "tdsk.train", "--cfg", cfg_path, "--output", str(tmp_path / "out"), "--no-progress"]
-    first = subprocess.Popen(cmd, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    cfg_path = write_recipe(_cfg(root, "solver.epochs=200", "eval.validate=false"), tmp_path / "cfg.yaml")
+    args = ["--cfg", cfg_path, "--output", str(tmp_path / "out"), "--no-progress"]
+    first = subprocess.Popen([sys.executable, "-m", "tdsk.train", *args], env=tool_env(), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "out" / R.LOCK_NAME).exists() or not (tmp_path / "out" / R.LOCK_NAME).read_text():
         assert first.poll() is None and time.time() < deadline
         time.sleep(0.02)
-    second = subprocess.run(cmd, env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    second = run_tool("tdsk.train", *args, timeout=120)
     still_running = first.poll() is None
     first.send_signal(signal.SIGTERM)  # it stops at its next step, with a checkpoint
     first.communicate(timeout=240)
@@ -242,7 +225,7 @@ def test_lock_left_by_a_dead_process_is_taken_over(root, tmp_path):
         RunLock({str(tmp_path)!r}).acquire()
         os._exit(0)  # dies holding the lock, without releasing it
     """)
-    subprocess.run([sys.executable, "-c", code], check=True, env=_env())
+    subprocess.run([sys.executable, "-c", code], check=True, env=tool_env())
     assert json.loads((tmp_path / R.LOCK_NAME).read_text())["pid"] != os.getpid()
     res = _fit(root, tmp_path, "solver.epochs=1", "eval.validate=false", "train.limit_train_batches=1")
     assert res.last_checkpoint.endswith("epoch_0001.pt")
@@ -351,17 +334,15 @@ EVAL_WORKER = textwrap.dedent("""
 """)
 
 
-def test_distributed_evaluation_counts_every_video_once(tmp_path):
-    spec = demo.DemoSpec(seed=9, train_per_class=1, val_per_class=1)
-    data = demo.generate(spec, str(tmp_path / "cache"), progress=False)
+def test_distributed_evaluation_counts_every_video_once(root, tmp_path):
+    data = str(shutil.copytree(root, tmp_path / "data"))  # a copy: its val.txt is cut below
     lines = open(os.path.join(data, "val.txt")).read().split("\n")
     with open(os.path.join(data, "val.txt"), "w") as f:  # 7 videos on 2 ranks
         f.write("\n".join([x for x in lines if x][:7]) + "\n")
     worker = tmp_path / "worker.py"
     worker.write_text(EVAL_WORKER)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(worker), data, str(tmp_path / "out.json")], env=_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_tool("torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker, data,
+                    tmp_path / "out.json", timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.load(open(tmp_path / "out.json"))
     assert out["count"] == 7  # not 8: no padding duplicate
@@ -442,10 +423,8 @@ def test_train_cli_user_errors_exit_2_without_traceback(root, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("videos/train/x.mp4 notanumber\n")
     cfg = _cfg(root, f"data.train_list={bad}", "solver.epochs=1")
-    path = _write_cfg(cfg, tmp_path / "cfg.yaml")
-    proc = subprocess.run([sys.executable, "-m", "tdsk.train", "--cfg", path, "--output", str(tmp_path / "o"),
-                           "--no-progress"], env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=120)
+    path = write_recipe(cfg, tmp_path / "cfg.yaml")
+    proc = run_tool("tdsk.train", "--cfg", path, "--output", tmp_path / "o", "--no-progress", timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{bad}:1" in proc.stderr
 
@@ -585,8 +564,6 @@ def test_shutdown_on_an_error_path_does_not_keep_the_other_ranks_waiting(tmp_pat
     worker = tmp_path / "fail_worker.py"
     worker.write_text(FAIL_WORKER)
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(worker)], env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_tool("torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker, timeout=120)
     assert "rank 0 failed after" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     assert time.time() - start < 30, proc.stdout     # the process group's timeout is 40 s

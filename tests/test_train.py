@@ -11,9 +11,8 @@ import time
 
 import pytest
 import torch
-import yaml
 
-from helpers import assert_bit_identical
+from helpers import assert_bit_identical, fast_overrides, run_tool, tool_env, write_recipe
 from tdsk import demo
 from tdsk.engine import checkpoint as C
 from tdsk.engine.metrics import read_metrics
@@ -21,36 +20,24 @@ from tdsk.engine.trainer import NonFiniteLossError, build_model, fit
 from tdsk.train import demo_config
 
 # A small, fast setting of the demo recipe (32 px, few videos) for the tests.
-FAST = ["model.input_size=32", "data.input_size=32", "data.resize=32", "train.num_workers=0",
-        "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9", "solver.epochs=3",
-        "solver.warmup_epochs=1", "output.keep_last=10", "train.log_every=2"]
+FAST = fast_overrides("solver.epochs=3", "solver.warmup_epochs=1", "output.keep_last=10", "train.log_every=2")
 
 
 @pytest.fixture(scope="module")
-def small_root(tmp_path_factory):
-    spec = demo.DemoSpec(seed=7, train_per_class=4, val_per_class=1)
-    return demo.generate(spec, str(tmp_path_factory.mktemp("demo-cache")), progress=False)
+def small_root(demo_root):
+    return demo_root(train_per_class=4, val_per_class=1)
 
 
 def _cfg(root, *extra):
     return demo_config(root, FAST + list(extra))
 
 
-def _write_cfg(cfg, path):
-    with open(path, "w") as f:
-        yaml.safe_dump(C.plain({k: v for k, v in cfg.items() if k != "_meta"}), f)
-    return str(path)
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
+def _train_args(cfg_path, out, *extra):
+    return ["--cfg", cfg_path, "--output", str(out), "--no-progress", *extra]
 
 
 def _train_cmd(cfg_path, out, *extra):
-    return [sys.executable, "-m", "tdsk.train", "--cfg", cfg_path, "--output", str(out), "--no-progress", *extra]
+    return [sys.executable, "-m", "tdsk.train", *_train_args(cfg_path, out, *extra)]
 
 
 # ----------------------------------------------------------------------------- demo
@@ -79,11 +66,9 @@ def test_demo_dataset_is_real_video_and_deterministic(tmp_path):
 def test_demo_command_smoke(tmp_path):
     """`python -m tdsk.train --demo` (what no arguments runs), cut to a few steps."""
     out = tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tdsk.train", "--demo", "--demo-cache", str(tmp_path / "cache"), "--output", str(out),
-         "--no-progress", "solver.epochs=1", "train.limit_train_batches=2", "eval.limit_val_batches=1",
-         "train.tensorboard=false"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_env(), timeout=300)
+    proc = run_tool("tdsk.train", "--demo", "--demo-cache", tmp_path / "cache", "--output", out, "--no-progress",
+                    "solver.epochs=1", "train.limit_train_batches=2", "eval.limit_val_batches=1",
+                    "train.tensorboard=false", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     assert "tdsk demo results" in text and "TDS-CLIP" in text and "mean-pool baseline" in text
@@ -103,12 +88,12 @@ def test_demo_command_smoke(tmp_path):
 def test_resume_after_sigkill_is_bit_identical(small_root, tmp_path):
     # 6 short epochs: the kill, somewhere in the 0.6 s after the first checkpoint, always
     # lands before the last one however fast the machine is
-    cfg_path = _write_cfg(_cfg(small_root, "solver.epochs=6"), tmp_path / "cfg.yaml")
+    cfg_path = write_recipe(_cfg(small_root, "solver.epochs=6"), tmp_path / "cfg.yaml")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     # The uninterrupted reference and the run to be killed, side by side.
-    ref = subprocess.Popen(_train_cmd(cfg_path, straight), env=_env(), stdin=subprocess.DEVNULL,
+    ref = subprocess.Popen(_train_cmd(cfg_path, straight), env=tool_env(), stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_train_cmd(cfg_path, killed), env=_env(), stdin=subprocess.DEVNULL,
+    victim = subprocess.Popen(_train_cmd(cfg_path, killed), env=tool_env(), stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (killed / "epoch_0001.pt").exists():
@@ -120,8 +105,7 @@ def test_resume_after_sigkill_is_bit_identical(small_root, tmp_path):
     victim.wait()
     done = sorted(e for e, _ in C.epoch_checkpoints(str(killed)))
     assert done and done[-1] < 6, f"killed too late: {done}"
-    resumed = subprocess.run(_train_cmd(cfg_path, killed, "--resume", "auto"), env=_env(), stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=300)
+    resumed = run_tool("tdsk.train", *_train_args(cfg_path, killed, "--resume", "auto"), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {killed}/epoch_{done[-1]:04d}.pt" in resumed.stderr
     _, err = ref.communicate(timeout=300)
@@ -181,13 +165,12 @@ DDP_WORKER = textwrap.dedent("""
 def test_ddp_two_processes_gloo_weights_equal(small_root, tmp_path):
     cfg = _cfg(small_root, "solver.epochs=1", "train.limit_train_batches=2", "solver.warmup_epochs=0",
                "train.batch_size=3")
-    cfg_path = _write_cfg(cfg, tmp_path / "cfg.yaml")
+    cfg_path = write_recipe(cfg, tmp_path / "cfg.yaml")
     worker = tmp_path / "worker.py"
     worker.write_text(DDP_WORKER)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(worker), cfg_path, str(out)], env=_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_tool("torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker, cfg_path, out,
+                    timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert r0.keys() == r1.keys()
@@ -226,9 +209,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(small_roo
 
 
 def test_nan_cli_exit_code_and_message(small_root, tmp_path):
-    cfg_path = _write_cfg(_cfg(small_root, "solver.lr=1e30", "solver.warmup_epochs=0"), tmp_path / "cfg.yaml")
-    proc = subprocess.run(_train_cmd(cfg_path, tmp_path / "out"), env=_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300)
+    cfg_path = write_recipe(_cfg(small_root, "solver.lr=1e30", "solver.warmup_epochs=0"), tmp_path / "cfg.yaml")
+    proc = run_tool("tdsk.train", *_train_args(cfg_path, tmp_path / "out"), timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "loss is nan" in proc.stderr.lower() and "global step" in proc.stderr
     assert "last good checkpoint" in proc.stderr
