@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-import yaml
+from helpers import fast_overrides, tool_env, write_recipe
 
 import tdsk
 from tdsk import demo
@@ -18,29 +18,14 @@ from tdsk.engine import checkpoint as C
 from tdsk.engine.trainer import fit
 from tdsk.train import demo_config
 
-FAST = ["train.num_workers=0", "train.tensorboard=false", "train.batch_size=6", "eval.batch_size=9",
-        "solver.epochs=2", "solver.warmup_epochs=0", "train.limit_train_batches=2", "data.test_crops=1",
-        "data.test_clips=1", "eval.validate=false", "output.plot=false", "model.temporal_dim=16"]
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def _write_cfg(cfg, path):
-    with open(path, "w") as f:
-        yaml.safe_dump(C.plain({k: v for k, v in cfg.items() if k != "_meta"}), f)
-    return str(path)
+FAST = fast_overrides("solver.epochs=2", "train.limit_train_batches=2", "data.test_crops=1", "data.test_clips=1",
+                      "eval.validate=false", "output.plot=false", "model.temporal_dim=16")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, demo_root):
     base = tmp_path_factory.mktemp("dist_tools")
-    root = demo.generate(demo.DemoSpec(seed=7, train_per_class=1, val_per_class=1), str(base / "cache"),
-                         progress=False)
+    root = demo_root(train_per_class=1, val_per_class=1)
     labels = base / "labels.txt"
     labels.write_text("\n".join(demo.CLASSES) + "\n")
     cfg = demo_config(root, FAST + [f"data.labels={labels}", "data.mixup_alpha=0.8", "data.cutmix_alpha=1.0"],
@@ -122,12 +107,12 @@ DDP_WORKER = textwrap.dedent("""
 def test_ddp_two_ranks_train_dist_and_agree(run, tmp_path):
     cfg = dict(run["cfg"])
     cfg["solver"] = {**cfg["solver"], "epochs": 1}
-    cfg_path = _write_cfg(cfg, tmp_path / "cfg.yaml")
+    cfg_path = write_recipe(cfg, tmp_path / "cfg.yaml")
     worker = tmp_path / "worker.py"
     worker.write_text(DDP_WORKER)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(worker), cfg_path, str(out)], env=_env(), stdin=subprocess.DEVNULL,
+                           str(worker), cfg_path, str(out)], env=tool_env(), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
