@@ -190,3 +190,19 @@ def test_export_pt2_and_extract(run, tmp_path):
     assert len(index) == 2
     feat = np.load(tmp_path / "feat" / index[1].split(",")[3])
     assert feat.shape == (64,)
+
+
+def test_export_onnx_checked_against_eager(run, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from tdsk.cli import export as texp
+
+    out = tmp_path / "dist.onnx"
+    # the export tool runs the file with ONNX Runtime against the eager model (exit 0 = they agree)
+    assert texp.main(["--checkpoint", run["ckpt"], "--out", str(out), "--format", "onnx"]) == 0
+    import onnx
+
+    model = onnx.load(str(out))
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["tdsk"])
+    assert "dist" in json.dumps(meta)  # the recipe it was exported from (model.variant: dist)

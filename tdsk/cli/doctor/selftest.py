@@ -239,27 +239,35 @@ def _check_dali(device: torch.device, workdir: str) -> float:
 _TINY_CACHE: Dict[str, object] = {}
 
 
-def _tiny_model():
-    if "model" not in _TINY_CACHE:
-        from tdsk.models import build_model
+def tiny_recipes() -> List[str]:
+    """The model-only tiny recipes the self-test builds: ``tiny`` and every ``tiny_<family>``."""
+    from tdsk.config import available_configs
+
+    return ["tiny"] + [n for n in available_configs() if n.startswith("tiny_")]
+
+
+def _tiny_model(recipe: str = "tiny"):
+    if recipe not in _TINY_CACHE:
+        from tdsk.models import build_model, model_config
 
         state = torch.random.get_rng_state()
         torch.manual_seed(0)
         try:
-            model = build_model("tiny").eval()
+            k = int(model_config(recipe)["num_classes"])
+            model = build_model(recipe, class_names=[f"class {i}" for i in range(k)]).eval()
         finally:
             torch.random.set_rng_state(state)
         gen = torch.Generator().manual_seed(6)
         video = torch.randn(2, model.num_segments, model.num_local, 3, model.encoder.image_size,
                             model.encoder.image_size, generator=gen)
-        _TINY_CACHE.update(model=model, video=video)
-    return _TINY_CACHE["model"], _TINY_CACHE["video"]
+        _TINY_CACHE[recipe] = {"model": model, "video": video}
+    return _TINY_CACHE[recipe]["model"], _TINY_CACHE[recipe]["video"]
 
 
-def _check_tiny_model(device: torch.device) -> float:
+def _check_tiny_model(device: torch.device, recipe: str = "tiny") -> float:
     import copy
 
-    model, video = _tiny_model()
+    model, video = _tiny_model(recipe)
     net = model if device.type == "cpu" else copy.deepcopy(model).to(device)
     with torch.no_grad():
         logits = net(video.to(device))
@@ -268,15 +276,16 @@ def _check_tiny_model(device: torch.device) -> float:
         raise Mismatch(f"logits shape {tuple(logits.shape)}, expected {want}")
     if not bool(torch.isfinite(logits).all()):
         raise Mismatch("logits are not finite")
-    note = f"build_model('tiny'), logits {list(logits.shape)} finite"
+    note = f"build_model({recipe!r}), logits {list(logits.shape)} finite"
+    cache = _TINY_CACHE[recipe]
     if device.type == "cpu":
-        _TINY_CACHE["cpu_logits"] = logits
+        cache["cpu_logits"] = logits
         return None, note
-    if "cpu_logits" not in _TINY_CACHE:
+    if "cpu_logits" not in cache:
         with torch.no_grad():
-            _TINY_CACHE["cpu_logits"] = model(video)
+            cache["cpu_logits"] = model(video)
     # cuDNN may use TF32 in the convolutions: a loose bound that still catches a wrong kernel
-    err = compare(logits, _TINY_CACHE["cpu_logits"], 1e-2, 1e-2, f"logits on {device} vs cpu")
+    err = compare(logits, cache["cpu_logits"], 1e-2, 1e-2, f"logits on {device} vs cpu")
     return err, note + f", max |{device} - cpu| {err:.2g}"
 
 
@@ -352,13 +361,15 @@ def _plan(dev: torch.device, impl: Dict[str, Dict[str, str]], groups, workdir: s
 
         plan.append((Check(f"dali_decode/{name}", "DALI decode (VP9)", name, impl="dali", label="vp9"), dali))
     if "model" in groups:
-        def model():
-            if _module_version("open_clip", "open_clip_torch")["version"] is None:
-                _skip("open_clip not installed (pip install open-clip-torch)")
-            return _check_tiny_model(dev)
+        for recipe in tiny_recipes():
+            def model(recipe=recipe):
+                if _module_version("open_clip", "open_clip_torch")["version"] is None:
+                    _skip("open_clip not installed (pip install open-clip-torch)")
+                return _check_tiny_model(dev, recipe)
 
-        plan.append((Check(f"tiny_model/{name}", "tiny model forward", name, impl=impl["temporal_pool_diff"]["impl"],
-                           label="fwd"), model))
+            suffix = "" if recipe == "tiny" else "." + recipe[len("tiny_"):]
+            plan.append((Check(f"tiny_model{suffix}/{name}", f"{recipe} model forward", name,
+                               impl=impl["temporal_pool_diff"]["impl"], label="fwd"), model))
     return plan
 
 
