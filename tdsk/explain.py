@@ -118,8 +118,8 @@ def _cam_activations(model: nn.Module, video: torch.Tensor):
             f = f @ enc.proj.to(f.dtype) if enc.proj is not None else f
             logits = model.head(f.float().view(b, t, -1).mean(dim=1))
         return patches, logits
-    raise TypeError("explain needs a TDS-CLIP model (with a side network), the mean-pool baseline or a model "
-                    "with cam_activations(video) (e.g. DiST), "
+    raise TypeError("explain needs a TDS-CLIP model (with a side network) or the mean-pool baseline, or a model "
+                    "with cam_activations(video) (e.g. DiST); "
                     f"got {type(model).__name__}")
 
 

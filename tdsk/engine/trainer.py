@@ -220,7 +220,9 @@ def _build(run: _Run, model: nn.Module | None, resuming: bool = False) -> None:
                                 rc.solver.final_lr_factor, rc.solver.lr_step_every, rc.solver.schedule)
     run.criterion = build_criterion(solver)
     # mixup / cutmix (data.mixup_alpha, data.cutmix_alpha): soft targets, drawn per (seed, rank, epoch, step)
-    run.mixup = MixupCutmix.from_data_config(rc.data, int(model.num_classes), seed=rc.train.seed, rank=info.rank)
+    num_classes = getattr(model, "num_classes", None) or rc.model.num_classes  # a wrapped model may not say
+    run.mixup = MixupCutmix.from_data_config(rc.data, int(num_classes), seed=rc.train.seed, rank=info.rank) \
+        if num_classes else None
 
 
 def _build_loaders(run: _Run, loader_factory: Callable | None) -> None:
