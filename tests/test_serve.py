@@ -152,6 +152,31 @@ def test_predict_equals_recognizer_predict(setup, make_client):
     assert os.listdir(tmp) == []
 
 
+def test_frames_upload_equals_predict_on_the_frames(setup, make_client):
+    from PIL import Image
+
+    from tdsk.data import read_video_frames
+
+    client, tmp = make_client()
+    rec, video = setup["rec"], setup["videos"][0]
+    frames = read_video_frames(video, list(range(20)))
+    files = []
+    for i, f in enumerate(frames):
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="PNG")  # lossless: the server sees these very pixels
+        files.append(("frames", (f"f{i}.png", buf.getvalue(), "image/png")))
+    r = client.post("/predict", files=files)
+    assert r.status_code == 200, r.text
+    _same(r.json(), rec.predict(np.stack(frames)), "f0.png (+19 frames)")
+    bad = files[:3] + [("frames", ("junk.png", b"not an image", "image/png"))]
+    r = client.post("/predict", files=bad)
+    assert r.status_code == 422 and "frame 3 is not a readable image" in r.json()["error"]
+    assert tmp not in r.json()["error"]
+    r = client.post("/timeline", files=files[:4])
+    assert r.status_code == 422 and "needs a video file" in r.json()["error"]
+    assert os.listdir(tmp) == []
+
+
 def test_timeline_and_explain_are_the_library_results(setup, make_client):
     from PIL import Image
 

@@ -46,6 +46,7 @@ __all__ = ["main", "build_app", "ServeConfig", "ModelWorker", "serving_available
 MISSING_DEPS = "python -m tdsk.serve needs FastAPI and uvicorn: pip install 'tdsk[serve]' " \
                "(or pip install fastapi uvicorn python-multipart)"
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
+MAX_FRAMES = 2000  # images per frames upload
 MAX_CLIPS = 10  # views=CxN: N temporal clips at most (each view is a [T, M, 3, S, S] float tensor in memory)
 log = logging.getLogger("tdsk.serve")
 
@@ -213,6 +214,36 @@ def _display_name(name: Optional[str]) -> str:
     return base[:120] or "upload"
 
 
+async def _copy(upload, path: str) -> None:
+    with open(path, "wb") as out:
+        while True:
+            chunk = await upload.read(1 << 20)
+            if not chunk:
+                return
+            out.write(chunk)
+
+
+def _video_input(path: str):
+    """What :meth:`tdsk.Recognizer.prepare` takes for an upload: the video file itself, or for a
+    folder of uploaded frames their pixels, ``uint8 [N, H, W, 3]`` in upload order."""
+    if not os.path.isdir(path):
+        return path
+    import numpy as np
+    from PIL import Image
+
+    frames = []
+    for n in sorted(os.listdir(path)):
+        try:
+            with Image.open(os.path.join(path, n)) as im:
+                frames.append(np.asarray(im.convert("RGB")))
+        except OSError as exc:  # PIL.UnidentifiedImageError, a truncated image
+            raise ValueError(f"frame {int(os.path.splitext(n)[0])} is not a readable image ({exc})") from None
+    if len({f.shape for f in frames}) > 1:
+        raise ValueError(f"the frames differ in size ({sorted({f.shape[:2] for f in frames})[:3]} ...): "
+                         "send frames of one video")
+    return np.stack(frames)
+
+
 def _data_url(path: str, mime: str) -> str:
     with open(path, "rb") as f:
         return f"data:{mime};base64," + base64.b64encode(f.read()).decode("ascii")
@@ -255,6 +286,7 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
 
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from tdsk.data import DecodeError
     from tdsk.inference import NonFiniteOutputError
@@ -288,14 +320,14 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
     async def _client_error(request, exc: ClientError):
         return error(exc.status, exc.message)
 
-    @app.exception_handler(404)
-    async def _not_found(request, exc):
-        return error(404, f"no such page: {request.method} {request.url.path} (see GET /, /health, /model; "
-                          "POST /predict, /timeline, /explain)")
-
-    @app.exception_handler(405)
-    async def _bad_method(request, exc):
-        return error(405, f"{request.method} is not allowed on {request.url.path}")
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        if exc.status_code == 404:
+            return error(404, f"no such page: {request.method} {request.url.path} (see GET /, /health, /model; "
+                              "POST /predict, /timeline, /explain)")
+        if exc.status_code == 405:
+            return error(405, f"{request.method} is not allowed on {request.url.path}")
+        return error(exc.status_code, str(exc.detail))
 
     # -- admission: at most cfg.queue requests hold resources at a time -------------------------
     def admit() -> bool:
@@ -315,26 +347,37 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
         ctype = request.headers.get("content-type", "")
         options = dict(request.query_params)
         if ctype.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=16)
+            form = await request.form(max_files=MAX_FRAMES, max_fields=16)
             try:
-                upload = None
+                video, frames = None, []
                 for key, value in form.multi_items():
-                    if hasattr(value, "read"):
-                        if key != "file":
-                            raise ClientError(400, f"upload the video in the form field 'file', not {key!r}")
-                        upload = value
-                    else:
+                    if not hasattr(value, "read"):
                         options.setdefault(key, value)
-                if upload is None:
-                    raise ClientError(400, "no video uploaded: send it in the form field 'file'")
-                name = _display_name(upload.filename)
-                path = os.path.join(folder, "upload" + _upload_suffix(upload.filename or ""))
-                with open(path, "wb") as out:
-                    while True:
-                        chunk = await upload.read(1 << 20)
-                        if not chunk:
-                            break
-                        out.write(chunk)
+                    elif key == "file" and video is None:
+                        video = value
+                    elif key == "frames":
+                        frames.append(value)
+                    else:
+                        raise ClientError(400, f"upload one video in the form field 'file' (or images in 'frames'), "
+                                               f"not {'a second file' if key == 'file' else repr(key)}")
+                if video is not None and frames:
+                    raise ClientError(400, "send a video ('file') or its frames ('frames'), not both")
+                if video is None and not frames:
+                    raise ClientError(400, "no video uploaded: send it in the form field 'file' (or images in 'frames')")
+                if video is not None:
+                    name = _display_name(video.filename)
+                    path = os.path.join(folder, "upload" + _upload_suffix(video.filename or ""))
+                    await _copy(video, path)
+                else:  # frames in upload order, as a frame folder of this request
+                    name = f"{_display_name(frames[0].filename)} (+{len(frames) - 1} frames)"
+                    path = os.path.join(folder, "frames")
+                    os.makedirs(path)
+                    for i, f in enumerate(frames):
+                        frame_path = os.path.join(path, f"{i:05d}" + _upload_suffix(f.filename or ""))
+                        await _copy(f, frame_path)
+                        if os.path.getsize(frame_path) == 0:
+                            raise ClientError(400, f"frame {i} ({_display_name(f.filename)}) is empty")
+                    return path, name, options
             finally:
                 await form.close()
         else:
@@ -351,8 +394,10 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
         return path, name, options
 
     def sanitize(text: str, path: str, name: str) -> str:
-        """An error message with the stored upload's path (and the server's temp folder) replaced by its name."""
-        return str(text).replace(path, name).replace(os.path.dirname(path), "").replace(tmp_root, "")
+        """An error message with the stored upload's path replaced by its name, and no server folder."""
+        folder = os.path.dirname(path)
+        return (str(text).replace(path, name).replace(folder + os.sep, "").replace(folder, "")
+                .replace(tmp_root + os.sep, "").replace(tmp_root, ""))
 
     async def handle(request: Request, run: Callable):
         """Admission, upload, ``run(path, name, options, folder) -> (future, finish, cancel)``,
@@ -447,7 +492,7 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
                 for m in model_fut:
                     m.cancel()
 
-            dec = decoders.submit(rec.prepare, path, views)
+            dec = decoders.submit(lambda: rec.prepare(_video_input(path), views))
             dec.add_done_callback(decoded)
 
             def finish(pred):
@@ -463,6 +508,8 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
             top_k = _parse_int("top_k", options.get("top_k"), cfg.top_k, 1, max(1, rec.num_classes or 1000))
             stride = _parse_seconds("stride", options.get("stride"))
             plot = str(options.get("plot", "")).lower() in ("1", "true", "yes")
+            if os.path.isdir(path):
+                raise ClientError(422, "the timeline needs a video file (form field 'file'), not frames")
 
             def job():
                 res = rec.timeline(path, top_k=top_k, stride_seconds=stride, plot=plot)
@@ -487,7 +534,7 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
 
             def job():
                 out = os.path.join(folder, "explain")
-                ex = rec.explain(path, out, target, stem="explain")
+                ex = rec.explain(_video_input(path), out, target, stem="explain")
                 return {"path": name, "index": ex.index, "label": ex.label, "prob": ex.prob,
                         "predicted": ex.predicted, "predicted_label": rec.label_of(ex.predicted),
                         "gif": _data_url(ex.gif_path, "image/gif"), "grid": _data_url(ex.grid_path, "image/png")}
