@@ -316,6 +316,37 @@ def test_requests_waiting_together_run_as_one_batch_of_their_own_answers(setup, 
     assert os.listdir(tmp) == []
 
 
+def test_model_worker_keeps_the_order_of_other_jobs_and_stops_on_close():
+    """A batch stops at a non-predict job (which runs next, then the rest), a job that gave up is
+    skipped, and close() ends the thread even when it arrives while a batch is being gathered."""
+    order = []
+
+    class Fake:
+        precision = "fp32"
+
+        def logits_many(self, clips):
+            order.append(("batch", [int(c) for c in clips]))
+            return [torch.tensor([[float(c)]]) for c in clips]
+
+        def prediction(self, logits, top_k):
+            return float(logits)
+
+    w = serve.ModelWorker(Fake(), max_batch=8, batch_wait=0.5)
+    gate = threading.Event()
+    w.call(gate.wait)
+    futs = [w.predict(torch.tensor(1), 1), w.predict(torch.tensor(2), 1)]
+    gone = w.predict(torch.tensor(9), 1)
+    gone.cancel()
+    futs.append(w.call(lambda: order.append("call") or "called"))
+    futs.append(w.predict(torch.tensor(3), 1))
+    w.close(timeout=0)  # the sentinel arrives while the last batch waits for company
+    gate.set()
+    w._thread.join(10)
+    assert not w._thread.is_alive()
+    assert [f.result(1) for f in futs] == [1.0, 2.0, "called", 3.0] and gone.cancelled()
+    assert order == [("batch", [1, 2]), "call", ("batch", [3])]
+
+
 def test_load_over_loopback(setup, tmp_path):
     """A real uvicorn server on 127.0.0.1 (a free port), 8 clients at once, 3 requests each."""
     import httpx

@@ -117,11 +117,12 @@ class ModelWorker:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        carry = None
+        nothing = object()
+        carry = nothing  # a job taken from the queue while gathering a batch that is not part of it
         while True:
-            item = carry if carry is not None else self._q.get()
-            carry = None
-            if item is None:
+            item = carry if carry is not nothing else self._q.get()
+            carry = nothing
+            if item is None:  # close()
                 return
             kind, payload, fut = item
             if kind == "call":
