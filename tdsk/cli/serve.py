@@ -288,6 +288,7 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     from tdsk.data import DecodeError
     from tdsk.inference import NonFiniteOutputError
@@ -396,9 +397,11 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
 
     def sanitize(text: str, path: str, name: str) -> str:
         """An error message with the stored upload's path replaced by its name, and no server folder."""
-        folder = os.path.dirname(path)
-        return (str(text).replace(path, name).replace(folder + os.sep, "").replace(folder, "")
-                .replace(tmp_root + os.sep, "").replace(tmp_root, ""))
+        text = str(text)
+        if path:  # (replacing "" would put the name between every two characters)
+            folder = os.path.dirname(path)
+            text = text.replace(path, name).replace(folder + os.sep, "").replace(folder, "")
+        return text.replace(tmp_root + os.sep, "").replace(tmp_root, "")
 
     async def handle(request: Request, run: Callable):
         """Admission, upload, ``run(path, name, options, folder) -> (future, finish, cancel)``,
@@ -428,13 +431,17 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
             return error(504, f"{name}: no answer within {cfg.timeout:g} s (the server's --timeout); "
                               "try a shorter video or fewer views")
         except ClientError as exc:
-            return error(exc.status, sanitize(exc.message, job["path"], name) if job["path"] else exc.message)
+            return error(exc.status, sanitize(exc.message, job["path"], name))
         except DecodeError as exc:
             return error(422, f"{name}: could not read it as a video ({sanitize(exc.reason, job['path'], name)})")
         except NonFiniteOutputError as exc:
             return error(500, f"{name}: {exc}")
         except (ValueError, OSError) as exc:  # a video too short for the sampling, a file PyAV cannot open, ...
             return error(422, f"{name}: could not use it ({sanitize(str(exc), job['path'], name)})")
+        except StarletteHTTPException as exc:  # the form parser's 400s (a malformed or too many-part form)
+            return error(exc.status_code, f"{name}: {exc.detail}")
+        except ClientDisconnect:
+            return error(400, f"{name}: the client went away before the upload was complete")
         except _BodyLimit.TooLarge:
             raise
         except Exception as exc:  # noqa: BLE001  (the server keeps serving; the log has the traceback)
