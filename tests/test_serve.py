@@ -63,7 +63,7 @@ def _write_video(path, n=24, fps=12, size=40, seed=0):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def env(tmp_path_factory):
     from tdsk.config import load_config
     from tdsk.demo import CLASSES
     from tdsk.models import build_model, save_pretrained
@@ -84,13 +84,13 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture
-def make_client(setup, tmp_path):
+def make_client(env, tmp_path):
     """``make_client(**limits) -> (client, tmp folder)``; the clients are closed after the test."""
     made = []
 
     def make(**limits):
         tmp = tmp_path / f"uploads{len(made)}"
-        client = TestClient(serve.build_app(setup["rec"], serve.ServeConfig(**limits), tmp_root=str(tmp)))
+        client = TestClient(serve.build_app(env["rec"], serve.ServeConfig(**limits), tmp_root=str(tmp)))
         client.__enter__()
         made.append(client)
         return client, str(tmp)
@@ -133,9 +133,9 @@ def _block_model_thread(client):
 
 # ----------------------------------------------------------------------------- answers
 
-def test_predict_equals_recognizer_predict(setup, make_client):
+def test_predict_equals_recognizer_predict(env, make_client):
     client, tmp = make_client()
-    rec, video = setup["rec"], setup["videos"][0]
+    rec, video = env["rec"], env["videos"][0]
     r = _post(client, "/predict", video, name="my clip.mp4")
     assert r.status_code == 200, r.text
     _same(r.json(), rec.predict(video), "my clip.mp4")
@@ -152,13 +152,13 @@ def test_predict_equals_recognizer_predict(setup, make_client):
     assert os.listdir(tmp) == []
 
 
-def test_frames_upload_equals_predict_on_the_frames(setup, make_client):
+def test_frames_upload_equals_predict_on_the_frames(env, make_client):
     from PIL import Image
 
     from tdsk.data import read_video_frames
 
     client, tmp = make_client()
-    rec, video = setup["rec"], setup["videos"][0]
+    rec, video = env["rec"], env["videos"][0]
     frames = read_video_frames(video, list(range(20)))
     files = []
     for i, f in enumerate(frames):
@@ -177,11 +177,11 @@ def test_frames_upload_equals_predict_on_the_frames(setup, make_client):
     assert os.listdir(tmp) == []
 
 
-def test_timeline_and_explain_are_the_library_results(setup, make_client):
+def test_timeline_and_explain_are_the_library_results(env, make_client):
     from PIL import Image
 
     client, tmp = make_client()
-    rec, video = setup["rec"], setup["videos"][1]
+    rec, video = env["rec"], env["videos"][1]
     r = _post(client, "/timeline", video, top_k=2, plot="1")
     assert r.status_code == 200, r.text
     got, want = r.json(), rec.timeline(video, top_k=2, plot=False).to_dict()
@@ -200,14 +200,14 @@ def test_timeline_and_explain_are_the_library_results(setup, make_client):
     assert os.listdir(tmp) == []
 
 
-def test_model_health_and_page(setup, make_client):
+def test_model_health_and_page(env, make_client):
     client, _ = make_client()
     info = client.get("/model").json()
-    rec = setup["rec"]
+    rec = env["rec"]
     assert info["classes"] == rec.classes and info["precision"] == "fp32" and info["device"] == "cpu"
     assert info["recipe"]["model"]["num_classes"] == 9 and "root" not in info["recipe"]["data"]
     assert info["batching"]["enabled"] is True
-    assert setup["folder"] not in json.dumps(info)  # no server path
+    assert env["folder"] not in json.dumps(info)  # no server path
     assert client.get("/health").json()["status"] == "ok"
     page = client.get("/")
     assert page.status_code == 200 and "<video" in page.text and "/timeline" in page.text
@@ -218,9 +218,9 @@ def test_model_health_and_page(setup, make_client):
 
 # ----------------------------------------------------------------------------- bad input
 
-def test_bad_uploads_are_4xx_with_the_reason_and_the_server_keeps_serving(setup, make_client):
+def test_bad_uploads_are_4xx_with_the_reason_and_the_server_keeps_serving(env, make_client):
     client, tmp = make_client()
-    video = setup["videos"][0]
+    video = env["videos"][0]
     with open(video, "rb") as f:
         data = f.read()
     cases = [
@@ -248,9 +248,9 @@ def _post_bytes(client, data, name):
     return client.post("/predict", files={"file": (name, data, "video/mp4")})
 
 
-def test_oversize_upload_is_413_by_length_and_while_streaming(setup, make_client):
+def test_oversize_upload_is_413_by_length_and_while_streaming(env, make_client):
     client, tmp = make_client(max_upload_mb=2000 / 2 ** 20)  # 2000 bytes
-    with open(setup["videos"][0], "rb") as f:
+    with open(env["videos"][0], "rb") as f:
         data = f.read()
     assert len(data) > 2000
     r = _post_bytes(client, data, "big.mp4")  # Content-Length says it all
@@ -265,9 +265,9 @@ def test_oversize_upload_is_413_by_length_and_while_streaming(setup, make_client
     assert os.listdir(tmp) == []
 
 
-def test_full_server_is_503_and_a_slow_request_is_504(setup, make_client):
+def test_full_server_is_503_and_a_slow_request_is_504(env, make_client):
     client, tmp = make_client(queue=1, timeout=60)
-    rec, video = setup["rec"], setup["videos"][2]
+    rec, video = env["rec"], env["videos"][2]
     state = client.app.state.serve
     gate = _block_model_thread(client)
     answers = {}
@@ -294,9 +294,9 @@ def test_full_server_is_503_and_a_slow_request_is_504(setup, make_client):
 
 # ----------------------------------------------------------------------------- batching and load
 
-def test_requests_waiting_together_run_as_one_batch_of_their_own_answers(setup, make_client):
+def test_requests_waiting_together_run_as_one_batch_of_their_own_answers(env, make_client):
     client, tmp = make_client(max_batch=8)
-    rec, videos = setup["rec"], setup["videos"]
+    rec, videos = env["rec"], env["videos"]
     state = client.app.state.serve
     gate = _block_model_thread(client)
     jobs = [(videos[i % 3], (1, 1) if i % 2 else (3, 1), 1 + i % 5) for i in range(6)]
@@ -349,12 +349,12 @@ def test_model_worker_keeps_the_order_of_other_jobs_and_stops_on_close():
     assert order == [("batch", [1, 2]), "call", ("batch", [3])]
 
 
-def test_load_over_loopback(setup, tmp_path):
+def test_load_over_loopback(env, tmp_path):
     """A real uvicorn server on 127.0.0.1 (a free port), 8 clients at once, 3 requests each."""
     import httpx
     import uvicorn
 
-    rec, videos = setup["rec"], setup["videos"]
+    rec, videos = env["rec"], env["videos"]
     want = {v: rec.predict(v) for v in videos}
     app = serve.build_app(rec, serve.ServeConfig(queue=32), tmp_root=str(tmp_path / "up"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
@@ -393,9 +393,9 @@ def test_load_over_loopback(setup, tmp_path):
 
 # ----------------------------------------------------------------------------- the tool
 
-def test_without_fastapi_one_line_says_how_to_install(setup, monkeypatch, capsys):
+def test_without_fastapi_one_line_says_how_to_install(env, monkeypatch, capsys):
     monkeypatch.setattr(serve, "serving_available", lambda: False)
-    assert serve.main([setup["folder"]]) == 2
+    assert serve.main([env["folder"]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'tdsk[serve]'" in err[0]
     code = ("import sys, tdsk, tdsk.inference, tdsk.serve, tdsk.cli.serve; "
@@ -404,23 +404,23 @@ def test_without_fastapi_one_line_says_how_to_install(setup, monkeypatch, capsys
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
-def test_bad_arguments_are_one_line(setup, tmp_path, capsys):
+def test_bad_arguments_are_one_line(env, tmp_path, capsys):
     assert serve.main([str(tmp_path / "missing.pt")]) == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        serve.main([setup["folder"], "--port", "70000"])
+        serve.main([env["folder"], "--port", "70000"])
     assert "--port 70000" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="no chromium on this machine (Debian: apt-get install chromium); the page's browser test "
                            "and its screenshot are not made here")
-def test_page_in_a_headless_browser(setup, tmp_path):
+def test_page_in_a_headless_browser(env, tmp_path):
     """The page loads and its script fills in the model line (chromium --headless --dump-dom);
     a screenshot of it goes to the test's folder."""
     import uvicorn
 
-    app = serve.build_app(setup["rec"], tmp_root=str(tmp_path / "up"))
+    app = serve.build_app(env["rec"], tmp_root=str(tmp_path / "up"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
