@@ -154,13 +154,18 @@ def test_serve_throughput(record, benchmark, served, provider, clients):
     _RESULTS.setdefault("rows", {})[(served["name"], provider, clients)] = row
 
 
+def _load(avg) -> str:
+    return "(" + ", ".join(f"{v:.1f}" for v in avg) + ")" if avg else "?"
+
+
 def report() -> str:
     import platform
 
     rows = _RESULTS.get("rows", {})
     lines = [f"serve vs direct Recognizer.predict ({platform.machine()}, {os.cpu_count()} threads, torch "
-             f"{torch.__version__}, {torch.get_num_threads()} torch threads; load {_RESULTS.get('load_before')} -> "
-             f"{_RESULTS.get('load_after')}); {REQUESTS} requests per round",
+             f"{torch.__version__}, {torch.get_num_threads()} torch threads; load average (1, 5, 15 min) "
+             f"{_load(_RESULTS.get('load_before'))} before, {_load(_RESULTS.get('load_after'))} after; "
+             f"{REQUESTS} requests per round, {ROUNDS} round(s), {time.strftime('%Y-%m-%d')})",
              "", "| model | clients | direct req/s | server req/s | server/direct | direct p50 ms | server p50 ms "
              "| server max ms |", "|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
@@ -168,7 +173,7 @@ def report() -> str:
             d, s = rows.get((name, "direct", c)), rows.get((name, "server", c))
             if not (d and s):
                 continue
-            lines.append(f"| {name} | {c} | {d['req_per_s']:.1f} | {s['req_per_s']:.1f} | "
+            lines.append(f"| {name} | {c} | {d['req_per_s']:.3g} | {s['req_per_s']:.3g} | "
                          f"{s['req_per_s'] / d['req_per_s']:.2f} | {d['p50_ms']:.0f} | {s['p50_ms']:.0f} | "
                          f"{s['max_ms']:.0f} |")
     return "\n".join(lines)

@@ -347,6 +347,10 @@ def test_model_worker_keeps_the_order_of_other_jobs_and_stops_on_close():
     assert not w._thread.is_alive()
     assert [f.result(1) for f in futs] == [1.0, 2.0, "called", 3.0] and gone.cancelled()
     assert order == [("batch", [1, 2]), "call", ("batch", [3])]
+    # int8: one activation scale per forward pass would let requests in a batch change each other
+    w8 = serve.ModelWorker(type("Int8", (), {"precision": "int8"})(), max_batch=8)
+    assert not w8.batching and w8.max_batch == 1
+    w8.close()
 
 
 def test_load_over_loopback(env, tmp_path):
