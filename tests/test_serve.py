@@ -292,6 +292,31 @@ def test_full_server_is_503_and_a_slow_request_is_504(env, make_client):
     assert _post(client, "/predict", video).status_code == 200
 
 
+def test_a_timeout_during_decoding_keeps_the_folder_and_the_place_until_the_decoder_is_done(env, tmp_path):
+    import copy
+
+    rec, video = env["rec"], env["videos"][0]
+    slow = copy.copy(rec)
+    gate = threading.Event()
+
+    def prepare(*a, **k):
+        gate.wait(30)
+        return rec.prepare(*a, **k)
+    slow.prepare = prepare
+    tmp = tmp_path / "up"
+    with TestClient(serve.build_app(slow, serve.ServeConfig(timeout=0.5, queue=1), tmp_root=str(tmp))) as client:
+        state = client.app.state.serve
+        r = _post(client, "/predict", video)
+        assert r.status_code == 504
+        # the decoder still reads the upload: it stays, and so does the request's place
+        assert state.admitted == 1 and len(os.listdir(tmp)) == 1
+        assert _post(client, "/predict", video).status_code == 503
+        gate.set()
+        _wait(lambda: state.admitted == 0 and os.listdir(tmp) == [])
+        assert state.worker.batches == 0  # the request that gave up never reached the model
+        assert _post(client, "/predict", video).status_code == 200
+
+
 # ----------------------------------------------------------------------------- batching and load
 
 def test_requests_waiting_together_run_as_one_batch_of_their_own_answers(env, make_client):

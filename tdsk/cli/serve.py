@@ -417,7 +417,10 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
             path, name, options = await receive_upload(request, folder)
             job.update(path=path, name=name)
             job["fut"], finish, job["cancel"] = run(path, name, options, folder)
-            return finish(await asyncio.wrap_future(job["fut"]))
+            # shield: a timeout must not cancel the job's future itself (asyncio would, through
+            # wrap_future), which would mark it done, free its folder and its admission while a
+            # decode or forward pass still uses them; job["cancel"] stops what has not started
+            return finish(await asyncio.shield(asyncio.wrap_future(job["fut"])))
 
         name = "upload"
         try:
