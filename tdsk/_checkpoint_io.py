@@ -48,7 +48,7 @@ __all__ = [
 FORMAT = "tdsk.train/1"
 
 # Where a checkpoint dict keeps its state dict (official: model_state_dict), first match wins.
-STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model")
+STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "model_state")  # model_state: DiST
 
 
 # ----------------------------------------------------------------------------- writing

@@ -85,6 +85,8 @@ def _cam_activations(model: nn.Module, video: torch.Tensor):
     activations Grad-CAM weighs, on its ``g x g`` patch grid (row-major), for ``video[B, T, M, 3, S, S]``.
 
     * TDS-CLIP: the side stream after the last TDS block (before ``BN_post`` and the pooling).
+    * a model with ``cam_activations(video)`` (DiST: its temporal stream after the last
+      temporal block, one map per frame) supplies its own.
     * mean-pool baseline (:class:`~tdsk.models.baseline.MeanPoolCLIP`): the frozen CLIP's patch
       tokens entering its last block, per centre frame (the last block's output patch tokens
       do not reach the class token, the usual choice for a ViT).
@@ -93,6 +95,8 @@ def _cam_activations(model: nn.Module, video: torch.Tensor):
     from tdsk.models.clip_encoder import frozen_block_forward
 
     b, t, m = video.shape[:3]
+    if hasattr(model, "cam_activations"):  # a family that names its own (DiST: the temporal stream)
+        return model.cam_activations(video)
     centre = video[:, :, m // 2].reshape(b * t, *video.shape[3:])
     if hasattr(model, "side") and hasattr(model.side, "tokens"):
         with torch.no_grad():
@@ -114,7 +118,8 @@ def _cam_activations(model: nn.Module, video: torch.Tensor):
             f = f @ enc.proj.to(f.dtype) if enc.proj is not None else f
             logits = model.head(f.float().view(b, t, -1).mean(dim=1))
         return patches, logits
-    raise TypeError("explain needs a TDS-CLIP model (with a side network) or the mean-pool baseline, "
+    raise TypeError("explain needs a TDS-CLIP model (with a side network), the mean-pool baseline or a model "
+                    "with cam_activations(video) (e.g. DiST), "
                     f"got {type(model).__name__}")
 
 

@@ -49,6 +49,7 @@ import torch.nn as nn
 from tdsk._logging import logger
 from tdsk.data.labels import labels_for_model, read_labels  # noqa: F401  (read_labels re-exported)
 from tdsk.engine.precision import autocast_for, cpu_bf16_support, resolve_precision  # noqa: F401  (re-exported)
+from tdsk.models.text_tower import placeholder_text_embeddings
 
 __all__ = ["Recognizer", "Prediction", "Label", "NonFiniteOutputError", "load_model", "resolve_device",
            "resolve_precision", "cpu_bf16_support", "frames_to_clip", "read_labels", "PRECISIONS"]
@@ -161,9 +162,10 @@ def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequ
     classes = None
     if C.is_training_checkpoint(ckpt):
         recipe = _load_recipe(cfg, overrides) if cfg is not None else apply_overrides(C.stored_recipe(ckpt), overrides)
-        model = build_model(recipe["model"])
-        C.load_model_state(model, ckpt)
         classes = ckpt.get("classes")
+        with placeholder_text_embeddings():  # a text classifier's embeddings are in the checkpoint
+            model = build_model(recipe, class_names=classes)
+        C.load_model_state(model, ckpt)
     else:
         if cfg is None:
             raise ValueError(f"{path} is not a tdsk training checkpoint; pass --cfg (cfg=) with the recipe it "
@@ -172,7 +174,7 @@ def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequ
         # an official checkpoint holds every tensor of the model, the frozen CLIP included
         # (load_checkpoint refuses one that does not): build the CLIP as a skeleton rather than
         # fetch the recipe's clip_pretrained (a hub download for 'openai') only to replace it
-        model = build_model({**recipe["model"], "clip_pretrained": None})
+        model = build_model({**recipe, "model": {**recipe["model"], "clip_pretrained": None}})
         if isinstance(getattr(model, "config", None), dict):
             model.config["clip_pretrained"] = recipe["model"].get("clip_pretrained")
         del ckpt

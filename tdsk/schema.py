@@ -24,7 +24,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "ConfigError",
+    "CommonModelConfig",
     "ModelConfig",
+    "DiSTConfig",
+    "register_model_schema",
+    "model_schema",
+    "model_variants",
+    "check_model_section",
     "DataConfig",
     "SS_FLIP_LABEL_PAIRS",
     "label_swap",
@@ -47,8 +53,13 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- sections
 
 @dataclass
-class ModelConfig:
-    """``model:`` (read by :func:`tdsk.models.build_model`; the keys are documented there)."""
+class CommonModelConfig:
+    """The ``model:`` keys every family shares: which family, which frozen CLIP, the clip shape.
+
+    A family adds its own keys in a subclass registered with :func:`register_model_schema`
+    (:class:`ModelConfig` for ``tds_clip`` and ``baseline``, :class:`DiSTConfig` for
+    ``dist``). The ``variant`` key chooses the subclass that checks the section.
+    """
 
     variant: str = "tds_clip"
     arch: str = "ViT-B-16"
@@ -58,6 +69,22 @@ class ModelConfig:
     num_segments: int = 8
     num_local: int = 5
     input_size: int = 224
+
+    def validate(self, prefix: str = "model") -> None:
+        _choice(prefix, "variant", self.variant, tuple(model_variants()))
+        for key in ("num_segments", "input_size"):
+            _at_least(prefix, key, getattr(self, key), 1)
+        if self.num_classes is not None:
+            _at_least(prefix, "num_classes", self.num_classes, 1)
+        if self.num_local < 1 or self.num_local % 2 == 0:
+            raise ConfigError(f"{prefix}.num_local (M) must be odd and >= 1, got {self.num_local}")
+
+
+@dataclass
+class ModelConfig(CommonModelConfig):
+    """``model:`` of TDS-CLIP and the mean-pool baseline (read by :func:`tdsk.models.build_model`;
+    the keys are documented there)."""
+
     side_dim: int = 320
     td_variant: str = "pool"
     td_layers: Union[str, List[int]] = "all"
@@ -70,15 +97,11 @@ class ModelConfig:
     recompute_cheap: bool = True
 
     def validate(self, prefix: str = "model") -> None:
-        _choice(prefix, "variant", self.variant, ("tds_clip", "baseline"))
+        super().validate(prefix)
         _choice(prefix, "td_variant", self.td_variant, ("pool", "conv", "direct", "none"))
         _choice(prefix, "sme_mode", self.sme_mode, ("kernel", "folded"))
-        for key in ("num_segments", "input_size", "side_dim", "td_reduction"):
+        for key in ("side_dim", "td_reduction"):
             _at_least(prefix, key, getattr(self, key), 1)
-        if self.num_classes is not None:
-            _at_least(prefix, "num_classes", self.num_classes, 1)
-        if self.num_local < 1 or self.num_local % 2 == 0:
-            raise ConfigError(f"{prefix}.num_local (M) must be odd and >= 1, got {self.num_local}")
         if self.pool_kernel < 1 or self.pool_kernel % 2 == 0:
             raise ConfigError(f"{prefix}.pool_kernel must be odd and >= 1, got {self.pool_kernel}")
         if not isinstance(self.side_checkpoint, bool) and self.side_checkpoint < 0:
@@ -86,6 +109,87 @@ class ModelConfig:
                               f"got {self.side_checkpoint}")
         if isinstance(self.td_layers, list) and any(i < 1 for i in self.td_layers):
             raise ConfigError(f"{prefix}.td_layers: layer numbers are 1-based, got {self.td_layers}")
+
+
+@dataclass
+class DiSTConfig(CommonModelConfig):
+    """``model:`` of DiST (defaults: the official B/16 recipe, docs/dist.md)."""
+
+    variant: str = "dist"
+    num_segments: int = 16            # T: frames of the temporal encoder
+    num_local: int = 1                # DiST takes one frame per segment
+    alpha: int = 2                    # the frozen CLIP sees frames 0, alpha, 2*alpha, ...
+    temporal_dim: int = 96            # D: width of the temporal encoder
+    integration_dim: int = 384        # I: width of the integration branch
+    temporal_patch: int = 5           # temporal extent of the stem's Conv3d (k_t, p, p)
+    temporal_kernel: int = 3          # temporal kernel of the temporal and integration blocks
+    temporal_mlp_ratio: float = 1.0   # temporal block's hidden width / D
+    integration_mlp_ratio: float = 1.0            # integration FFN hidden width / I
+    integration_temporal_mlp_ratio: float = 0.25  # integration temporal FFN hidden width / I
+    pooling_layers: int = 2           # adaptive spatial/temporal pooling blocks (SSv2 2, K400 4)
+    classifier: str = "text"          # text (frozen CLIP text embeddings of the class names) | linear
+    text_prompt: str = "{}"           # class name -> text; the official recipe uses the bare name
+    text_pretrained: Optional[str] = None  # CLIP text tower weights; null: those of clip_pretrained
+
+    def validate(self, prefix: str = "model") -> None:
+        super().validate(prefix)
+        if self.num_local != 1:
+            raise ConfigError(f"{prefix}.num_local must be 1 for model.variant=dist (one frame per segment), "
+                              f"got {self.num_local}")
+        for key in ("alpha", "temporal_dim", "integration_dim", "temporal_patch", "pooling_layers"):
+            _at_least(prefix, key, getattr(self, key), 1)
+        if self.integration_dim % 64:
+            raise ConfigError(f"{prefix}.integration_dim must be a multiple of 64 (heads of width 64), "
+                              f"got {self.integration_dim}")
+        for key in ("temporal_patch", "temporal_kernel"):
+            if getattr(self, key) < 1 or getattr(self, key) % 2 == 0:
+                raise ConfigError(f"{prefix}.{key} must be odd and >= 1, got {getattr(self, key)}")
+        if self.num_segments % self.alpha:
+            raise ConfigError(f"{prefix}.num_segments={self.num_segments} must be a multiple of "
+                              f"{prefix}.alpha={self.alpha} (CLIP sees every alpha-th frame)")
+        for key in ("temporal_mlp_ratio", "integration_mlp_ratio", "integration_temporal_mlp_ratio"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{prefix}.{key} must be > 0, got {getattr(self, key)}")
+        _choice(prefix, "classifier", self.classifier, ("text", "linear"))
+        if "{}" not in self.text_prompt:
+            raise ConfigError(f"{prefix}.text_prompt must contain {{}} (where the class name goes), "
+                              f"got {self.text_prompt!r}")
+
+
+# variant -> the dataclass that checks its model section: the built-in families' are here
+# (one schema for the whole recipe); a family added outside the package registers its own
+# (tdsk.models.registry.register_family).
+_MODEL_SCHEMAS: Dict[str, type] = {"tds_clip": ModelConfig, "baseline": ModelConfig, "dist": DiSTConfig}
+
+
+def register_model_schema(variant: str, cls: type) -> None:
+    """Make ``model.variant: <variant>`` valid, its section checked by ``cls`` (a
+    :class:`CommonModelConfig` subclass)."""
+    if not (isinstance(cls, type) and issubclass(cls, CommonModelConfig)):
+        raise TypeError(f"register_model_schema({variant!r}): {cls!r} is not a CommonModelConfig subclass")
+    _MODEL_SCHEMAS[str(variant)] = cls
+
+
+def model_variants() -> List[str]:
+    """Every registered ``model.variant``."""
+    return list(_MODEL_SCHEMAS)
+
+
+def model_schema(variant: Any, section: str = "model") -> type:
+    """The dataclass that checks a model section of ``variant``."""
+    if variant not in _MODEL_SCHEMAS:
+        raise ConfigError(f"{section}.variant={variant!r}: use one of {', '.join(map(str, _MODEL_SCHEMAS))}")
+    return _MODEL_SCHEMAS[variant]
+
+
+def check_model_section(values: Optional[Mapping[str, Any]], section: str = "model", source: str = "") -> Any:
+    """:func:`check_section` of a model section with the schema of its ``variant``."""
+    variant = (values or {}).get("variant", "tds_clip") if isinstance(values, Mapping) else "tds_clip"
+    try:
+        cls = model_schema(variant, section)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+    return check_section(cls, values, section, source)
 
 
 @dataclass
@@ -101,7 +205,7 @@ class SolverConfig:
     clip_ratio: float = 1.0           # lr factor of the "clip" group
     epochs: int = 40
     warmup_epochs: float = 0.0        # official recipes: 4
-    schedule: str = "cosine"          # cosine | constant
+    schedule: str = "cosine"          # cosine (after warm-up) | cosine_full (over all epochs) | constant
     final_lr_factor: float = 0.0
     lr_step_every: int = 10           # LR updated at iteration 0 and every n-th iteration
     label_smoothing: float = 0.1
@@ -110,7 +214,7 @@ class SolverConfig:
 
     def validate(self, prefix: str = "solver") -> None:
         _choice(prefix, "optimizer", self.optimizer, ("adamw", "sgd"))
-        _choice(prefix, "schedule", self.schedule, ("cosine", "constant"))
+        _choice(prefix, "schedule", self.schedule, ("cosine", "cosine_full", "constant"))
         _positive(prefix, "lr", self.lr)
         _positive(prefix, "eps", self.eps)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -226,7 +330,10 @@ def _section_class(section: str):
 
 
 def section_keys(section: str) -> List[str]:
-    """The keys a section accepts."""
+    """The keys a section accepts (``model``: the keys of every registered family; the
+    recipe's ``model.variant`` decides which of them it may use)."""
+    if section == "model":
+        return list(dict.fromkeys(f.name for cls in _MODEL_SCHEMAS.values() for f in dataclasses.fields(cls)))
     return [f.name for f in dataclasses.fields(_section_class(section))]
 
 
@@ -279,6 +386,11 @@ class DataConfig:
     drop_last: bool = True
     mean: List[float] = field(default_factory=lambda: list(CLIP_MEAN))
     std: List[float] = field(default_factory=lambda: list(CLIP_STD))
+    # batch mixup / cutmix of training clips (tdsk.data.mixup; off by default, DiST: 0.8 / 1.0)
+    mixup_alpha: float = 0.0          # Beta(a, a) mixing weight; 0 = off
+    cutmix_alpha: float = 0.0         # Beta(a, a) box area; 0 = off
+    mixup_prob: float = 1.0           # chance that a batch is mixed at all
+    mixup_switch_prob: float = 0.5    # with both on: chance of cutmix instead of mixup
 
     @classmethod
     def from_dict(cls, cfg: Union[None, Dict[str, Any], "DataConfig"]) -> "DataConfig":
@@ -308,6 +420,10 @@ class DataConfig:
         check(self.test_crops in (1, 3), "test_crops", f"must be 1 or 3, got {self.test_crops}")
         check(0.0 <= self.max_bad_fraction <= 1.0, "max_bad_fraction", f"must be in [0, 1], got {self.max_bad_fraction}")
         check(0.0 <= self.grayscale_p <= 1.0, "grayscale_p", f"must be in [0, 1], got {self.grayscale_p}")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            check(getattr(self, key) >= 0.0, key, f"must be >= 0 (0 = off), got {getattr(self, key)}")
+        for key in ("mixup_prob", "mixup_switch_prob"):
+            check(0.0 <= getattr(self, key) <= 1.0, key, f"must be in [0, 1], got {getattr(self, key)}")
         check(len(self.mean) == 3, "mean", f"must be 3 numbers (R, G, B), got {self.mean}")
         check(len(self.std) == 3 and all(s > 0 for s in self.std), "std",
               f"must be 3 positive numbers (R, G, B; each pixel is divided by them), got {self.std}")
@@ -466,7 +582,7 @@ def _positive(prefix: str, key: str, value: Any) -> None:
 class Recipe:
     """A validated recipe: one typed object per section (``data`` is a DataConfig)."""
 
-    model: ModelConfig
+    model: Any  # the variant's model schema (a CommonModelConfig)
     data: Any
     solver: SolverConfig
     train: TrainConfig
@@ -487,7 +603,8 @@ def validate_recipe(cfg: Mapping[str, Any], source: str = "") -> Recipe:
         close = difflib.get_close_matches(str(extra[0]), list(SECTIONS), n=2, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ConfigError(f"{where}unknown recipe section {extra[0]!r}.{hint} Sections: {', '.join(SECTIONS)}")
-    parts = {name: check_section(_section_class(name), cfg.get(name), name, source) for name in SECTIONS}
+    parts = {name: (check_model_section(cfg.get(name), name, source) if name == "model"
+                    else check_section(_section_class(name), cfg.get(name), name, source)) for name in SECTIONS}
     recipe = Recipe(**parts)
     bad = [f"data.{k}={getattr(recipe.data, k)!r} but model.{k}={getattr(recipe.model, k)!r}"
            for k in ("input_size", "num_segments", "num_local")

@@ -51,6 +51,7 @@ import torch.nn as nn
 # both are re-exported here, where they were first documented
 from tdsk.data.stream import MAX_GUESSED_FPS, VideoFrames, live_source  # noqa: F401
 from tdsk.report import plot_timeline, smooth_segments, write_rows_csv  # noqa: F401
+from tdsk.models.registry import logits_of
 
 __all__ = ["timeline", "stream", "TimelineEngine", "NonFiniteWindowError", "TimelineResult", "VideoFrames", "segment_spacing",
            "stride_segments", "live_source",
@@ -343,7 +344,7 @@ class TimelineEngine:
                 logits = (self.model.forward_from_taps(video, taps, projected=True) if self._project
                           else self.model.forward_from_taps(video, taps))
             else:
-                logits = self.model(video)
+                logits = logits_of(self.model, self.model(video))
                 self.taps_computed += self.T
         logits = logits.float()[0].cpu()
         if not bool(torch.isfinite(logits).all()):

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from tdsk import _io
+from tdsk.models.registry import logits_of
 
 __all__ = [
     "FORMATS", "INPUT_NAME", "export_program", "export_pt2", "export_onnx", "export_folder",
@@ -70,7 +71,7 @@ class MultiViewScores(nn.Module):
 
     def forward(self, video: torch.Tensor):
         b, v = video.shape[:2]
-        logits = self.model(video.flatten(0, 1)).float().view(b, v, -1)
+        logits = logits_of(self.model, self.model(video.flatten(0, 1))).float().view(b, v, -1)
         return logits.softmax(-1).mean(1), logits
 
 

@@ -7,6 +7,7 @@ frozen-CLIP mean-pool baseline the same way on the CPU, and prints both accuraci
 Examples::
 
     python -m tdsk.train                                   # the demo (~2-3 min on 2 CPU cores)
+    python -m tdsk.train --model dist                      # the demo, DiST trained beside TDS-CLIP
     python -m tdsk.train --cfg ssv1_b16 data.root=/data/ssv1 \\
         data.train_list=/data/ssv1/train.txt data.val_list=/data/ssv1/val.txt
     python -m tdsk.train --cfg ssv1_b16 --resume auto      # continue the newest checkpoint
@@ -25,8 +26,16 @@ from tdsk.cli.demo.runner import demo_config, run_demo  # noqa: F401  (the demo 
 __all__ = ["main", "run_demo", "demo_config", "build_parser"]
 
 
+def demo_models() -> list:
+    """Families with a demo recipe (``tdsk/configs/demo_<model>.yaml``)."""
+    from tdsk.config import available_configs
+
+    return [n[len("demo_"):] for n in available_configs() if n.startswith("demo_")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tdsk.config import available_configs
+    from tdsk.models.registry import families
 
     p = argparse.ArgumentParser(
         prog="python -m tdsk.train",
@@ -43,10 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "batch size, seed, precision); the changed keys are logged")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a run directory that holds an earlier run (deletes its checkpoints and metrics)")
-    p.add_argument("--variant", choices=["tds_clip", "baseline"], help="model.variant (baseline = frozen-CLIP mean-pool)")
+    p.add_argument("--variant", choices=sorted(families()),
+                   help="model.variant (baseline = frozen-CLIP mean-pool; the recipe's model section must suit it)")
     p.add_argument("--demo", action="store_true", help="run the embedded demo (what no arguments does)")
     p.add_argument("--demo-cache", metavar="DIR", help="where the demo dataset is generated (default ~/.cache/tdsk/demo)")
     p.add_argument("--no-baseline", action="store_true", help="demo: skip the mean-pool baseline")
+    p.add_argument("--model", action="append", default=[], choices=demo_models(),
+                   help="demo: also train this family from its demo recipe (demo_<model>.yaml; e.g. --model dist) "
+                        "and report it beside TDS-CLIP and the baseline")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return p
@@ -72,8 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.cfg is None and (args.resume or args.variant or args.resume_force):
                 parser.error("--resume/--resume-force/--variant need --cfg (the demo always starts fresh)")
             run_demo(args.overrides, cache=args.demo_cache, output=args.output, baseline=not args.no_baseline,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, models=args.model)
             return 0
+        if args.model:
+            parser.error("--model is a demo option (python -m tdsk.train --model dist); with --cfg choose the "
+                         "recipe (e.g. --cfg ssv2_dist_b16)")
         cfg = load_config(args.cfg, args.overrides)
         check_data_paths(cfg, ("train", "val") if (cfg.get("eval") or {}).get("validate", True) else ("train",))
         # fit() reads the class names (data.labels) and derives lists from class folders

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from tdsk._logging import logger
 from tdsk.engine import distributed as D
+from tdsk.models.registry import logits_of
 
 
 @dataclass
@@ -103,11 +104,11 @@ def class_probabilities(model: nn.Module, video: torch.Tensor, autocast=None) ->
     if video.dim() == 7:
         b, v = video.shape[:2]
         with ctx:
-            logits = model(video.flatten(0, 1))
+            logits = logits_of(model, model(video.flatten(0, 1)))
         probs = logits.float().softmax(-1).view(b, v, -1).mean(1)
     else:
         with ctx:
-            logits = model(video)
+            logits = logits_of(model, model(video))
         probs = logits.float().softmax(-1)
     return probs, logits.float()
 

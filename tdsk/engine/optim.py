@@ -48,9 +48,12 @@ def param_groups(model: nn.Module, solver: Mapping) -> list[dict]:
     return out
 
 
-def build_optimizer(model: nn.Module, solver: Mapping) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, solver: Mapping, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """The solver's optimiser over ``groups`` (a model family's own, see
+    :func:`tdsk.models.registry.param_groups_of`; default :func:`param_groups`)."""
     name = str(solver.get("optimizer", "adamw")).lower()
-    groups = param_groups(model, solver)
+    if groups is None:
+        groups = param_groups(model, solver)
     if name == "adamw":
         return torch.optim.AdamW(
             groups,
@@ -67,6 +70,10 @@ def build_optimizer(model: nn.Module, solver: Mapping) -> torch.optim.Optimizer:
 
 class WarmupCosine:
     """lr(e) = base*e/W for e < W, then base*(f + (1-f)*(1+cos(pi*(e-W)/(E-W)))/2).
+
+    ``schedule="cosine_full"`` (the DiST release, docs/dist.md): the cosine runs over all
+    ``E`` epochs, ``lr(e) = base*(f + (1-f)*(1+cos(pi*e/E))/2)``, and the warm-up rises
+    linearly from 0 to ``lr(W)``.
 
     ``e`` is the fractional epoch ``epoch + i/len(loader)``. The official loop calls
     :meth:`step` only at iteration 0 and whenever ``(i+1) % step_every == 0``
@@ -85,19 +92,26 @@ class WarmupCosine:
         self.final = float(final_factor)
         self.step_every = max(1, int(step_every))
         self.schedule = schedule
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"solver.schedule={schedule!r}: use cosine or constant")
+        if schedule not in ("cosine", "cosine_full", "constant"):
+            raise ValueError(f"solver.schedule={schedule!r}: use cosine, cosine_full or constant")
         self.last_epoch_value = 0.0
         self._apply(self.lr_at(0.0))
 
-    def lr_at(self, e: float) -> float:
-        if self.warmup > 0 and e < self.warmup:
-            return self.base_lr * e / self.warmup
+    def _decay(self, e: float) -> float:
         if self.schedule == "constant":
             return self.base_lr
-        span = max(self.epochs - self.warmup, 1e-12)
-        progress = min(max((e - self.warmup) / span, 0.0), 1.0)
+        if self.schedule == "cosine_full":  # the cosine runs over all epochs, warm-up included
+            progress = min(max(e / max(self.epochs, 1e-12), 0.0), 1.0)
+        else:
+            span = max(self.epochs - self.warmup, 1e-12)
+            progress = min(max((e - self.warmup) / span, 0.0), 1.0)
         return self.base_lr * (self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def lr_at(self, e: float) -> float:
+        if self.warmup > 0 and e < self.warmup:
+            # linear from 0 to the value the schedule has at the end of the warm-up
+            return self._decay(self.warmup) * e / self.warmup
+        return self._decay(e)
 
     def should_step(self, iteration: int) -> bool:
         return iteration == 0 or (iteration + 1) % self.step_every == 0

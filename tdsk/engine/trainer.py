@@ -57,6 +57,8 @@ from tdsk.engine.resume import (HARMLESS_KEYS, _check_recipe_unchanged, _open_ru
                                  _pending_validation_from_metrics, _restore, _take_lock, config_changes)
 from tdsk.engine.resume import NonFiniteLossError, _non_finite_state, _save_checkpoint, _validation_due  # noqa: F401
 from tdsk.engine.stop import _StopFlag
+from tdsk.data.mixup import MixupCutmix
+from tdsk.models.registry import logits_of, loss_of, param_groups_of
 from tdsk.schema import ConfigError, Recipe, validate_recipe
 
 __all__ = ["NonFiniteLossError", "RunInterrupted", "RunResult", "fit", "resolve_precision", "autocast_for",
@@ -90,8 +92,10 @@ class RunResult:
 
 # ----------------------------------------------------------------------------- building
 
-def build_model(cfg: Mapping, variant: str | None = None, num_classes: int | None = None) -> nn.Module:
-    """``tdsk.models.build_model`` on the recipe's ``model:`` section (+ variant/classes)."""
+def build_model(cfg: Mapping, variant: str | None = None, num_classes: int | None = None,
+                class_names: Sequence[str] | None = None) -> nn.Module:
+    """``tdsk.models.build_model`` on the recipe (+ variant/classes). ``class_names``
+    default to the recipe's ``data.labels`` (a text-classifier family needs them)."""
     from tdsk import models
 
     section = dict(cfg["model"])
@@ -99,7 +103,7 @@ def build_model(cfg: Mapping, variant: str | None = None, num_classes: int | Non
         section["variant"] = variant
     if num_classes is not None:
         section["num_classes"] = int(num_classes)
-    return models.build_model(section)
+    return models.build_model({**cfg, "model": section}, class_names=class_names)
 
 
 def _seed_everything(seed: int) -> None:
@@ -141,6 +145,7 @@ class _Run:
     schedule: Any = None
     scaler: Any = None
     criterion: Any = None
+    mixup: Any = None           # tdsk.data.mixup.MixupCutmix or None
     precision: str = "fp32"
     frozen_info: dict = field(default_factory=dict)
     tower: set = field(default_factory=set)  # the frozen CLIP tower's parameter names
@@ -177,7 +182,7 @@ def _build(run: _Run, model: nn.Module | None, resuming: bool = False) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if model is None:
-        model = build_model(run.cfg)  # fit() put a variant override into the recipe
+        model = build_model(run.cfg, class_names=run.classes)  # fit() put a variant override into the recipe
     model.to(run.device)
     _seed_everything(rc.train.seed + info.rank)  # official: 1024 + rank (torch and numpy)
     run.frozen_info = C.frozen_identity(model, rc.model.clip_pretrained if "model" in run.cfg else None)
@@ -196,7 +201,7 @@ def _build(run: _Run, model: nn.Module | None, resuming: bool = False) -> None:
 
         freeze(model, rc.train.freeze)
     if rc.train.sync_bn and info.enabled:
-        if rc.model.recompute_cheap or rc.model.side_checkpoint:
+        if getattr(rc.model, "recompute_cheap", False) or getattr(rc.model, "side_checkpoint", False):
             raise ConfigError(
                 "train.sync_bn=true needs model.recompute_cheap=false and model.side_checkpoint=false: "
                 "a recompute segment would all-reduce and update the BatchNorm statistics again in backward")
@@ -210,10 +215,12 @@ def _build(run: _Run, model: nn.Module | None, resuming: bool = False) -> None:
         logger.warning("train.precision=fp16 on CPU is slow and poorly supported; consider bf16 or fp32")
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
     solver = dataclasses.asdict(rc.solver)
-    run.optimizer = build_optimizer(model, solver)
+    run.optimizer = build_optimizer(model, solver, groups=param_groups_of(model, solver))
     run.schedule = WarmupCosine(run.optimizer, rc.solver.lr, rc.solver.epochs, rc.solver.warmup_epochs,
                                 rc.solver.final_lr_factor, rc.solver.lr_step_every, rc.solver.schedule)
     run.criterion = build_criterion(solver)
+    # mixup / cutmix (data.mixup_alpha, data.cutmix_alpha): soft targets, drawn per (seed, rank, epoch, step)
+    run.mixup = MixupCutmix.from_data_config(rc.data, int(model.num_classes), seed=rc.train.seed, rank=info.rank)
 
 
 def _build_loaders(run: _Run, loader_factory: Callable | None) -> None:
@@ -334,10 +341,14 @@ def _train_epoch(run: _Run, epoch: int) -> int | None:
         sync_now = (i + 1) % accum == 0 or i + 1 == n_iter
         no_sync = run.model.no_sync() if (info.enabled and not sync_now and hasattr(run.model, "no_sync")) \
             else contextlib.nullcontext()
+        targets = labels
+        if run.mixup is not None:
+            video, targets = run.mixup(video, labels, epoch, i)
         with no_sync:
             with autocast:
-                logits = run.model(video)
-            loss = run.criterion(logits.float(), labels)
+                outputs = run.model(video)
+            logits = logits_of(run.raw_model, outputs)
+            loss = loss_of(run.raw_model, outputs, targets, run.criterion)
             # one host sync per iteration: loss, accuracy, clips and "a rank got a signal"
             stats = torch.stack([loss.detach().double() * labels.shape[0],
                                  (logits.detach().argmax(-1) == labels).sum().double(),

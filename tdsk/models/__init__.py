@@ -1,4 +1,8 @@
-"""TDS-CLIP models: a frozen open_clip ViT + a temporal-difference side network.
+"""TDS-CLIP and its relatives: a frozen open_clip ViT + a small trainable network.
+
+Families (``model.variant``, :mod:`~tdsk.models.registry`): ``tds_clip`` (TDS-CLIP),
+``baseline`` (frozen-CLIP mean-pool), ``dist`` (DiST, :mod:`~tdsk.models.dist`,
+docs/dist.md). ``families()`` lists them.
 
 Public API
 ----------
@@ -32,10 +36,12 @@ format); shared by the models: :mod:`~tdsk.models.video` (input layout, base cla
 :mod:`~tdsk.models._common` (recompute segments, BatchNorm). Checkpoint file I/O is
 :mod:`tdsk._checkpoint_io`.
 """
+from tdsk.models import families as _families  # noqa: F401  (registers tds_clip, baseline, dist)
 from tdsk.models.clip_encoder import register_vit_config
 from tdsk.models.factory import MODEL_DEFAULTS, build_model, list_models, model_config
 from tdsk.models.official import export_official, load_checkpoint, official_key_map, official_state_dict
 from tdsk.models.pretrained import from_pretrained, is_model_folder, load_pretrained, save_pretrained
+from tdsk.models.registry import families, family_of, logits_of
 
 __all__ = [
     "build_model",
@@ -51,4 +57,7 @@ __all__ = [
     "from_pretrained",
     "load_pretrained",
     "is_model_folder",
+    "families",
+    "family_of",
+    "logits_of",
 ]

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["batch_norm", "recompute", "in_backward", "autocast_dtype"]
+__all__ = ["batch_norm", "recompute", "in_backward", "autocast_dtype", "QuickGELU"]
 
 
 def autocast_dtype(device: torch.device):
@@ -90,3 +90,10 @@ def recompute(fn: Callable, *args, enabled: bool = True):
     if not enabled or not torch.is_grad_enabled():
         return fn(*args)
     return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+class QuickGELU(nn.Module):
+    """CLIP's activation ``x * sigmoid(1.702 x)`` (Radford et al., 2021), used by DiST's blocks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)

@@ -114,8 +114,9 @@ class PretrainedUnavailableError(ConfigError, RuntimeError):
     traceback from ``tdsk.train``), and a ``RuntimeError`` as before for library callers."""
 
 
-def _pretrained_tag_state_dict(arch: str, tag: str, quick_gelu: bool) -> dict:
-    """Visual state dict of open_clip's ``create_model(arch, pretrained=tag)``.
+def _pretrained_tag_state_dict(arch: str, tag: str, quick_gelu: bool, full: bool = False) -> dict:
+    """Visual state dict of open_clip's ``create_model(arch, pretrained=tag)`` (``full``: the
+    whole CLIP's, text tower included, keyed as OpenAI's files).
 
     Offline (``HF_HUB_OFFLINE=1`` or no route to the hub) only a cached copy is used;
     without one this fails at once (no retry loop) and says to pass a local file.
@@ -161,7 +162,8 @@ def _pretrained_tag_state_dict(arch: str, tag: str, quick_gelu: bool) -> dict:
                 os.environ.pop("HF_HUB_OFFLINE", None)
             else:
                 os.environ["HF_HUB_OFFLINE"] = saved
-    return {k: v.float() if v.is_floating_point() else v for k, v in model.visual.state_dict().items()}
+    sd = model.state_dict() if full else model.visual.state_dict()
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
 # ---------------------------------------------------------------------------

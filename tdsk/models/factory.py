@@ -29,12 +29,12 @@ Keys of the ``model:`` section (defaults in :data:`MODEL_DEFAULTS`):
 import copy
 import dataclasses
 import os
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch.nn as nn
 
 from tdsk.models.video import parse_td_layers
-from tdsk.schema import ConfigError, ModelConfig, check_section
+from tdsk.schema import ConfigError, ModelConfig, check_model_section, model_schema
 
 __all__ = ["MODEL_DEFAULTS", "build_model", "list_models", "model_config", "parse_td_layers"]
 
@@ -83,35 +83,59 @@ def model_config(name_or_config: Union[str, Dict], **overrides) -> Dict:
     else:
         raise TypeError(f"build_model: expected a config name, path or dict, got {type(name_or_config).__name__}")
     section.update(overrides)
-    unknown = sorted(set(section) - set(MODEL_DEFAULTS))
+    known = [f.name for f in dataclasses.fields(model_schema(section.get("variant", "tds_clip")))]
+    unknown = sorted(set(section) - set(known))
     try:
-        return dataclasses.asdict(check_section(ModelConfig, section, "model"))
+        return dataclasses.asdict(check_model_section(section, "model"))
     except ConfigError as exc:
         if unknown:  # name every unknown key, not only the first
             raise ConfigError(f"unknown model config keys {unknown}: {exc}") from None
         raise
 
 
-def build_model(name_or_config: Union[str, Dict], **overrides) -> nn.Module:
-    """Build a TDS-CLIP model (or the mean-pool baseline) from a config.
+def _recipe_class_names(name_or_config) -> Optional[List[str]]:
+    """The class names of a whole recipe's ``data.labels`` (``None`` without one)."""
+    if isinstance(name_or_config, dict):
+        recipe = name_or_config
+    elif isinstance(name_or_config, str):
+        from tdsk.config import read_recipe  # noqa: PLC0415
+
+        path = name_or_config if os.path.isfile(name_or_config) else os.path.join(CONFIG_DIR, f"{name_or_config}.yaml")
+        recipe = read_recipe(path) if os.path.isfile(path) else {}
+    else:
+        return None
+    labels = (recipe.get("data") or {}).get("labels") if isinstance(recipe.get("data"), dict) else None
+    if not labels:
+        return None
+    from tdsk.data.labels import read_labels  # noqa: PLC0415
+
+    return list(read_labels(os.path.expanduser(str(labels))))
+
+
+def build_model(name_or_config: Union[str, Dict], class_names: Optional[Sequence[str]] = None,
+                **overrides) -> nn.Module:
+    """Build a model of the family ``model.variant`` names (:mod:`tdsk.models.registry`).
 
     Args:
-        name_or_config: a config name (``ssv1_b16``, ``ssv1_l14``, ``ssv2_b16``,
-            ``ssv2_l14``, ``k400_b16``, ``k400_l14``, ``demo``, ``tiny``), a YAML path,
-            or a dict (the ``model:`` section or a whole config).
+        name_or_config: a config name (``ssv1_b16``, ``ssv2_dist_b16``, ``tiny`` ...: see
+            :func:`list_models`), a YAML path, or a dict (the ``model:`` section or a whole
+            config).
+        class_names: the class names, in label order (a text-classifier family such as DiST
+            needs them; default: the recipe's ``data.labels`` when a whole recipe is given).
         **overrides: model-section keys (see the module doc), e.g.
             ``clip_pretrained=None``, ``side_checkpoint=True``, ``variant='baseline'``.
 
     Returns:
-        :class:`~tdsk.models.tds_clip.TDSCLIP` or :class:`~tdsk.models.baseline.MeanPoolCLIP`,
-        in train mode, with the frozen tower's parameters ``requires_grad=False``.
+        the family's model (:class:`~tdsk.models.tds_clip.TDSCLIP`,
+        :class:`~tdsk.models.baseline.MeanPoolCLIP`, :class:`~tdsk.models.dist.DiST` ...), in
+        train mode, with the frozen tower's parameters ``requires_grad=False``.
     """
-    from tdsk.models.baseline import MeanPoolCLIP  # noqa: PLC0415
-    from tdsk.models.clip_encoder import vision_config  # noqa: PLC0415
-    from tdsk.models.tds_clip import TDSCLIP  # noqa: PLC0415
+    from tdsk.models.registry import family  # noqa: PLC0415
 
     cfg = model_config(name_or_config, **overrides)
-    if cfg["variant"] == "baseline":
-        return MeanPoolCLIP(cfg)
-    parse_td_layers(cfg["td_layers"], int(vision_config(cfg["arch"])["vision_cfg"]["layers"]))  # validate early
-    return TDSCLIP(cfg)
+    fam = family(cfg["variant"])
+    if class_names is None and fam.needs_class_names is not None and fam.needs_class_names(cfg):
+        class_names = _recipe_class_names(name_or_config)
+    if class_names is not None and cfg.get("num_classes") is None:
+        cfg["num_classes"] = len(class_names)
+    return fam.build(cfg, class_names)

@@ -97,7 +97,8 @@ def official_key_map(model: nn.Module) -> Dict[str, str]:
 def official_state_dict(model: nn.Module) -> "collections.OrderedDict[str, torch.Tensor]":
     """``model``'s state dict under official names, in the official order (docs/model.md §9)."""
     if getattr(model, "variant", None) != "tds_clip":
-        raise ValueError("official format exists only for TDS-CLIP models (not the baseline)")
+        raise ValueError(f"this is the official TDS-CLIP format; a {getattr(model, 'variant', '?')} model has "
+                         "its own (tdsk.models.export_official) or none")
     sd = model.state_dict()
     mapping = official_key_map(model)
     items = [(mapping[k], v.detach().clone()) for k, v in sd.items()]
@@ -110,7 +111,12 @@ def export_official(model: nn.Module, path: str, epoch: int = 0) -> None:
 
     Written atomically (temporary file, fsync, rename): a crash never leaves a torn file.
     """
-    atomic_save({"epoch": epoch, "model_state_dict": official_state_dict(model)}, path)
+    from tdsk.models.registry import family_of  # noqa: PLC0415
+
+    fam = family_of(model)
+    if fam.official_export is None:
+        raise ValueError(f"model.variant={fam.variant!r} has no official checkpoint format")
+    atomic_save(fam.official_export(model, epoch), path)
 
 
 class LoadReport(NamedTuple):
@@ -156,8 +162,18 @@ def load_checkpoint(model: nn.Module, path: str, strict: bool = True) -> LoadRep
             raise ValueError(f"checkpoint {path!r} (tdsk training format) does not fit this model: {exc}") from exc
         return LoadReport("tdsk.train", len(obj["model_state_dict"]), path)
     sd = state_dict_of(obj, path)
+    from tdsk.models.registry import family_of  # noqa: PLC0415
+
+    fam = family_of(model)
+    if fam.official_load is not None:
+        try:
+            n = fam.official_load(model, sd)
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {path!r}: {exc}") from None
+        if n is not None:
+            return LoadReport("official", n, path)
     own = model.state_dict()
-    if any(k.startswith(("visual.", "fc.")) for k in sd):
+    if fam.variant == "tds_clip" and any(k.startswith(("visual.", "fc.")) for k in sd):
         fmt = "official"
         mapping = official_key_map(model)
         inverse = {v: k for k, v in mapping.items()}

@@ -44,6 +44,7 @@ from tdsk._checkpoint_io import _fsync_dir, weights_sha256
 from tdsk._logging import logger
 from tdsk._io import plain as _plain
 from tdsk._paths import MARKER, check_replaceable, record_written
+from tdsk.models.text_tower import placeholder_text_embeddings
 
 __all__ = ["save_pretrained", "from_pretrained", "load_pretrained", "read_folder_config", "is_model_folder",
            "FOLDER_FORMAT", "CONFIG_NAME", "WEIGHTS_NAME", "LABELS_NAME", "CARD_NAME"]
@@ -123,7 +124,8 @@ def _card_text(recipe: Mapping, classes: Optional[List[str]], num_classes: int, 
     lines += [
         "| | |", "|---|---|",
         f"| recipe | {name or 'custom'} (full recipe in `config.json`) |",
-        f"| model | {m.get('variant', 'tds_clip')} on {m.get('arch', '?')}, side width {m.get('side_dim', '?')}, "
+        f"| model | {m.get('variant', 'tds_clip')} on {m.get('arch', '?')}, "
+        f"{'side width ' + str(m['side_dim']) + ', ' if 'side_dim' in m else ''}"
         f"T={m.get('num_segments', '?')} x M={m.get('num_local', '?')} frames, {m.get('input_size', '?')} px |",
         f"| frozen CLIP | {'included in model.safetensors' if clip.get('included') else 'not included: loaded from '}"
         f"{'' if clip.get('included') else repr(clip.get('clip_pretrained'))} |",
@@ -343,7 +345,7 @@ def _build_for_weights(section: Dict, weights: Mapping[str, torch.Tensor], where
     skeleton = {**section, "clip_pretrained": None}
     model = None
     try:
-        with _quiet(), torch.device("meta"):
+        with _quiet(), torch.device("meta"), placeholder_text_embeddings():
             model = build_model(skeleton)
     except Exception:
         model = None
@@ -360,7 +362,7 @@ def _build_for_weights(section: Dict, weights: Mapping[str, torch.Tensor], where
         except Exception:
             model = None
     if model is None:
-        with _quiet():
+        with _quiet(), placeholder_text_embeddings():
             model = build_model(skeleton)
         _check_tensors(model, weights, where)
         model.load_state_dict(dict(weights), strict=True)
@@ -408,7 +410,8 @@ def load_pretrained(folder: str, recipe: Optional[Mapping] = None, device: Union
             raise ValueError(f"{where}: the folder holds no frozen CLIP weights and names no CLIP to load "
                              "(clip.clip_pretrained is null)")
         section = {**section, "clip_pretrained": src}
-        model = build_model(section)  # loads the frozen CLIP from the tag / file
+        with placeholder_text_embeddings():  # the folder holds a text classifier's embeddings
+            model = build_model(section)  # loads the frozen CLIP from the tag / file
         frozen = [k for k in model.state_dict() if k.startswith(CLIP_PREFIX)]
         _check_tensors(model, sd, where, allowed_missing=frozen)
         model.load_state_dict(sd, strict=False)

@@ -9,17 +9,18 @@ import time
 from typing import Sequence
 
 
-def demo_config(root: str, overrides: Sequence[str] = ()) -> dict:
-    """The ``demo`` recipe pointed at a generated demo dataset."""
+def demo_config(root: str, overrides: Sequence[str] = (), name: str = "demo") -> dict:
+    """The ``demo`` recipe (or another demo recipe, e.g. ``demo_dist``) pointed at a generated
+    demo dataset."""
     from tdsk.cli.demo import dataset
     from tdsk.config import apply_overrides, load_config
 
-    cfg = load_config("demo")
+    cfg = load_config(name)
     data = cfg["data"]
     data.update(root=root, train_list=os.path.join(root, "train.txt"), val_list=os.path.join(root, "val.txt"),
                 test_list=os.path.join(root, "val.txt"))
     if cfg["model"]["num_classes"] != len(dataset.CLASSES):
-        raise ValueError(f"demo.yaml: model.num_classes must be {len(dataset.CLASSES)} (tdsk.demo.CLASSES)")
+        raise ValueError(f"{name}.yaml: model.num_classes must be {len(dataset.CLASSES)} (tdsk.demo.CLASSES)")
     data.setdefault("num_segments", cfg["model"].get("num_segments", 8))
     data.setdefault("num_local", cfg["model"].get("num_local", 5))
     meta = cfg.pop("_meta")
@@ -29,10 +30,12 @@ def demo_config(root: str, overrides: Sequence[str] = ()) -> dict:
 
 
 def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output: str | None = None,
-             baseline: bool = True, progress: bool = True, spec=None) -> dict:
+             baseline: bool = True, progress: bool = True, spec=None, models: Sequence[str] = ()) -> dict:
     """Generate the demo data, train TDS and the baseline, look at where they looked (CAM hit
     rate, an explain picture) and run a timeline over joined held-out clips; print and return
-    the scores. ``spec``: a :class:`tdsk.demo.DemoSpec` (default the standard demo)."""
+    the scores. ``spec``: a :class:`tdsk.demo.DemoSpec` (default the standard demo).
+    ``models``: more families to train beside them, each from its demo recipe
+    ``demo_<model>`` (``dist``: ``demo_dist.yaml``), with the same ``overrides``."""
     import torch
 
     from tdsk.cli.demo import analysis, dataset, loader
@@ -47,9 +50,16 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
     print(f"tdsk demo: dataset {root} ({t_data:.1f} s); training on {threads} CPU thread(s)", flush=True)
     runs = {}
     names = [("tds_clip", "TDS-CLIP")] + ([("baseline", "mean-pool baseline")] if baseline else [])
+    configs = {v: (cfg, v) for v, _ in names}
+    for model in models:
+        extra = demo_config(root, overrides, name=f"demo_{model}")
+        variant = extra["model"]["variant"]
+        names.append((variant, f"{variant} ({extra['_meta']['name']})"))
+        configs[variant] = (extra, None)
     for variant, title in names:
         t1 = time.time()
-        res = fit(cfg, output_dir=os.path.join(out, variant), overwrite=True, variant=variant,
+        run_cfg, override = configs[variant]
+        res = fit(run_cfg, output_dir=os.path.join(out, variant), overwrite=True, variant=override,
                   classes=dataset.CLASSES, progress=progress, loader_factory=loader.MemoryClipLoader)
         runs[variant] = (res, time.time() - t1)
         print(f"tdsk demo: {title} trained in {time.time() - t1:.1f} s, val top-1 {100 * res.val.top1:.1f}%",
@@ -80,7 +90,8 @@ def run_demo(overrides: Sequence[str] = (), *, cache: str | None = None, output:
         ia, ib = dataset.CLASSES.index(a), dataset.CLASSES.index(b)
         row(f"{a} vs {b}", [f"{100 * runs[v][0].val.pair_accuracy(ia, ib)[0]:.1f}%" for v, _ in names])
     if "cam" in after:
-        row("CAM hit rate", [f"{100 * after['cam'][v]['hit_rate']:.1f}%" for v, _ in names])
+        row("CAM hit rate", [f"{100 * after['cam'][v]['hit_rate']:.1f}%" if v in after["cam"] else "-"
+                             for v, _ in names])
     row("train time", [f"{runs[v][1]:.0f} s" for v, _ in names])
     lines.append("  (pairs: accuracy of telling a motion from its time reversal; chance is 50%)")
     if "cam" in after:

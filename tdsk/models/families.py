@@ -1,0 +1,66 @@
+"""The built-in model families (:mod:`tdsk.models.registry`): one entry each.
+
+* ``tds_clip``: TDS-CLIP (frozen CLIP + temporal-difference side network), docs/model.md;
+* ``baseline``: frozen CLIP image embeddings averaged over time + a linear head;
+* ``dist``: DiST (frozen CLIP + temporal encoder + integration branch), docs/dist.md.
+"""
+from tdsk.models.registry import Family, register_family
+from tdsk.schema import DiSTConfig, ModelConfig
+
+
+def _tds_clip(cfg, class_names=None):
+    from tdsk.models.clip_encoder import vision_config  # noqa: PLC0415
+    from tdsk.models.tds_clip import TDSCLIP  # noqa: PLC0415
+    from tdsk.models.video import parse_td_layers  # noqa: PLC0415
+
+    parse_td_layers(cfg["td_layers"], int(vision_config(cfg["arch"])["vision_cfg"]["layers"]))  # validate early
+    return TDSCLIP(cfg)
+
+
+def _baseline(cfg, class_names=None):
+    from tdsk.models.baseline import MeanPoolCLIP  # noqa: PLC0415
+
+    return MeanPoolCLIP(cfg)
+
+
+def _tds_official_export(model, epoch):
+    from tdsk.models.official import official_state_dict  # noqa: PLC0415
+
+    return {"epoch": int(epoch), "model_state_dict": official_state_dict(model)}
+
+
+def _dist(cfg, class_names=None):
+    from tdsk.models.dist import DiST  # noqa: PLC0415
+
+    return DiST(cfg, class_names)
+
+
+def _dist_groups(model, solver):
+    from tdsk.models.dist import dist_param_groups  # noqa: PLC0415
+
+    return dist_param_groups(model, solver)
+
+
+def _dist_official_load(model, sd):
+    from tdsk.models import dist_official  # noqa: PLC0415
+
+    return dist_official.load_official(model, sd) if dist_official.is_official(sd) else None
+
+
+def _dist_official_export(model, epoch):
+    from tdsk.models.dist_official import official_state_dict  # noqa: PLC0415
+
+    return {"epoch": int(epoch), "model_state": official_state_dict(model)}
+
+
+def _register() -> None:
+    register_family(Family("tds_clip", ModelConfig, _tds_clip, "TDS-CLIP: frozen CLIP + temporal-difference side "
+                           "network (Wang & Wang 2024)", official_export=_tds_official_export))
+    register_family(Family("baseline", ModelConfig, _baseline, "frozen CLIP mean-pool + linear head"))
+    register_family(Family("dist", DiSTConfig, _dist, "DiST: frozen CLIP + temporal encoder + integration branch "
+                           "(Qing et al., ICCV 2023)", param_groups=_dist_groups,
+                           official_load=_dist_official_load, official_export=_dist_official_export,
+                           needs_class_names=lambda cfg: cfg.get("classifier") == "text"))
+
+
+_register()
