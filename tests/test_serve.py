@@ -216,6 +216,46 @@ def test_model_health_and_page(env, make_client):
     assert client.get("/predict").status_code == 405
 
 
+def test_a_text_classifier_takes_other_class_names(env, make_client, monkeypatch):
+    """DiST (model.classifier=text) scores a video against the text embeddings of the names a
+    request gives; a fixed-head model refuses names. The names' embeddings come from
+    ``text_embeddings_for`` (checked for its shape with the random-init tiny text tower), here
+    replaced by rows of the model's own embeddings, so the answers can be checked exactly."""
+    from tdsk.config import load_config
+    from tdsk.demo import CLASSES
+    from tdsk.models import build_model
+
+    cfg = load_config("demo_dist")
+    cfg.pop("_meta", None)
+    cfg["model"]["clip_pretrained"] = None
+    torch.manual_seed(0)
+    model = build_model(cfg, class_names=CLASSES).eval()
+    assert tuple(model.text_embeddings_for(["a cat", "a dog"]).shape) == (2, model.text_embeddings.shape[1])
+    monkeypatch.setattr(type(model), "text_embeddings_for",
+                        lambda self, names: self.text_embeddings[[CLASSES.index(n) for n in names]].clone())
+    rec = tdsk.Recognizer(model, cfg, CLASSES, device="cpu", precision="fp32")
+    tmp = str(env["base"] / "dist-uploads")
+    video = env["videos"][1]
+    with TestClient(serve.build_app(rec, tmp_root=tmp)) as client:
+        assert client.get("/model").json()["text_classes"] is True
+        r = _post(client, "/predict", video, classes=",".join(CLASSES))
+        assert r.status_code == 200, r.text
+        _same(r.json(), rec.predict(video), "clip1.mp4")
+        with open(video, "rb") as f:
+            r = client.post("/predict", files={"file": ("v.mp4", f)}, data={"classes": "right\nleft\n", "top_k": "2"})
+        assert r.status_code == 200, r.text
+        want = rec.logits(video)[:, [1, 0]].softmax(-1).mean(0)
+        got = {t["label"]: t["prob"] for t in r.json()["top"]}
+        assert got == pytest.approx({"right": float(want[0]), "left": float(want[1])}, abs=TOL)
+        r = _post(client, "/predict", video, classes="up, up")
+        assert r.status_code == 422 and "'up' is named twice" in r.json()["error"]
+        assert os.listdir(tmp) == []
+    client, _ = make_client()  # TDS-CLIP: a linear head, fixed classes
+    assert client.get("/model").json()["text_classes"] is False
+    r = _post(client, "/predict", video, classes="a cat, a dog")
+    assert r.status_code == 422 and "fixed set of classes" in r.json()["error"]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_bad_uploads_are_4xx_with_the_reason_and_the_server_keeps_serving(env, make_client):

@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["main", "build_app", "ServeConfig", "ModelWorker", "serving_available", "MISSING_DEPS"]
@@ -202,6 +203,33 @@ def _parse_seconds(name: str, text):
     return value
 
 
+MAX_CLASS_NAMES = 1000
+
+
+def _parse_class_names(text):
+    """``classes`` (one name a line, or comma-separated on one line) -> names, or None when not given."""
+    if text is None or not str(text).strip():
+        return None
+    text = str(text)
+    names = [n.strip() for n in (text.splitlines() if "\n" in text else text.split(","))]
+    names = [n for n in names if n]
+    if not 1 <= len(names) <= MAX_CLASS_NAMES:
+        raise ClientError(422, f"classes: give 1 to {MAX_CLASS_NAMES} class names, got {len(names)}")
+    long = [n for n in names if len(n) > 200]
+    if long:
+        raise ClientError(422, f"classes: a class name is at most 200 characters ({long[0][:40]!r}...)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ClientError(422, f"classes: {twice[0]!r} is named twice")
+    return names
+
+
+def _text_classifier(model) -> bool:
+    """Whether ``model`` scores videos against class-name text embeddings (so takes new names)."""
+    return hasattr(model, "text_embeddings_for") and getattr(model, "head", None) is None \
+        and getattr(model, "text_embeddings", None) is not None
+
+
 def _upload_suffix(name: str) -> str:
     """A safe suffix for the stored upload (the decoder may look at it); never a client path."""
     ext = os.path.splitext(os.path.basename(name.replace("\\", "/")))[1].lower()
@@ -266,6 +294,7 @@ def _model_info(rec, cfg: ServeConfig, worker: ModelWorker) -> dict:
         "precision": rec.precision,
         "precision_reason": rec.precision_reason,
         "device": str(rec.device),
+        "text_classes": _text_classifier(rec.runtime_model),
         "recipe": recipe,
         "batching": {"enabled": worker.batching, "max_batch": worker.max_batch,
                      "why_not": None if worker.batching else "int8 activation scales are per forward pass"},
@@ -480,8 +509,11 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
     @app.post("/predict")
     async def predict(request: Request):
         def run(path, name, options, folder):
-            top_k = _parse_int("top_k", options.get("top_k"), cfg.top_k, 1, max(1, rec.num_classes or 1000))
             views = _parse_views(options.get("views"))
+            names = _parse_class_names(options.get("classes"))
+            if names is not None:
+                return open_vocabulary(path, name, options, names, views)
+            top_k = _parse_int("top_k", options.get("top_k"), cfg.top_k, 1, max(1, rec.num_classes or 1000))
             out: cf.Future = cf.Future()
             model_fut: list = []
             gave_up = threading.Event()
@@ -512,6 +544,44 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
                 return d
             return out, finish, cancel
         return await handle(request, run)
+
+    text_cache: "OrderedDict[tuple, Any]" = OrderedDict()  # class names -> text embeddings (model thread only)
+
+    def open_vocabulary(path, name, options, names, views):
+        """``/predict`` with the client's class names (a text-classifier model): the names' text
+        embeddings (cached), the video's embedding per view, their scaled cosines -> a Prediction
+        whose labels are the names. Runs on the model thread, decoding included."""
+        model = rec.runtime_model
+        if not _text_classifier(model):
+            raise ClientError(422, f"this model ({type(rec.model).__name__}) has a fixed set of classes; other class "
+                                   "names need a text-classifier model (e.g. DiST with model.classifier=text)")
+        top_k = _parse_int("top_k", options.get("top_k"), cfg.top_k, 1, len(names))
+
+        def job():
+            import copy
+
+            import torch
+
+            key = tuple(names)
+            if key not in text_cache:
+                text_cache[key] = rec.model.text_embeddings_for(names)
+                while len(text_cache) > 16:
+                    text_cache.popitem(last=False)
+            text_cache.move_to_end(key)
+            clip = rec.prepare(_video_input(path), views)
+            with torch.no_grad(), rec.autocast():
+                logits = model.classify(model.features(clip), text_cache[key])
+            named = copy.copy(rec)  # the same model, these names for this answer only
+            named.classes = list(names)
+            return named.prediction(logits.float().cpu(), top_k)
+
+        fut = worker.call(job)
+
+        def finish(pred):
+            d = pred.to_dict()
+            d["path"] = name
+            return d
+        return fut, finish, fut.cancel
 
     @app.post("/timeline")
     async def timeline(request: Request):
