@@ -8,16 +8,17 @@ A local web server (FastAPI on uvicorn; ``pip install 'tdsk[serve]'``) around on
   (docs/timeline.md); ``POST /explain`` -> the explain pictures (GIF and PNG grid, base64);
   ``GET /health``; ``GET /model`` (recipe, classes, precision, device); ``GET /``: a web page.
 * Uploads: a multipart form field ``file`` (``curl -F file=@clip.mp4``) or the raw bytes as the
-  body (``curl --data-binary @clip.mp4 -H 'Content-Type: application/octet-stream'``); options
-  (``top_k``, ``views`` as CROPSxCLIPS, ``stride`` seconds, ``target_class``) as query parameters
-  or form fields.
-* Requests that arrive together are batched: each upload is decoded on its own thread, and one
+  body (``curl --data-binary @clip.mp4 -H 'Content-Type: application/octet-stream'``), or the
+  frames of one video as images in the repeated form field ``frames``; options (``top_k``,
+  ``views`` as CROPSxCLIPS, ``stride`` seconds, ``target_class``, ``classes``: other class names
+  for a text-classifier model) as query parameters or form fields.
+* Requests that arrive together are batched: each upload is decoded on one of ``--decode-workers`` threads, and one
   model thread runs the decoded clips of all waiting ``/predict`` requests in one forward pass
   (:meth:`tdsk.Recognizer.logits_many`), then splits the result back per request. At most
   ``--queue`` requests are admitted at a time (a 503 beyond, before the upload is read), uploads
   are limited to ``--max-upload-mb`` (413) and each request to ``--timeout`` seconds (504).
 * Safe by default: binds to 127.0.0.1; each upload goes to its own folder under one temporary
-  folder of the server and is deleted as soon as it is decoded (or the request fails); no
+  folder of the server and is deleted as soon as the request is done with it; no
   request names a server path (inputs are uploads only) and answers name the upload by its
   client-side file name, never by where it was stored.
 
