@@ -473,6 +473,45 @@ def test_without_fastapi_one_line_says_how_to_install(env, monkeypatch, capsys):
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
+def test_the_command_serves_on_loopback_and_removes_its_folder_on_sigterm(env, tmp_path):
+    import signal
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "tdsk.serve", env["folder"], "--port", str(port),
+                             "--precision", "fp32", "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        end = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < end, proc.stdout.read() if proc.poll() is not None else ""
+            time.sleep(0.2)
+        with open(env["videos"][0], "rb") as f:
+            r = httpx.post(f"http://127.0.0.1:{port}/predict", files={"file": ("a.mp4", f)}, timeout=60)
+        _same(r.json(), env["rec"].predict(env["videos"][0]), "a.mp4")
+        assert [p.name.startswith("tdsk-serve-") for p in tmp.iterdir()] == [True]
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # uvicorn shuts down (the app removes its folder), then re-raises SIGTERM: the process ends by it
+    assert proc.returncode in (0, -signal.SIGTERM) and f"http://127.0.0.1:{port}/" in out
+    assert "Traceback" not in out
+    assert list(tmp.iterdir()) == []
+
+
 def test_bad_arguments_are_one_line(env, tmp_path, capsys):
     assert serve.main([str(tmp_path / "missing.pt")]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -306,12 +306,14 @@ def _model_info(rec, cfg: ServeConfig, worker: ModelWorker) -> dict:
 
 # ----------------------------------------------------------------------------- the app
 
-def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str] = None):
+def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str] = None,
+              remove_tmp: Optional[bool] = None):
     """The ASGI app (FastAPI) serving ``rec`` (a :class:`tdsk.Recognizer`).
 
     ``tmp_root``: the folder uploads go to (one sub-folder per request, removed when the request
-    is done with it); default a new ``tdsk-serve-*`` folder under the system temporary folder,
-    removed when the app shuts down. ``app.state.serve`` holds the worker, limits and counters.
+    is done with it); default a new ``tdsk-serve-*`` folder under the system temporary folder.
+    ``remove_tmp``: remove ``tmp_root`` when the app shuts down (default: when the app made it).
+    ``app.state.serve`` holds the worker, limits and counters.
     """
     from contextlib import asynccontextmanager
 
@@ -324,7 +326,7 @@ def build_app(rec, config: Optional[ServeConfig] = None, tmp_root: Optional[str]
     from tdsk.inference import NonFiniteOutputError
 
     cfg = config or ServeConfig()
-    own_tmp = tmp_root is None
+    own_tmp = tmp_root is None if remove_tmp is None else bool(remove_tmp)
     tmp_root = os.path.abspath(tmp_root or tempfile.mkdtemp(prefix="tdsk-serve-"))
     os.makedirs(tmp_root, exist_ok=True)
     worker = ModelWorker(rec, cfg.max_batch, cfg.batch_wait_ms / 1000.0)
@@ -785,7 +787,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = ServeConfig(max_upload_mb=args.max_upload_mb, queue=args.queue, max_batch=args.max_batch,
                       batch_wait_ms=args.batch_wait_ms, timeout=args.timeout, decode_workers=args.decode_workers)
     tmp_root = tempfile.mkdtemp(prefix="tdsk-serve-")
-    app = build_app(rec, cfg, tmp_root=tmp_root)
+    # removed by the app's shutdown, which uvicorn runs on Ctrl-C and SIGTERM before it re-raises
+    # the signal (so the process ends by it), and below when uvicorn returns
+    app = build_app(rec, cfg, tmp_root=tmp_root, remove_tmp=True)
     if not _is_loopback(args.host):
         log.warning(f"serve: listening on {args.host}: other machines can reach this server (no authentication)")
     print(f"tdsk.serve: {rec!r} on http://{'[%s]' % args.host if ':' in args.host else args.host}:{args.port}/ "
@@ -800,6 +804,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: the server could not start on {args.host}:{args.port} (the line above says why)",
                   file=sys.stderr)
             return 1
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down, then re-raised SIGINT
+        print("tdsk.serve: stopped (Ctrl-C)", file=sys.stderr)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return 0
