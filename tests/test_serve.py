@@ -344,7 +344,8 @@ def test_a_timeout_during_decoding_keeps_the_folder_and_the_place_until_the_deco
         return rec.prepare(*a, **k)
     slow.prepare = prepare
     tmp = tmp_path / "up"
-    with TestClient(serve.build_app(slow, serve.ServeConfig(timeout=0.5, queue=1), tmp_root=str(tmp))) as client:
+    # 2 s: ample for the small upload to arrive, so the timeout falls while decoding
+    with TestClient(serve.build_app(slow, serve.ServeConfig(timeout=2.0, queue=1), tmp_root=str(tmp))) as client:
         state = client.app.state.serve
         r = _post(client, "/predict", video)
         assert r.status_code == 504
