@@ -71,7 +71,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"tdsk.kernels": "kernels"},
-    package_data={"tdsk.configs": ["*.yaml"]},
+    package_data={"tdsk.configs": ["*.yaml"], "tdsk.cli": ["*.html"]},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
@@ -99,6 +99,8 @@ setup(
         # python -m tdsk.export --format onnx (torch.onnx's dynamo exporter translates through
         # onnxscript) and ONNX Runtime to run / check the exported model.
         "deploy": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"],
+        # python -m tdsk.serve: FastAPI (with python-multipart for uploads) on uvicorn (docs/serving.md)
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         # DALI is in the test extra so CI exercises the DALI code path on its CPU
         # video decoder (VP9) even without a GPU.
         "test": [
@@ -110,6 +112,10 @@ setup(
             "onnxruntime>=1.20",
             "ruff>=0.6",  # tests/test_lint.py: `ruff check .` ([tool.ruff] in pyproject.toml)
             "import-linter>=2",  # tests/test_imports.py: the layer contracts ([tool.importlinter])
+            "fastapi>=0.110",  # = the serve extra (+ httpx for its test client): tests/test_serve.py runs in CI
+            "uvicorn>=0.29",
+            "python-multipart>=0.0.9",
+            "httpx>=0.27",
             "nvidia-dali-cuda130>=2.4; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },
@@ -123,6 +129,7 @@ setup(
             "tdsk-export=tdsk.cli.export:main",
             "tdsk-check=tdsk.cli.check:main",
             "tdsk-prepare=tdsk.cli.prepare:main",
+            "tdsk-serve=tdsk.cli.serve:main",
         ]
     },
 )

@@ -393,16 +393,37 @@ class Recognizer:
             raise NonFiniteOutputError(f"non-finite model output (NaN/inf logits in {bad} of {v} views)", v, bad)
         return probs
 
+    def logits_many(self, clips: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Per-view logits of several prepared videos (each ``[V_i, T, M, 3, S, S]``, from
+        :meth:`prepare`) in one forward pass over their concatenated views: ``[V_i, K]`` each
+        (on the CPU). Each view is scored on its own (eval-mode norms, per-clip attention), so
+        a video's logits do not depend on the others in the batch beyond float rounding; with
+        ``precision="int8"`` they do (the activation scale is per call): batch one at a time."""
+        if not clips:
+            return []
+        sizes = [int(c.shape[0]) for c in clips]
+        batch = torch.cat([c.to(self.device) for c in clips]) if len(clips) > 1 else clips[0].to(self.device)
+        with torch.no_grad(), self.autocast():
+            out = self._forward(batch)
+        return list(out.float().cpu().split(sizes))
+
+    def prediction(self, logits: torch.Tensor, top_k: int = 5, source: Optional[str] = None) -> Prediction:
+        """The :class:`Prediction` of per-view logits ``[V, K]`` (view-averaged softmax, the
+        ``top_k`` best); :class:`NonFiniteOutputError` on NaN/inf. :meth:`predict` is
+        ``prediction(logits(video))``."""
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        probs = self._probs(logits)
+        values, indices = probs.topk(min(int(top_k), probs.shape[-1]))
+        top = [Label(int(i), self.label_of(int(i)), float(p)) for p, i in zip(values, indices)]
+        return Prediction(top, int(logits.shape[0]), source, probs)
+
     def predict(self, video: Any, top_k: int = 5, views: Optional[Tuple[int, int]] = None) -> Prediction:
         """The ``top_k`` classes of ``video`` with their view-averaged probabilities, best first."""
         if int(top_k) < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        logits = self.logits(video, views)
-        probs = self._probs(logits)
-        values, indices = probs.topk(min(int(top_k), probs.shape[-1]))
-        top = [Label(int(i), self.label_of(int(i)), float(p)) for p, i in zip(values, indices)]
         source = os.fspath(video) if isinstance(video, (str, os.PathLike)) else None
-        return Prediction(top, int(logits.shape[0]), source, probs)
+        return self.prediction(self.logits(video, views), top_k, source)
 
     __call__ = predict
 

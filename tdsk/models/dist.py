@@ -185,14 +185,31 @@ class DiST(VideoClassifier):
         if logit_scale is not None:
             self.logit_scale.fill_(float(logit_scale))
 
-    def classify(self, emb: torch.Tensor) -> torch.Tensor:
-        """Video embeddings ``[B, E]`` -> logits ``[B, K]``."""
+    def classify(self, emb: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Video embeddings ``[B, E]`` -> logits ``[B, K]``. ``text_embeddings`` ``[K', E]``: score
+        against these classes instead of the model's own (open vocabulary; text classifier only)."""
         if self.head is not None:
+            if text_embeddings is not None:
+                raise ValueError("this DiST classifies with a linear head (model.classifier=linear), not text "
+                                 "embeddings: it cannot take other class names")
             return self.head(emb)
         emb = emb.float()
+        text = self.text_embeddings if text_embeddings is None else text_embeddings.to(emb.device).float()
         v = emb / emb.norm(dim=1, keepdim=True)
-        t = self.text_embeddings / self.text_embeddings.norm(dim=1, keepdim=True)
+        t = text / text.norm(dim=1, keepdim=True)
         return self.logit_scale.exp() * v @ t.t()
+
+    def text_embeddings_for(self, class_names: Sequence[str]) -> torch.Tensor:
+        """``[K', E]`` text embeddings of other class names (the recipe's text tower weights and
+        ``text_prompt``), for :meth:`classify`; text classifier only."""
+        if self.head is not None:
+            raise ValueError("this DiST classifies with a linear head (model.classifier=linear): it cannot take "
+                             "other class names")
+        c = self.config
+        emb, _ = class_text_embeddings(c["arch"], class_names, c["text_pretrained"] or c["clip_pretrained"],
+                                       c["quick_gelu"], c["text_prompt"],
+                                       key="model.text_pretrained" if c["text_pretrained"] else "model.clip_pretrained")
+        return emb
 
     # -- split forward: the frozen taps once per frame (tdsk.timeline) ---------------------------------
     def frame_taps(self, frames: torch.Tensor) -> List[torch.Tensor]:
