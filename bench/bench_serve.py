@@ -27,6 +27,7 @@ import time
 
 import pytest
 import torch
+from benchlib import write_side_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUESTS = int(os.environ.get("TDSK_BENCH_SERVE_REQUESTS", "16"))
@@ -93,14 +94,7 @@ def served(request, tmp_path_factory):
     _RESULTS["load_after"] = os.getloadavg()
     if name == MODELS[-1]:
         print("\n" + report())
-        path = request.config.getoption("--tdsk-summary")
-        if path:
-            stem = os.path.splitext(path)[0]
-            md = stem + (".md" if stem.endswith("-serve") else "-serve.md")
-            os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
-            with open(md, "w") as fh:
-                fh.write(report() + "\n")
-            print(f"serve report written to {md}")
+        write_side_report(request, report() + "\n", "serve")
 
 
 def _run_clients(clients: int, one) -> list:

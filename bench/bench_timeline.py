@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchlib import write_side_report
 from tdsk.models import build_model
 from tdsk.timeline import TimelineEngine
 
@@ -49,15 +50,7 @@ def state(request):
     yield {"model": model, "frames": frames}
     _RESULTS["load_after"] = os.getloadavg()
     print("\n" + report())
-    path = request.config.getoption("--tdsk-summary")
-    if path:
-        stem = os.path.splitext(path)[0]
-        # its own file: bench_inference.py writes <stem>.md when both run under one --tdsk-summary
-        md = stem + (".md" if stem.endswith("-timeline") else "-timeline.md")
-        os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
-        with open(md, "w") as fh:
-            fh.write(markdown())
-        print(f"timeline report written to {md}")
+    write_side_report(request, markdown(), "timeline")
 
 
 def _primed(model, frames, reuse):

@@ -60,3 +60,21 @@ def cuda_peak_bytes(fn: Callable) -> int:
     fn()
     torch.cuda.synchronize()
     return int(torch.cuda.max_memory_allocated() - base)
+
+
+def write_side_report(request, text: str, suffix: str) -> "str | None":
+    """With ``--tdsk-summary PATH``: write ``text`` to ``<stem>-<suffix>.md`` beside it (its own
+    file: bench_inference.py writes ``<stem>.md`` when several benchmarks share one summary
+    path); returns the path written, or ``None`` without the option."""
+    import os
+
+    path = request.config.getoption("--tdsk-summary")
+    if not path:
+        return None
+    stem = os.path.splitext(path)[0]
+    md = stem + (".md" if stem.endswith(f"-{suffix}") else f"-{suffix}.md")
+    os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
+    with open(md, "w") as fh:
+        fh.write(text)
+    print(f"{suffix} report written to {md}")
+    return md

@@ -20,13 +20,14 @@ Key table (tdsk <- official):
 from __future__ import annotations
 
 import collections
+import os
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
 from tdsk.models.clip_encoder import _pretrained_tag_state_dict, load_clip_visual_state_dict
-from tdsk.models.text_tower import _is_text_key, class_text_embeddings, clip_text_state_dict
+from tdsk.models.text_tower import is_text_key, class_text_embeddings, clip_text_state_dict
 
 __all__ = ["PREFIX", "strip_prefix", "is_official", "load_official", "official_state_dict"]
 
@@ -62,7 +63,7 @@ def load_official(model: nn.Module, sd: Dict[str, torch.Tensor]) -> int:
             renamed["encoder." + k[len("visual."):]] = v
         elif k.startswith("dist_net."):
             renamed[k] = v
-        elif _is_text_key(k):
+        elif is_text_key(k):
             text[k] = v.float() if v.is_floating_point() else v
         else:
             unexpected.append(k)
@@ -104,8 +105,6 @@ def _clip_source(model: nn.Module) -> Dict[str, torch.Tensor]:
         raise ValueError("export_official of a DiST model needs model.clip_pretrained (a CLIP file or tag): the "
                          "official format holds the whole CLIP, whose text tower tdsk does not keep")
     src = str(c["clip_pretrained"])
-    import os  # noqa: PLC0415
-
     if os.path.exists(src):
         visual = {"visual." + k: v for k, v in load_clip_visual_state_dict(src).items()}
     else:

@@ -30,7 +30,7 @@ from tdsk.schema import ConfigError
 
 __all__ = ["placeholder_text_embeddings", "text_embeddings_deferred",
            "TINY_TEXT_CFG", "text_config", "clip_text_state_dict", "build_text_tower", "encode_texts",
-           "class_text_embeddings", "TEXT_KEYS"]
+           "class_text_embeddings", "TEXT_KEYS", "is_text_key"]
 
 # A one-layer text tower of width 64 for tdsk's tiny ViTs (CPU tests, the demo).
 TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}
@@ -70,7 +70,8 @@ def text_config(arch: str) -> Tuple[int, dict]:
     return int(cfg["embed_dim"]), dict(cfg["text_cfg"])
 
 
-def _is_text_key(k: str) -> bool:
+def is_text_key(k: str) -> bool:
+    """Whether a top-level CLIP state-dict key belongs to the text tower."""
     return k.startswith(TEXT_KEYS)
 
 
@@ -86,7 +87,7 @@ def clip_text_state_dict(arch: str, pretrained: Optional[str], quick_gelu: bool 
     if os.path.exists(str(pretrained)):
         sd = read_state_dict(str(pretrained), what="CLIP weights", torchscript=True)
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
-        text = {k: v for k, v in sd.items() if _is_text_key(k)}
+        text = {k: v for k, v in sd.items() if is_text_key(k)}
         if "token_embedding.weight" not in text:
             raise ConfigError(f"{key}={pretrained!r} has no CLIP text tower (no token_embedding.weight; a vision-only "
                               "file?): the text classifier needs a whole CLIP file, or set model.classifier=linear")
@@ -94,7 +95,7 @@ def clip_text_state_dict(arch: str, pretrained: Optional[str], quick_gelu: bool 
     if os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors")):
         raise ConfigError(f"{key}: no such file {pretrained!r}")
     sd = _pretrained_tag_state_dict(arch, str(pretrained), quick_gelu, full=True)
-    return {k: v for k, v in sd.items() if _is_text_key(k)}
+    return {k: v for k, v in sd.items() if is_text_key(k)}
 
 
 def build_text_tower(arch: str, quick_gelu: bool = True, state_dict: Optional[Dict[str, torch.Tensor]] = None
