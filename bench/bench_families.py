@@ -1,35 +1,43 @@
-"""TDS-CLIP and DiST side by side on one engine (``pytest bench/bench_families.py --benchmark-only -s``).
+"""The model families side by side on one engine (``pytest bench/bench_families.py --benchmark-only -s``).
 
 Each family at its official B/16 clip (224 px, one clip): TDS-CLIP ``ssv1_b16`` (8 segments x 5
-local frames, CLIP on the 8 centre frames), DiST ``ssv2_dist_b16`` (16 frames, CLIP on 8).
-Random weights (``clip_pretrained=None``), fp32, this machine's threads. Rows:
+local frames, CLIP on the 8 centre frames), DiST ``ssv2_dist_b16`` (16 frames, CLIP on 8),
+M2-CLIP ``k400_m2clip_b16`` (8 frames, adapters inside CLIP: back-propagation runs through the
+frozen tower), MSTA ``k400_msta_b16`` (8 frames, adapters inside both towers). Random weights
+(``clip_pretrained=None``), fp32, this machine's threads, 174 classes. Rows:
 
-* ``train_step``: one forward + backward of one clip (timed); ``saved_mib``: bytes autograd
+* ``train_step``: one forward + backward of one clip with the family's training loss (timed); ``saved_mib``: bytes autograd
   keeps for that backward (unique storages, as in bench_model.py); ``trainable``: parameters
   the optimiser sees; ``gflops``: one view, ``torch.utils.flop_counter`` on the meta device;
 * ``infer``: one eval forward without autograd (timed);
 * ``official_dist_infer``: the official DiST modules (CLIP + DiSTNetwork from the git-ignored
   ``.official/dist``, tests/test_dist_parity.py) on the same input, eager (skipped without them).
 
-At the end the ratios DiST / TDS-CLIP of the rows measured in this run are printed. The GPU
+At the end every family's rows and their ratio to TDS-CLIP's, measured in this run, are printed. The GPU
 device run picks the same cases up (``FAMILY_CASES``). Nothing asserts a timing.
 """
 import pytest
 import torch
 
 from tdsk.models import build_model
+from tdsk.models.registry import loss_of
 
-FAMILY_CASES = {"tds_clip": ("ssv1_b16", (1, 8, 5, 3, 224, 224)), "dist": ("ssv2_dist_b16", (1, 16, 1, 3, 224, 224))}
+FAMILY_CASES = {"tds_clip": ("ssv1_b16", (1, 8, 5, 3, 224, 224)), "dist": ("ssv2_dist_b16", (1, 16, 1, 3, 224, 224)),
+                "m2clip": ("k400_m2clip_b16", (1, 8, 1, 3, 224, 224)),
+                "msta": ("k400_msta_b16", (1, 8, 1, 3, 224, 224))}
 NAMES = [f"class {i}" for i in range(174)]
 MIB = 2 ** 20
 _RESULTS = {}
 
 
+def _build(family):
+    # every family gets the class names (the text classifiers need them, the others ignore them)
+    return build_model(FAMILY_CASES[family][0], class_names=NAMES, clip_pretrained=None, num_classes=174)
+
+
 def _model(family, device="cpu"):
-    recipe, _ = FAMILY_CASES[family]
     torch.manual_seed(0)
-    return build_model(recipe, class_names=NAMES if family == "dist" else None, clip_pretrained=None,
-                       num_classes=174).to(device)
+    return _build(family).to(device)
 
 
 def _flops(family):
@@ -37,10 +45,9 @@ def _flops(family):
 
     from tdsk.models.text_tower import placeholder_text_embeddings
 
-    recipe, shape = FAMILY_CASES[family]
+    shape = FAMILY_CASES[family][1]
     with torch.device("meta"), placeholder_text_embeddings():
-        m = build_model(recipe, class_names=NAMES if family == "dist" else None, clip_pretrained=None,
-                        num_classes=174).eval()
+        m = _build(family).eval()
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             m(torch.empty(shape))
     return counter.get_total_flops() / 1e9
@@ -49,11 +56,12 @@ def _flops(family):
 @pytest.fixture(scope="module", autouse=True)
 def _summary():
     yield
-    if {"tds_clip", "dist"} <= set(_RESULTS):
-        a, b = _RESULTS["tds_clip"], _RESULTS["dist"]
-        print("\nfamilies, B/16 one clip, fp32, this machine (DiST / TDS-CLIP, measured in this run):")
-        for key in sorted(set(a) & set(b)):
-            print(f"  {key:22s} TDS-CLIP {a[key]:12.4g}   DiST {b[key]:12.4g}   ratio {b[key] / a[key]:.3f}")
+    base = _RESULTS.get("tds_clip")
+    if base:
+        print("\nfamilies, B/16 one clip, fp32, this machine (value, and ratio to TDS-CLIP, measured in this run):")
+        for family, rows in _RESULTS.items():
+            for key in sorted(set(rows) & set(base)):
+                print(f"  {family:9s} {key:22s} {rows[key]:12.4g}   / TDS-CLIP {rows[key] / base[key]:.3f}")
 
 
 @pytest.mark.parametrize("family", list(FAMILY_CASES))
@@ -67,12 +75,13 @@ def test_train_step(benchmark, family):
         storages[s.data_ptr()] = s.nbytes()
         return t
 
+    target, criterion = torch.zeros(1, dtype=torch.long), torch.nn.CrossEntropyLoss()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(video)
-    del out
+        loss = loss_of(model, model(video), target, criterion)  # the family's training loss
+    del loss
 
     def step():
-        model(video).sum().backward()
+        loss_of(model, model(video), target, criterion).backward()
         model.zero_grad(set_to_none=True)
 
     benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
