@@ -1,4 +1,4 @@
-"""Benchmarks of the two temporal-difference ops: tdsk vs the reference vs torch.compile(reference).
+"""Benchmarks of the temporal-difference ops: tdsk vs the reference vs torch.compile(reference).
 
 Run: ``pytest bench/bench_ops.py --benchmark-only`` (CPU rows always; the same rows
 run on CUDA with the Triton kernels when a GPU is present).
@@ -12,7 +12,8 @@ Providers:
   PyTorch baseline; forward only, its gradient on ties differs from max_pool3d).
 
 Bytes that must move (the floor): forward reads x and writes out (2 * numel * size);
-forward+backward adds reading grad and x and writing grad_x (5 * numel * size).
+forward+backward adds reading grad and x and writing grad_x (5 * numel * size;
+``local_temporal_diff``'s backward does not read x: 4 * numel * size).
 ``copy`` measures the device's copy bandwidth on the same bytes, so ``pct_of_copy``
 = tdsk GB/s / copy GB/s is the fraction of achievable memory bandwidth.
 """
@@ -21,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from tdsk.ops import reference
-from tdsk.ops.temporal_diff import frame_diff_concat, temporal_pool_diff
+from tdsk.ops.temporal_diff import frame_diff_concat, local_temporal_diff, temporal_pool_diff
 
-from benchlib import CLIP_MEAN, CLIP_STD, FRAME_CASES, POOL_CASES  # the shapes the GPU device run also times
+from benchlib import CLIP_MEAN, CLIP_STD, FRAME_CASES, LTD_CASES, POOL_CASES  # the shapes the GPU device run also times
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -51,13 +52,14 @@ def _rounds(numel, device):
     return 5 if (device == "cpu" and numel > 5_000_000) else None
 
 
+def _eager_and_compiled(tdsk_op, reference_op):
+    """The three providers every op has: the tdsk op, the eager reference, the compiled reference."""
+    return {"tdsk": tdsk_op, "reference": reference_op, "compiled": compiled(reference_op)}
+
+
 def _pool_providers():
-    return {
-        "tdsk": temporal_pool_diff,
-        "reference": reference.temporal_pool_diff_reference,
-        "compiled": compiled(reference.temporal_pool_diff_reference),
-        "shifted": shifted_pool_diff,
-    }
+    return dict(_eager_and_compiled(temporal_pool_diff, reference.temporal_pool_diff_reference),
+                shifted=shifted_pool_diff)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -99,11 +101,7 @@ def test_temporal_pool_diff_forward_backward(record, device, case, provider):
 
 
 def _frame_providers():
-    return {
-        "tdsk": frame_diff_concat,
-        "reference": reference.frame_diff_concat_reference,
-        "compiled": compiled(reference.frame_diff_concat_reference),
-    }
+    return _eager_and_compiled(frame_diff_concat, reference.frame_diff_concat_reference)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -143,3 +141,51 @@ def test_frame_diff_concat_forward_backward(record, device, provider):
     nbytes = 2 * frames.numel() * 4 + 2 * out_bytes  # fwd: read f, write out; bwd: read grad, write grad_f
     record(fwd_bwd, op="frame_diff_concat", case="sme_4clips_f32", mode="forward+backward", provider=provider,
            bytes_moved=nbytes, device=device, rounds=_rounds(frames.numel(), device))
+
+
+def _ltd_providers():
+    return _eager_and_compiled(local_temporal_diff, reference.local_temporal_diff_reference)
+
+
+def _m2clip_tokens(shape, dtype, device, requires_grad=False):
+    """``[B*T, 1+N, C]`` tokens and M2-CLIP's view of their patch tokens as ``[B, T, N, C]``."""
+    b, t, n, c = shape
+    tokens = torch.randn(b * t, 1 + n, c, dtype=dtype, device=device).requires_grad_(requires_grad)
+    return tokens, tokens[:, 1:, :].view(b, t, n, c)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(LTD_CASES))
+@pytest.mark.parametrize("provider", ["tdsk", "reference", "compiled", "copy"])
+def test_local_temporal_diff_forward(record, device, case, provider):
+    shape, dtype = LTD_CASES[case]
+    torch.manual_seed(0)
+    _, x = _m2clip_tokens(shape, dtype, device)
+    nbytes = 2 * x.numel() * x.element_size()
+    if provider == "copy":
+        out = torch.empty(x.shape, dtype=dtype, device=device)
+        fn = lambda: out.copy_(x)  # noqa: E731
+    else:
+        op = _ltd_providers()[provider]
+        fn = lambda: op(x)  # noqa: E731
+    record(fn, op="local_temporal_diff", case=case, mode="forward", provider=provider, bytes_moved=nbytes,
+           device=device, rounds=_rounds(x.numel(), device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(LTD_CASES))
+@pytest.mark.parametrize("provider", ["tdsk", "reference", "compiled"])
+def test_local_temporal_diff_forward_backward(record, device, case, provider):
+    shape, dtype = LTD_CASES[case]
+    torch.manual_seed(0)
+    tokens, _ = _m2clip_tokens(shape, dtype, device, requires_grad=True)
+    grad = torch.randn(shape, dtype=dtype, device=device)
+    op = _ltd_providers()[provider]
+    b, t, n, c = shape
+
+    def fwd_bwd():
+        tokens.grad = None
+        op(tokens[:, 1:, :].view(b, t, n, c)).backward(grad)
+
+    record(fwd_bwd, op="local_temporal_diff", case=case, mode="forward+backward", provider=provider,
+           bytes_moved=4 * grad.numel() * grad.element_size(), device=device, rounds=_rounds(grad.numel(), device))

@@ -24,6 +24,11 @@ FRAME_CASES: Dict[str, Tuple[Tuple[int, ...], torch.dtype]] = {
     "sme_4clips_f32": ((4, 8, 5, 3, 224, 224), torch.float32),
     "sme_4clips_u8": ((4, 8, 5, 3, 224, 224), torch.uint8),
 }
+# local_temporal_diff inputs [B, T, N, C]: M2-CLIP's patch tokens for ViT-B/16, 4 clips x 8
+# frames, 196 patches of width 768, as the view tokens[:, 1:, :].view(B, T, N, C) of [B*T, 197, C].
+LTD_CASES: Dict[str, Tuple[Tuple[int, ...], torch.dtype]] = {
+    "m2clip_b16": ((4, 8, 196, 768), torch.float32),
+}
 # the same cases shrunk for a CPU rehearsal (``device_run.py --dry-run``)
 POOL_CASES_DRY = {
     "train_b16": ((2, 20, 8, 7, 7), torch.float32),

@@ -3,8 +3,8 @@
 The interpreter (``TRITON_INTERPRET=1``) checks what the kernels compute, not that
 they compile: this script runs the real Triton compiler (Triton's bundled ptxas,
 no driver needed) on the configurations the launchers pick for the shapes of
-``bench/bench_ops.py`` (the ViT-B/16 TD-Adapter training shape, a large one, and the
-SME-Adapter's 4 clips of 8 x 5 frames at 224 px) and reports, per variant, registers,
+``bench/bench_ops.py`` (the ViT-B/16 TD-Adapter training shape, a large one, the
+SME-Adapter's 4 clips of 8 x 5 frames at 224 px, and M2-CLIP's ViT-B/16 patch tokens) and reports, per variant, registers,
 stack (spill) bytes and the number of vectorised global loads/stores in the PTX.
 
     python bench/triton_compile_check.py           # all configurations, a table
@@ -31,6 +31,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kernels import frame_diff_concat as fdc  # noqa: E402
+from kernels import local_temporal_diff as ltd  # noqa: E402
 from kernels import temporal_pool_diff as tpd  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -105,7 +106,21 @@ def fdc_variant(shape, dt_in, dt_out, scale, backward, flat=True, int64=False):
     return f"fdc_{'bwd' if backward else 'fwd'} {shape} {dt_in}->{dt_out} scale={scale} flat={flat} i64={int64} tile={bc}x{bhw}/w{warps}", r
 
 
-TRAIN, LARGE, SME = (32, 20, 8, 14, 14), (8, 320, 16, 28, 28), (4, 8, 5, 3, 224, 224)
+def ltd_variant(shape, dt, backward, unit_stride=True, int64=False):
+    b, t, n, c = shape  # the view tokens[:, 1:, :].view(B, T, N, C) of [B*T, 1+N, C] tokens
+    bk, warps = ltd._block(n * c, False, None)
+    consts = dict(BLOCK=bk, USE_INT64=int64, ACC=tl.float64 if dt == "fp64" else tl.float32)
+    if backward:
+        fn, ptrs, ones = ltd._local_temporal_diff_bwd_kernel, {"g_ptr": dt, "gx_ptr": dt}, ("sgr",)
+    else:
+        fn, ptrs, ones = ltd._local_temporal_diff_fwd_kernel, {"x_ptr": dt, "out_ptr": dt}, ("sxr",)
+    div16 = ("R", "sxb", "sxt", "sgb", "sgt") if (n * c) % 16 == 0 and ((1 + n) * c) % 16 == 0 else ()
+    r = compile_variant(fn, ptrs, consts, warps, ones=ones if unit_stride else (), div16=div16,
+                        i64=("sxb", "sgb") if int64 else ())
+    return f"ltd_{'bwd' if backward else 'fwd'} {shape} {dt} unit_stride={unit_stride} i64={int64} tile={bk}/w{warps}", r
+
+
+TRAIN, LARGE, SME, M2CLIP = (32, 20, 8, 14, 14), (8, 320, 16, 28, 28), (4, 8, 5, 3, 224, 224), (4, 8, 196, 768)
 
 
 def variants(quick):
@@ -117,6 +132,8 @@ def variants(quick):
         yield pool_variant(TRAIN, "fp16", 3, 0.5, True)
         yield fdc_variant(SME, "u8", "fp32", True, False)
         yield fdc_variant(SME, "bf16", "fp64", False, True, flat=False, int64=True)
+        yield ltd_variant(M2CLIP, "bf16", False)
+        yield ltd_variant(M2CLIP, "fp64", True, unit_stride=False, int64=True)
         return
     for dt in ("fp32", "bf16"):
         for shape in (TRAIN, LARGE):
@@ -129,6 +146,9 @@ def variants(quick):
         yield fdc_variant(SME, dt_in, dt_out, scale, False)
         if dt_in != "u8":
             yield fdc_variant(SME, dt_in, dt_out, scale, True)
+    for dt in ("fp32", "bf16", "fp16"):
+        for bwd in (False, True):
+            yield ltd_variant(M2CLIP, dt, bwd)
 
 
 def main(argv=None):

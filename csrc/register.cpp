@@ -1,7 +1,8 @@
 // Python module tdsk._C: puts the C++ kernels under the CPU dispatch key of the tdsk:: ops.
 //
 // Where the schemas live: in Python, once (torch.library.custom_op in
-// tdsk/ops/temporal_pool_diff.py and tdsk/ops/frame_diff_concat.py), because the ops
+// tdsk/ops/temporal_pool_diff.py, tdsk/ops/frame_diff_concat.py and
+// tdsk/ops/local_temporal_diff.py), because the ops
 // must exist whether or not this extension was built; their default kernel there is
 // the pure-PyTorch reference (CompositeExplicitAutograd). This module defines no
 // schema and no second operator namespace: register_cpu_kernel("<name>") adds the C++
@@ -49,6 +50,8 @@ constexpr const char* kNames[] = {
     "temporal_pool_diff_backward",
     "frame_diff_concat",
     "frame_diff_concat_backward",
+    "local_temporal_diff",
+    "local_temporal_diff_backward",
 };
 
 void impl(torch::Library& lib, const std::string& name) {
@@ -58,8 +61,12 @@ void impl(torch::Library& lib, const std::string& name) {
     lib.impl("temporal_pool_diff_backward", TORCH_FN(tdsk::temporal_pool_diff_backward));
   } else if (name == "frame_diff_concat") {
     lib.impl("frame_diff_concat", TORCH_FN(tdsk::frame_diff_concat_forward));
-  } else {
+  } else if (name == "frame_diff_concat_backward") {
     lib.impl("frame_diff_concat_backward", TORCH_FN(tdsk::frame_diff_concat_backward));
+  } else if (name == "local_temporal_diff") {
+    lib.impl("local_temporal_diff", TORCH_FN(tdsk::local_temporal_diff_forward));
+  } else {
+    lib.impl("local_temporal_diff_backward", TORCH_FN(tdsk::local_temporal_diff_backward));
   }
 }
 

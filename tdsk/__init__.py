@@ -3,7 +3,7 @@
 Sub-packages:
 
 * :mod:`tdsk.ops` -- the public ops (``temporal_pool_diff``, ``frame_diff_concat``,
-  side attention), registered as ``torch.ops.tdsk.*`` custom ops.
+  ``local_temporal_diff``, side attention), registered as ``torch.ops.tdsk.*`` custom ops.
 * :mod:`tdsk.models` -- the TDS-CLIP model (frozen open_clip ViT + side network).
 * :mod:`tdsk.data` -- frame sampling, decoders and loaders.
 * :class:`tdsk.Recognizer` (:mod:`tdsk.inference`) -- a trained model ready for

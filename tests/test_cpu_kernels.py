@@ -8,7 +8,7 @@ key, below the ops' autograd and argument checks), and compared with
 * the hand-written backward references of :mod:`tdsk.ops.reference` (the default
   kernels of the ops), which the kernels must match bit for bit where the operation
   order is the same (float32/any dtype with ``channel_mix == 0``, frame_diff_concat
-  always).
+  and local_temporal_diff always).
 """
 import os
 
@@ -225,6 +225,10 @@ def test_pool_empty_and_mixed_grad_dtype():
         (lambda: K.frame_diff_concat_forward(torch.zeros(1, 1, 2, 1, 1, 1), None, torch.int32), "out_dtype"),
         (lambda: K.frame_diff_concat_backward(torch.zeros(1, 3, 1, 1, 1), None, 3, torch.float32), "multiple"),
         (lambda: K.frame_diff_concat_backward(torch.zeros(1, 2, 1, 1, 1), None, 3, torch.uint8), "frames_dtype"),
+        (lambda: K.local_temporal_diff_forward(torch.zeros(4)), "at least 2-D"),
+        (lambda: K.local_temporal_diff_forward(torch.zeros(2, 3, dtype=torch.int32)), "float32"),
+        (lambda: K.local_temporal_diff_backward(torch.zeros(())), "at least 2-D"),
+        (lambda: K.local_temporal_diff_backward(torch.zeros(2, 3, dtype=torch.uint8)), "float32"),
     ],
 )
 def test_bad_arguments_raise(call, match):
@@ -358,6 +362,72 @@ def test_fdc_threads_and_empty():
     assert eg.shape == (0, 2, 3, 3, 4, 4) and eg.dtype == torch.float16
 
 
+# ---------------------------------------------------------------------------
+# local_temporal_diff
+# ---------------------------------------------------------------------------
+
+# [B, T, *rest]: T = 1, 2, 3, 16; 2-D; M2-CLIP's [B, T, N, C]; rows long enough to be split
+# between work items (R = 197 * 40 > the grain) and a ragged chunk boundary.
+LTD_SHAPES = [(1, 1), (3, 2), (2, 3, 7, 5), (1, 16, 1, 17), (2, 8, 197, 40), (3, 1, 4, 3)]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_ltd_matches_references(dtype):
+    for i, shape in enumerate(LTD_SHAPES):
+        x = _randn(shape, dtype, seed=i)
+        g = _randn(shape, dtype, seed=400 + i)
+        out = K.local_temporal_diff_forward(x)
+        assert out.shape == x.shape and out.dtype == dtype and out.is_contiguous()
+        _close(out, reference.local_temporal_diff_reference(x), dtype, exact=True)
+        gx = K.local_temporal_diff_backward(g)
+        assert gx.shape == x.shape and gx.dtype == dtype and gx.is_contiguous()
+        _close(gx, reference.local_temporal_diff_backward_reference(g), dtype, exact=True)
+        xr = x.clone().requires_grad_(True)
+        reference.local_temporal_diff_reference(xr).backward(g)
+        _close(gx, xr.grad, dtype, exact=False)
+        if shape[1] == 1:
+            assert not out.any() and not gx.any()
+
+
+def _noncontiguous_ltd_inputs(b, t, n, c):
+    tokens = _randn((b * t, 1 + n, c), torch.float32, seed=20)
+    yield "M2-CLIP tokens[:, 1:].view (in place)", tokens[:, 1:, :].view(b, t, n, c)
+    yield "permuted B/T (in place)", _randn((t, b, n, c), torch.float32, seed=21).transpose(0, 1)
+    yield "sliced T (in place)", _randn((b, t + 2, n, c), torch.float32, seed=22)[:, 1 : t + 1]
+    yield "strided C (in place, stride 2)", _randn((b, t, n, 2 * c), torch.float32, seed=23)[..., ::2]
+    yield "transposed N/C (copy)", _randn((b, t, c, n), torch.float32, seed=24).transpose(2, 3)
+    yield "expanded B (in place, stride 0)", _randn((1, t, n, c), torch.float32, seed=25).expand(b, t, n, c)
+
+
+def test_ltd_noncontiguous():
+    b, t, n, c = 2, 5, 7, 6
+    for name, x in _noncontiguous_ltd_inputs(b, t, n, c):
+        assert x.shape == (b, t, n, c) and not x.is_contiguous(), name
+        out = K.local_temporal_diff_forward(x)
+        assert out.is_contiguous(), name
+        assert torch.equal(out, reference.local_temporal_diff_reference(x.contiguous())), name
+        # grad_out with the same (non-contiguous) layouts
+        gx = K.local_temporal_diff_backward(x)
+        assert torch.equal(gx, reference.local_temporal_diff_backward_reference(x.contiguous())), name
+
+
+def test_ltd_threads_and_empty():
+    x = _randn((4, 8, 196, 48), torch.float32, seed=0)
+    out = K.local_temporal_diff_forward(x)
+    gx = K.local_temporal_diff_backward(x)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(out, K.local_temporal_diff_forward(x))
+        assert torch.equal(gx, K.local_temporal_diff_backward(x))
+    finally:
+        torch.set_num_threads(threads)
+    for shape in ((0, 3, 4), (2, 3, 0), (2, 0)):
+        e = torch.empty(shape, dtype=torch.float16)
+        assert K.local_temporal_diff_forward(e).shape == shape
+        assert K.local_temporal_diff_backward(e).dtype == torch.float16
+
+
 @ROUTES_TO_CPP
 def test_public_ops_route_to_cpp_and_agree():
     # Through the custom ops (autograd included): same numbers as the kernels.
@@ -372,20 +442,40 @@ def test_public_ops_route_to_cpp_and_agree():
     gf = _randn(out.shape, torch.float32, seed=3)
     out.backward(gf)
     assert torch.equal(f.grad, K.frame_diff_concat_backward(gf, None, 5, torch.float32))
+    tokens = _randn((16, 197, 64), torch.float32, seed=4).requires_grad_(True)  # M2-CLIP, B=2, T=8
+    x = tokens[:, 1:, :].view(2, 8, 196, 64)
+    y = td.local_temporal_diff(x)
+    gy = _randn(y.shape, torch.float32, seed=5)
+    y.backward(gy)
+    assert torch.equal(y.detach(), K.local_temporal_diff_forward(x.detach()))
+    assert torch.equal(tokens.grad[:, 1:].reshape(2, 8, 196, 64), K.local_temporal_diff_backward(gy))
+    assert not tokens.grad[:, 0].any()  # the class token is not part of the difference
 
 
-@pytest.mark.parametrize("mix", [0.0, 0.5])
-def test_pool_gradcheck_through_kernels(mix):
+# (forward(x), backward(g, x)) of the kernels under test
+KERNEL_PAIRS = {
+    "pool-mix0": (lambda x: K.temporal_pool_diff_forward(x, 3, 0.0),
+                  lambda g, x: K.temporal_pool_diff_backward(g, x, 3, 0.0)),
+    "pool-mix0.5": (lambda x: K.temporal_pool_diff_forward(x, 3, 0.5),
+                    lambda g, x: K.temporal_pool_diff_backward(g, x, 3, 0.5)),
+    "local_temporal_diff": (K.local_temporal_diff_forward, lambda g, x: K.local_temporal_diff_backward(g)),
+}
+
+
+@pytest.mark.parametrize("pair", list(KERNEL_PAIRS))
+def test_gradcheck_through_kernels(pair):
+    fwd, bwd = KERNEL_PAIRS[pair]
+
     class F(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
-            return K.temporal_pool_diff_forward(x, 3, mix)
+            return fwd(x)
 
         @staticmethod
         def backward(ctx, g):
             (x,) = ctx.saved_tensors
-            return K.temporal_pool_diff_backward(g, x, 3, mix)
+            return bwd(g, x)
 
     # Distinct values (no ties) so the max is differentiable.
     x = torch.randperm(2 * 3 * 5 * 2 * 3, dtype=torch.float64).reshape(2, 3, 5, 2, 3).div(7).requires_grad_(True)

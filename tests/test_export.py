@@ -58,7 +58,8 @@ def test_every_tdsk_op_has_a_decomposition_equal_to_the_op():
     table = decomposition_table()
     names = {op.name().split("::")[1] for op in table}
     assert names == {"temporal_pool_diff", "temporal_pool_diff_backward", "frame_diff_concat",
-                     "frame_diff_concat_backward", "frame_diff_scale"}
+                     "frame_diff_concat_backward", "frame_diff_scale", "local_temporal_diff",
+                     "local_temporal_diff_backward"}
     gen = torch.Generator().manual_seed(0)
     ops = torch.ops.tdsk
     x = torch.randn(2, 6, 5, 3, 4, generator=gen)
@@ -74,6 +75,8 @@ def test_every_tdsk_op_has_a_decomposition_equal_to_the_op():
         (ops.frame_diff_concat.default, (frames, scale, torch.bfloat16)),
         (ops.frame_diff_concat_backward.default, (gd, scale, 5, torch.float32)),
         (ops.frame_diff_scale.default, (mean, std, 255.0, torch.float32)),
+        (ops.local_temporal_diff.default, (g.permute(0, 2, 1, 3, 4),)),  # [B, T, C, H, W], a view
+        (ops.local_temporal_diff_backward.default, (x,)),
     ]
     for op, args in cases:
         want, got = op(*args), table[op](*args)

@@ -15,7 +15,7 @@ from tdsk.ops.tolerances import OP_TOLERANCES
 import torch.nn.functional as F
 
 from tdsk.ops import reference
-from tdsk.ops.temporal_diff import frame_diff_concat, official_frames_view, temporal_pool_diff
+from tdsk.ops.temporal_diff import frame_diff_concat, local_temporal_diff, official_frames_view, temporal_pool_diff
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -312,6 +312,117 @@ def test_frame_diff_empty():
 
 
 # ---------------------------------------------------------------------------
+# local_temporal_diff
+# ---------------------------------------------------------------------------
+
+# [B, T, *rest]: 2-D (no rest), M2-CLIP's [B, T, N, C] tokens, T = 1 and 2, B = 0, 5-D, R = 1.
+LTD_SHAPES = [(3, 5), (2, 8, 7, 12), (2, 1, 4, 3), (1, 2, 5), (0, 4, 3, 2), (2, 3, 2, 3, 5), (4, 16, 1, 1)]
+
+
+def ltd_ref_grads(x, grad):
+    xr = x.detach().clone().requires_grad_(True)
+    y = reference.local_temporal_diff_reference(xr)
+    y.backward(grad)
+    return y.detach(), xr.grad
+
+
+def m2clip_tokens_view(b, t, n, c, device="cpu", dtype=torch.float32):
+    """M2-CLIP's input: the patch tokens of ``[B*T, 1+N, C]`` (class token first), viewed as ``[B, T, N, C]``."""
+    tokens = torch.randn(b * t, 1 + n, c, device=device).to(dtype)
+    return tokens[:, 1:, :].view(b, t, n, c)
+
+
+def test_reference_local_diff_matches_definition():
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    manual = torch.zeros_like(x)
+    for t in range(1, 5):
+        manual[:, t] = x[:, t] - x[:, t - 1]
+    assert torch.equal(reference.local_temporal_diff_reference(x), manual)
+    g = torch.randn_like(x)
+    manual_grad = torch.zeros_like(g)
+    for t in range(5):  # dx[t] = g[t] * [t >= 1] - g[t+1] * [t <= T-2]
+        if t >= 1:
+            manual_grad[:, t] += g[:, t]
+        if t <= 3:
+            manual_grad[:, t] -= g[:, t + 1]
+    assert torch.equal(reference.local_temporal_diff_backward_reference(g), manual_grad)
+    _, autograd_grad = ltd_ref_grads(x, g)
+    torch.testing.assert_close(autograd_grad, manual_grad, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", LTD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_local_diff_forward_backward(device, dtype, shape):
+    torch.manual_seed(10)
+    x = torch.randn(shape, device=device).to(dtype)
+    grad = torch.randn(shape, device=device).to(dtype)
+    xr = x.clone().requires_grad_(True)
+    out = local_temporal_diff(xr)
+    out.backward(grad)
+    ref_out, ref_grad = ltd_ref_grads(x, grad)
+    assert out.shape == x.shape and out.dtype == dtype and out.is_contiguous()
+    # One subtraction in float32 (float64), rounded once: every kernel matches exactly.
+    assert torch.equal(out, ref_out), f"forward {dtype} {shape}"
+    assert xr.grad.dtype == dtype and xr.grad.shape == x.shape
+    assert torch.equal(xr.grad, reference.local_temporal_diff_backward_reference(grad)), f"grad {dtype} {shape}"
+    assert_close(xr.grad, ref_grad, dtype, f"grad vs autograd {dtype} {shape}")
+    if shape[1] == 1 and x.numel():
+        assert not out.any() and not xr.grad.any()  # T == 1: all zeros, and so is the gradient
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["m2clip_view", "permuted_bt", "transposed_nc", "sliced_t", "expanded"])
+def test_local_diff_non_contiguous(device, layout):
+    torch.manual_seed(11)
+    b, t, n, c = 2, 6, 5, 8
+    if layout == "m2clip_view":  # read in place (the rest dims collapse to one stride)
+        x = m2clip_tokens_view(b, t, n, c, device)
+    elif layout == "permuted_bt":  # [T, B, N, C] memory
+        x = torch.randn(t, b, n, c, device=device).transpose(0, 1)
+    elif layout == "transposed_nc":  # rest dims that do not collapse: the kernels copy
+        x = torch.randn(b, t, c, n, device=device).transpose(2, 3)
+    elif layout == "sliced_t":
+        x = torch.randn(b, 2 * t, n, c, device=device)[:, ::2]
+    else:
+        x = torch.randn(1, t, n, 1, device=device).expand(b, t, n, c)
+    assert x.shape == (b, t, n, c) and not x.is_contiguous()
+    grad = torch.randn(b, t, c, n, device=device).transpose(2, 3)  # non-contiguous grad too
+    xr = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    out = local_temporal_diff(xr)
+    out.backward(grad)
+    ref_out, ref_grad = ltd_ref_grads(x.contiguous(), grad.contiguous())
+    assert out.is_contiguous() and torch.equal(out, ref_out), layout
+    assert torch.equal(xr.grad, ref_grad), layout + " grad"
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 3, 2), (1, 1, 3), (3, 2)], ids=lambda s: "x".join(map(str, s)))
+def test_local_diff_gradcheck(shape):
+    torch.manual_seed(12)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(local_temporal_diff, (x,))
+    assert torch.autograd.gradgradcheck(local_temporal_diff, (x,))  # the backward op has autograd too
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: local_temporal_diff(torch.randn(5)), ValueError, "at least 2-D"),
+        (lambda: local_temporal_diff(torch.tensor(1.0)), ValueError, "at least 2-D"),
+        (lambda: local_temporal_diff(torch.randn(2, 0, 3)), ValueError, "T >= 1"),
+        (lambda: local_temporal_diff(torch.ones(2, 3, 4, dtype=torch.int64)), ValueError, "torch.int64"),
+        (lambda: local_temporal_diff(torch.ones(2, 3, dtype=torch.uint8)), ValueError, "float32"),
+        (lambda: local_temporal_diff(torch.ones(2, 3, dtype=torch.bool)), ValueError, "float32"),
+        (lambda: local_temporal_diff(torch.ones(2, 3, dtype=torch.complex64)), ValueError, "float32"),
+        (lambda: local_temporal_diff([[1.0, 2.0]]), TypeError, "torch.Tensor"),
+    ],
+)
+def test_local_diff_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------
 # registration: opcheck, torch.compile, fallbacks
 # ---------------------------------------------------------------------------
 
@@ -344,6 +455,21 @@ def test_opcheck_frame_diff_concat():
     torch.library.opcheck(torch.ops.tdsk.frame_diff_scale.default, (*stats, 255.0, torch.float32))
 
 
+def test_opcheck_local_temporal_diff():
+    torch.manual_seed(13)
+    samples = [
+        torch.randn(2, 4, 3, 5, requires_grad=True),
+        torch.randn(3, 1, 2, dtype=torch.float64, requires_grad=True),
+        m2clip_tokens_view(2, 3, 4, 6).requires_grad_(True),
+        torch.randn(4, 2).to(torch.bfloat16),
+    ]
+    for x in samples:
+        torch.library.opcheck(torch.ops.tdsk.local_temporal_diff.default, (x,))
+        # the backward op has autograd too (its adjoint is the forward)
+        g = torch.randn(x.shape, dtype=x.dtype).requires_grad_(x.requires_grad)
+        torch.library.opcheck(torch.ops.tdsk.local_temporal_diff_backward.default, (g,))
+
+
 class _UsesBothOps(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -355,21 +481,40 @@ class _UsesBothOps(torch.nn.Module):
         return temporal_pool_diff(y, 3, 0.5).square().mean()
 
 
-def test_torch_compile_fullgraph():
+class _UsesLocalDiff(torch.nn.Module):
+    """M2-CLIP's use: the patch tokens of [B*T, 1+N, C] viewed as [B, T, N, C], differenced."""
+
+    def __init__(self, frames=4):
+        super().__init__()
+        self.frames = frames
+        self.pre = torch.nn.Linear(6, 6)  # so that the op's input needs a gradient
+        self.proj = torch.nn.Linear(6, 3)
+
+    def forward(self, tokens):
+        y = self.pre(tokens)
+        bt, l1, c = y.shape
+        x = y[:, 1:, :].view(bt // self.frames, self.frames, l1 - 1, c)
+        return self.proj(local_temporal_diff(x)).square().mean()
+
+
+@pytest.mark.parametrize("model_cls,shape", [(_UsesBothOps, (2, 4, 5, 3, 6, 6)), (_UsesLocalDiff, (8, 10, 6))],
+                         ids=["pool+frame_diff", "local_temporal_diff"])
+def test_torch_compile_fullgraph(model_cls, shape):
     torch.manual_seed(8)
-    model = _UsesBothOps()
-    frames = torch.randn(2, 4, 5, 3, 6, 6)
-    eager = model(frames)
+    model = model_cls()
+    inputs = torch.randn(shape)
+    eager = model(inputs)
     eager.backward()
-    eager_grad = model.conv.weight.grad.clone()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="inductor")
-    out = compiled(frames)
+    out = compiled(inputs)
     out.backward()
     torch.testing.assert_close(out, eager)
-    torch.testing.assert_close(model.conv.weight.grad, eager_grad)
-    explanation = torch._dynamo.explain(model)(frames)
+    for p, want in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, want)
+    explanation = torch._dynamo.explain(model)(inputs)
     assert explanation.graph_break_count == 0
 
 
@@ -422,6 +567,8 @@ def test_import_without_compiled_parts_falls_back_and_says_so_once():
         "a = tdsk.ops.temporal_pool_diff(x, 3, 0.5); b = tdsk.ops.temporal_pool_diff(x, 3, 0.5)\n"
         "from tdsk.ops.reference import temporal_pool_diff_reference as r\n"
         "assert torch.equal(a, r(x, 3, 0.5)) or torch.allclose(a, r(x, 3, 0.5))\n"
+        "y = torch.randn(2, 3, 4)\n"
+        "assert torch.equal(tdsk.ops.local_temporal_diff(y), torch.cat([torch.zeros(2, 1, 4), y.diff(dim=1)], 1))\n"
         "print(tdsk.ops.backend_report())\n"
     )
     env = dict(os.environ, TDSK_DISABLE_EXT="1", TDSK_DISABLE_TRITON="1")
@@ -438,7 +585,7 @@ def test_one_op_per_function_routed_by_the_dispatcher():
     report = tdsk.ops.backend_report()
     assert set(report) == {"cpu", "cuda"}
     for name in ("temporal_pool_diff", "temporal_pool_diff_backward", "frame_diff_concat",
-                 "frame_diff_concat_backward"):
+                 "frame_diff_concat_backward", "local_temporal_diff", "local_temporal_diff_backward"):
         dump = torch._C._dispatch_dump(f"tdsk::{name}")
         assert "CompositeExplicitAutograd" in dump  # the reference: the default kernel
         assert ("\nCPU: registered at" in dump) == (report["cpu"] == "c++"), dump

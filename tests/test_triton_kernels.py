@@ -8,7 +8,8 @@ programs at most; with a GPU the same tests run the compiled kernels on CUDA.
 Oracles: :func:`tdsk.ops.reference.temporal_pool_diff_reference` (forward), the
 hand-written reference backward :func:`tdsk.ops.reference.temporal_pool_diff_backward_reference`
 (whose tie rule, earliest frame of the window, is the kernels' contract) and autograd of
-the reference, and the scaled frame-difference references of :mod:`tdsk.ops.reference`.
+the reference, the scaled frame-difference references and the local temporal
+difference references of :mod:`tdsk.ops.reference`.
 """
 import os
 import subprocess
@@ -25,6 +26,8 @@ from tdsk.ops import reference  # noqa: E402
 from tdsk.ops.reference import (  # noqa: E402
     frame_diff_concat_backward_reference,
     frame_diff_concat_scaled_reference,
+    local_temporal_diff_backward_reference,
+    local_temporal_diff_reference,
     temporal_pool_diff_backward_reference,
 )
 
@@ -306,16 +309,79 @@ def test_frame_diff_concat_blocks_and_int64():
 
 
 # ---------------------------------------------------------------------------
+# local_temporal_diff
+# ---------------------------------------------------------------------------
+
+def _check_ltd(x, g=None, **launch):
+    out = K.local_temporal_diff_forward(x, **launch)
+    assert out.is_contiguous() and out.shape == x.shape and out.dtype == x.dtype
+    (_exact if _bit_exact_possible(x.dtype) else _close)(out, local_temporal_diff_reference(x))
+    if g is None:
+        g = _randn(x.shape, x.dtype, seed=21)
+    gx = K.local_temporal_diff_backward(g, **launch)
+    assert gx.is_contiguous() and gx.shape == g.shape and gx.dtype == g.dtype
+    (_exact if _bit_exact_possible(g.dtype) else _close)(gx, local_temporal_diff_backward_reference(g))
+    return out, gx
+
+
+# [B, T, *rest]: 2-D, T = 1, 2, 16, M2-CLIP's [B, T, N, C], 5-D
+LTD_CASES = [(3, 4), (2, 1, 5, 3), (2, 2, 7), (1, 16, 3, 5), (2, 8, 7, 12), (1, 3, 2, 3, 5)]
+
+
+@pytest.mark.parametrize("shape", LTD_CASES, ids=lambda s: "x".join(map(str, s)))
+def test_local_temporal_diff_fp32(shape):
+    out, gx = _check_ltd(_randn(shape, seed=22))
+    if shape[1] == 1:
+        assert not out.any() and not gx.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_local_temporal_diff_dtypes(dtype):
+    _check_ltd(_randn((2, 5, 3, 7), dtype, seed=23))
+
+
+def test_local_temporal_diff_backward_matches_autograd():
+    x = _randn((2, 6, 3, 4), torch.float64, seed=24)
+    g = _randn(x.shape, torch.float64, seed=25)
+    xr = x.clone().requires_grad_(True)
+    local_temporal_diff_reference(xr).backward(g)
+    torch.testing.assert_close(K.local_temporal_diff_backward(g), xr.grad, rtol=0, atol=1e-15)
+
+
+def test_local_temporal_diff_non_contiguous():
+    b, t, n, c = 2, 4, 5, 6
+    g = torch.Generator().manual_seed(26)
+    tokens = torch.randn(b * t, 1 + n, c, generator=g).to(DEVICE)
+    grad = _randn((t, b, n, c), seed=27).transpose(0, 1)  # [T, B, ...] memory for grad_out
+    for x in (
+        tokens[:, 1:, :].view(b, t, n, c),                       # M2-CLIP's view: read in place
+        _randn((b, t, n, 2 * c), seed=28)[..., ::2],             # rest stride 2: in place
+        _randn((b, t, c, n), seed=29).transpose(2, 3),           # rest dims do not collapse: copy
+        _randn((1, t, n, c), seed=30).expand(b, t, n, c),        # stride-0 B
+    ):
+        assert not x.is_contiguous()
+        _check_ltd(x, g=grad)
+
+
+def test_local_temporal_diff_blocks_and_int64():
+    x = _randn((2, 3, 5, 7), seed=31)
+    _check_ltd(x, block=8)  # several blocks per row, a ragged last one
+    _check_ltd(x, force_int64=True)
+    _check_ltd(x[:, :, :, ::2], block=4, force_int64=True)
+
+
+# ---------------------------------------------------------------------------
 # package surface, and the compiled kernels through the public ops (GPU only)
 # ---------------------------------------------------------------------------
 
 @pytest.mark.skipif(os.environ.get("TDSK_DISABLE_TRITON") == "1",
                     reason="TDSK_DISABLE_TRITON=1: the ops do not use the Triton kernels")
-def test_package_exports_the_four_launchers():
+def test_package_exports_the_six_launchers():
     from tdsk.ops import triton_kernels
 
     for name in ("temporal_pool_diff_forward", "temporal_pool_diff_backward",
-                 "frame_diff_concat_forward", "frame_diff_concat_backward"):
+                 "frame_diff_concat_forward", "frame_diff_concat_backward",
+                 "local_temporal_diff_forward", "local_temporal_diff_backward"):
         assert callable(getattr(K, name))
     assert triton_kernels() is K
 
@@ -348,13 +414,32 @@ def test_public_ops_on_cuda_realistic_shapes(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_local_temporal_diff_on_cuda_realistic_shapes(dtype):
+    """M2-CLIP ViT-B/16 tokens (B=8 clips x T=8 frames, 1+196 tokens, C=768), through the public op."""
+    from tdsk.ops.temporal_diff import local_temporal_diff
+
+    tokens = torch.randn(64, 197, 768, device="cuda", dtype=dtype).requires_grad_(True)
+    x = tokens[:, 1:, :].view(8, 8, 196, 768)
+    out = local_temporal_diff(x)
+    _exact(out, local_temporal_diff_reference(x.detach()))
+    g = torch.randn_like(out)
+    (gt,) = torch.autograd.grad(out, tokens, g)
+    _exact(gt[:, 1:].reshape(out.shape), local_temporal_diff_backward_reference(g))
+    assert not gt[:, 0].any()
+
+
+@pytest.mark.gpu
 def test_gradcheck_on_cuda_float64():
-    from tdsk.ops.temporal_diff import frame_diff_concat, temporal_pool_diff
+    from tdsk.ops.temporal_diff import frame_diff_concat, local_temporal_diff, temporal_pool_diff
 
     x = torch.randn(2, 3, 5, 3, 4, device="cuda", dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: temporal_pool_diff(v, 3, 0.5), (x,))
     f = torch.randn(1, 2, 3, 2, 3, 4, device="cuda", dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: frame_diff_concat(v, (0.5, 0.4), (0.2, 0.3)), (f,))
+    y = torch.randn(2, 5, 3, 4, device="cuda", dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(local_temporal_diff, (y,))
+    assert torch.autograd.gradgradcheck(local_temporal_diff, (y,))
 
 
 @pytest.mark.slow

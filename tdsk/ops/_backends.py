@@ -1,8 +1,8 @@
 """Device routing of the tdsk ops, and tolerant loading of the compiled parts behind it.
 
 Every op exists once, as the ``torch.library`` custom op ``torch.ops.tdsk.<name>``,
-defined in Python (:mod:`tdsk.ops.temporal_pool_diff`, :mod:`tdsk.ops.frame_diff_concat`)
-with its schema, fake kernel and autograd. The *dispatcher* picks the kernel by device:
+defined in Python (:mod:`tdsk.ops.temporal_pool_diff`, :mod:`tdsk.ops.frame_diff_concat`,
+:mod:`tdsk.ops.local_temporal_diff`) with its schema, fake kernel and autograd. The *dispatcher* picks the kernel by device:
 
 ==========================  ===========================================  ===============================
 dispatch key                kernel                                       registered by
@@ -56,6 +56,8 @@ _LAUNCHERS = {
     "temporal_pool_diff_backward": "temporal_pool_diff_backward",
     "frame_diff_concat": "frame_diff_concat_forward",
     "frame_diff_concat_backward": "frame_diff_concat_backward",
+    "local_temporal_diff": "local_temporal_diff_forward",
+    "local_temporal_diff_backward": "local_temporal_diff_backward",
 }
 
 _REBUILD = "Rebuild with `pip install --no-build-isolation -e .`"

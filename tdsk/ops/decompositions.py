@@ -1,7 +1,8 @@
 """Decompositions of the ``torch.ops.tdsk.*`` custom ops into standard ATen operators.
 
 An exported graph (``torch.export``) keeps every custom op as one opaque call:
-``torch.ops.tdsk.frame_diff_concat`` and ``torch.ops.tdsk.temporal_pool_diff``. Such a
+``torch.ops.tdsk.frame_diff_concat``, ``torch.ops.tdsk.temporal_pool_diff`` (and
+``torch.ops.tdsk.local_temporal_diff`` in models that use it). Such a
 graph needs tdsk (its op library) to load and run, and ONNX has no translation for the
 calls. :func:`decompose` rewrites them, in an ``ExportedProgram``, into the pure-PyTorch
 references of :mod:`tdsk.ops.reference` traced down to ATen (``max_pool3d``, ``sub``,
@@ -30,6 +31,7 @@ from tdsk.ops import reference
 
 # The op definitions must exist before torch.ops.tdsk.<name> can be looked up.
 from tdsk.ops import frame_diff_concat as _fdc_module  # noqa: F401
+from tdsk.ops import local_temporal_diff as _ltd_module  # noqa: F401
 from tdsk.ops import temporal_pool_diff as _tpd_module  # noqa: F401
 
 __all__ = ["decomposition_table", "decompose", "has_tdsk_ops"]
@@ -58,6 +60,14 @@ def _frame_diff_scale(mean: torch.Tensor, std: torch.Tensor, divisor: float, dty
     return (1.0 / (std.to(torch.float64) * divisor)).to(dtype)
 
 
+def _local_temporal_diff(x: torch.Tensor) -> torch.Tensor:
+    return reference.local_temporal_diff_reference(x)
+
+
+def _local_temporal_diff_backward(grad_out: torch.Tensor) -> torch.Tensor:
+    return reference.local_temporal_diff_backward_reference(grad_out)
+
+
 def decomposition_table() -> Dict[torch._ops.OpOverload, Callable]:
     """``{torch.ops.tdsk.<op>.default: pure-ATen function}`` for every tdsk custom op.
 
@@ -71,6 +81,8 @@ def decomposition_table() -> Dict[torch._ops.OpOverload, Callable]:
         ops.frame_diff_concat.default: _frame_diff_concat,
         ops.frame_diff_concat_backward.default: _frame_diff_concat_backward,
         ops.frame_diff_scale.default: _frame_diff_scale,
+        ops.local_temporal_diff.default: _local_temporal_diff,
+        ops.local_temporal_diff_backward.default: _local_temporal_diff_backward,
     }
 
 

@@ -4,15 +4,18 @@ These are written to be obviously correct, not fast. Two kinds:
 
 * the forwards of the public functions, :func:`temporal_pool_diff_reference` (the
   TD-Adapter's ``D_z = Z_s - Pool(Z_s)``, Eq. 4 of the TDS-CLIP paper, with the
-  official code's channel-mean mix) and :func:`frame_diff_concat_reference` (the
-  SME-Adapter's ``D_i``, Eq. 2 / Fig. 4). They are the oracle of every equivalence
-  test, forward *and* gradients: there they are differentiated by autograd;
+  official code's channel-mean mix), :func:`frame_diff_concat_reference` (the
+  SME-Adapter's ``D_i``, Eq. 2 / Fig. 4) and :func:`local_temporal_diff_reference`
+  (M2-CLIP's local temporal difference, the input of its TED-Adapter's offset
+  branch). They are the oracle of every equivalence test, forward *and* gradients:
+  there they are differentiated by autograd;
 * the references of the registered ops' kernel contracts, which are the default
   kernels of ``torch.ops.tdsk.*`` (what serves a device without a compiled kernel):
   :func:`frame_diff_concat_scaled_reference` (the op takes a per-channel ``scale``
   instead of mean/std) and the hand-written backwards
-  :func:`temporal_pool_diff_backward_reference` and
-  :func:`frame_diff_concat_backward_reference` (written out because they run below
+  :func:`temporal_pool_diff_backward_reference`,
+  :func:`frame_diff_concat_backward_reference` and
+  :func:`local_temporal_diff_backward_reference` (written out because they run below
   the op's autograd layer). The tests check them against autograd of the forwards,
   and the compiled kernels against them bit for bit where the operation order is
   the same.
@@ -31,6 +34,8 @@ __all__ = [
     "frame_diff_concat_reference",
     "frame_diff_concat_scaled_reference",
     "frame_diff_concat_backward_reference",
+    "local_temporal_diff_reference",
+    "local_temporal_diff_backward_reference",
 ]
 
 
@@ -150,3 +155,31 @@ def frame_diff_concat_backward_reference(
     grad[:, :, 1:] += g
     grad[:, :, :-1] -= g
     return grad.to(frames_dtype)
+
+
+def local_temporal_diff_reference(x: torch.Tensor) -> torch.Tensor:
+    """Reference for :func:`tdsk.ops.local_temporal_diff.local_temporal_diff` (M2-CLIP's local temporal difference).
+
+    ``x``: ``Tensor[B, T, *rest]`` -> same shape, contiguous, with
+    ``out[:, 0] = 0`` and ``out[:, t] = x[:, t] - x[:, t-1]`` for ``t >= 1``.
+    Built with ``torch.cat`` (no in-place writes), so autograd of it is the
+    independent gradient oracle of the tests.
+    """
+    xo = x.to(_opmath(x.dtype))
+    d = torch.cat([torch.zeros_like(xo[:, :1]), xo[:, 1:] - xo[:, :-1]], dim=1)
+    return d.to(x.dtype).contiguous()
+
+
+def local_temporal_diff_backward_reference(grad_out: torch.Tensor) -> torch.Tensor:
+    """Reference of ``torch.ops.tdsk.local_temporal_diff_backward`` (written out by hand).
+
+    ``grad_out``: ``Tensor[B, T, *rest]`` -> ``grad_x`` of the same shape and dtype,
+    contiguous: ``grad_x[:, t] = g[:, t] * [t >= 1] - g[:, t+1] * [t + 1 <= T - 1]``
+    (``g[:, 0]`` meets the constant first frame and is dropped). Computed as
+    ``(0 + g[t]) - g[t+1]`` in float32 (float64 for float64), rounded once.
+    """
+    g = grad_out.to(_opmath(grad_out.dtype))
+    grad = torch.zeros_like(g, memory_format=torch.contiguous_format)
+    grad[:, 1:] += g[:, 1:]
+    grad[:, :-1] -= g[:, 1:]
+    return grad.to(grad_out.dtype)
