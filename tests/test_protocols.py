@@ -24,7 +24,7 @@ from tdsk.data.protocols import class_split, few_shot_records
 from tdsk.engine import checkpoint as C
 from tdsk.engine.trainer import fit
 from tdsk.models.open_vocab import NoTextClassifierError, use_classes
-from tdsk.schema import ConfigError
+from tdsk.schema import ConfigError, validate_recipe
 from tdsk.train import demo_config
 
 FAST = fast_overrides("solver.epochs=1", "train.limit_train_batches=1", "data.test_crops=1", "data.test_clips=1",
@@ -41,10 +41,11 @@ def run(tmp_path_factory, demo_root):
     base = tmp_path_factory.mktemp("protocols")
     root = demo_root(train_per_class=2, val_per_class=1)
     labels = _write(base / "labels.txt", demo.CLASSES)
-    cfg = demo_config(root, FAST + [f"data.labels={labels}", "data.class_subset=base"], name="demo_dist")
+    cfg = demo_config(root, FAST + [f"data.labels={labels}", "data.class_subset=base", "model.num_classes=null"],
+                      name="demo_dist")
     res = fit(cfg, output_dir=str(base / "run"), progress=False)
     return {"root": root, "labels": labels, "ckpt": res.last_checkpoint, "base": base, "cfg": cfg,
-            "val": os.path.join(root, "videos", "val.txt"),
+            "val": cfg["data"]["test_list"], "train": cfg["data"]["train_list"],
             "video": os.path.join(root, "videos", "val", "rotate_cw_0000.mp4")}
 
 
@@ -98,7 +99,7 @@ def test_training_on_base_classes_and_base_to_novel_evaluation(run, tmp_path, ca
     assert tev.main(["--checkpoint", run["ckpt"], "--protocol", "base-to-novel", "--out", str(tmp_path / "b2"),
                      "--no-progress", f"data.base_classes={split}"]) == 0
     res2 = json.loads((tmp_path / "b2" / "results.json").read_text())
-    assert res2["base"]["classes"] == demo.CLASSES[:3] and res2["novel"]["classes"] == demo.CLASSES[3:]
+    assert res2["base"]["classes"] == list(demo.CLASSES[:3]) and res2["novel"]["classes"] == list(demo.CLASSES[3:])
 
 
 # ----------------------------------------------------------------------------- zero-shot
@@ -180,7 +181,7 @@ class _Null:
 # ----------------------------------------------------------------------------- few-shot
 
 def test_few_shot_list_tool_is_deterministic(run, tmp_path, capsys):
-    train = os.path.join(run["root"], "videos", "train.txt")
+    train = run["train"]
 
     def make(name, shots, seed):
         out = tmp_path / name
@@ -202,7 +203,7 @@ def test_few_shot_list_tool_is_deterministic(run, tmp_path, capsys):
     # refusals: one line, exit 2
     foreign = tmp_path / "mine.txt"
     foreign.write_text("keep me\n")
-    for argv, what in ((["--shots", "1", "--out", str(foreign)], "exists"),
+    for argv, what in ((["--shots", "1", "--out", str(foreign)], "tdsk did not write"),
                        (["--shots", "1", "--out", train], "--list"),
                        (["--shots", "3", "--out", str(tmp_path / "x.txt")], "fewer than 3"),
                        (["--shots", "0", "--out", str(tmp_path / "y.txt")], "--shots must be >= 1")):
@@ -217,11 +218,21 @@ def test_few_shot_training_run(run, tmp_path):
                       name="demo_dist")
     records = load_records(DataConfig.from_dict(cfg["data"]), "train")
     assert sorted(r.label for r in records) == list(range(len(demo.CLASSES)))
-    res = fit(cfg, output_dir=str(tmp_path / "run"), progress=False)
+    from tdsk.data import build_loader
+
+    seen = {}
+
+    def loaders(data_cfg, split, **kw):
+        loader = build_loader(data_cfg, split, **kw)
+        seen[split] = [r.path for r in loader.dataset.records]
+        return loader
+
+    res = fit(cfg, output_dir=str(tmp_path / "run"), progress=False, loader_factory=loaders)
     ckpt = C.load(res.last_checkpoint)
-    assert ckpt["step"] == 2 and ckpt["config"]["data"]["few_shot"] == 1  # 9 clips in batches of 6 (no drop)
+    assert ckpt["step"] == 1 and ckpt["config"]["data"]["few_shot"] == 1
+    assert seen["train"] == [r.path for r in records]  # the run trained on the 1-shot list
     with pytest.raises(ConfigError, match=r"data\.few_shot must be >= 1"):
-        demo_config(run["root"], FAST + ["data.few_shot=0"], name="demo_dist")
+        validate_recipe(demo_config(run["root"], FAST + ["data.few_shot=0"], name="demo_dist"))
     with pytest.raises(ConfigError, match=r"data\.few_shot=3: .* fewer than 3"):
         load_records(DataConfig.from_dict({**cfg["data"], "few_shot": 3}), "train")
 
