@@ -285,3 +285,16 @@ def test_onnx_export_bakes_the_classes(run, tmp_path):
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"video": video.numpy()})[0]
     assert got.shape == (2, len(names))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_model_folder_with_new_classes_reloads_them(run, tmp_path):
+    """export --format folder --classes: the folder holds the switched classifier (what serve,
+    extract and predict load)."""
+    names = ["wave", "spin", "rotate"]
+    out = tmp_path / "folder"
+    assert texp.main(["--checkpoint", run["ckpt"], "--out", str(out), "--format", "folder", "--classes",
+                      _write(tmp_path / "c.txt", names)]) == 0
+    rec = tdsk.Recognizer.from_pretrained(str(out), device="cpu", precision="fp32")
+    assert rec.classes == names and rec.model.class_names == names and rec.num_classes == 3
+    direct = tdsk.Recognizer.from_pretrained(run["ckpt"], device="cpu", precision="fp32", classes=names)
+    torch.testing.assert_close(rec.probabilities(run["video"]), direct.probabilities(run["video"]))

@@ -488,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _record(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
     notes = "".join([f"  {nonfinite} non-finite (counted wrong)" if nonfinite else "",
                      f"  {len(skipped)} skipped" if skipped else ""])
-    print(f"{'zero-shot, ' if args.protocol == 'zero-shot' else ''}{result.count} videos, {views[0]}x{views[1]} views: top-1 {100 * result.top1:.2f}%  "
+    what = "zero-shot, " if args.protocol == "zero-shot" else ""
+    print(f"{what}{result.count} videos, {views[0]}x{views[1]} views: top-1 {100 * result.top1:.2f}%  "
           f"top-5 {100 * result.top5:.2f}%{notes}  ({result.seconds:.1f} s, {rec.precision})\n"
           f"  per-class accuracy  {csv_path}\n  confusion matrix    {png}\n"
           f"  results             {results_path}" + "".join("\n" + x for x in per_video))
