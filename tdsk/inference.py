@@ -49,6 +49,7 @@ import torch.nn as nn
 from tdsk._logging import logger
 from tdsk.data.labels import labels_for_model, read_labels  # noqa: F401  (read_labels re-exported)
 from tdsk.engine.precision import autocast_for, cpu_bf16_support, resolve_precision  # noqa: F401  (re-exported)
+from tdsk.models.open_vocab import is_open_vocabulary, use_classes
 from tdsk.models.text_tower import placeholder_text_embeddings
 
 __all__ = ["Recognizer", "Prediction", "Label", "NonFiniteOutputError", "load_model", "resolve_device",
@@ -275,11 +276,19 @@ class Recognizer:
     and ``data`` sections). Attributes: ``model``, ``cfg``, ``data_cfg``, ``classes``
     (``None`` when unknown: labels are then the class indices), ``num_classes``,
     ``device``, ``precision`` (resolved), ``precision_reason``, ``views`` (crops, clips).
+
+    Open vocabulary (docs/protocols.md): with a model that has a text classifier
+    (``model.open_vocabulary``), ``classes`` other than the model's own switch its classifier
+    to them (``model.use_classes``, in place; no retraining). A model without one takes
+    ``classes`` as the names of its own classes (their count must match) and refuses others
+    with :class:`tdsk.models.open_vocab.NoTextClassifierError`. ``switch_classes=False``:
+    ``classes`` are display names only, never a switch.
     """
 
     def __init__(self, model: nn.Module, cfg: Mapping, classes: Optional[Sequence[str]] = None, *,
                  device: Union[None, str, torch.device] = None, precision: str = "auto", compile: bool = False,
-                 views: Optional[Tuple[int, int]] = None, source: Optional[str] = None):
+                 views: Optional[Tuple[int, int]] = None, source: Optional[str] = None,
+                 switch_classes: bool = True):
         if device is None:
             try:
                 device = next(model.parameters()).device
@@ -291,6 +300,13 @@ class Recognizer:
         self.data_cfg = _data_config(self.cfg, model)
         self.classes = list(classes) if classes else None
         n = getattr(model, "num_classes", None) or (self.cfg.get("model") or {}).get("num_classes")
+        if switch_classes and self.classes and list(getattr(model, "class_names", None) or []) != self.classes and (
+                is_open_vocabulary(model) or (n and len(self.classes) != int(n))):
+            # open vocabulary: the classifier scores these names (docs/protocols.md); a model
+            # without a text classifier is refused with the contract's one-line error
+            use_classes(model, self.classes)
+            self.cfg["model"] = {**(self.cfg.get("model") or {}), "num_classes": len(self.classes)}
+            n = len(self.classes)
         if self.classes and n and len(self.classes) != int(n):
             raise ValueError(f"{len(self.classes)} class names for a model of {int(n)} classes")
         self.views = tuple(int(v) for v in views) if views else _views_of(self.cfg, self.data_cfg)
@@ -312,19 +328,22 @@ class Recognizer:
     def from_pretrained(cls, path: str, device: Union[str, torch.device] = "auto", precision: str = "auto",
                         cfg: Union[None, str, Mapping] = None, *, overrides: Sequence[str] = (),
                         labels: Union[None, str, Sequence[str]] = None, views: Optional[Tuple[int, int]] = None,
-                        compile: bool = False) -> "Recognizer":
+                        compile: bool = False, classes: Union[None, str, Sequence[str]] = None) -> "Recognizer":
         """Load ``path``: a tdsk checkpoint (``best.pt``, ``epoch_*.pt``), an official TDS-CLIP
         checkpoint (then ``cfg=`` names its recipe, e.g. ``"ssv1_b16"``) or a model folder.
 
         ``cfg`` replaces the stored recipe; ``overrides`` (``section.key=value``) amend it;
-        ``labels`` (a list or a file, one name per line) replaces the stored class names.
+        ``labels`` (a list or a file, one name per line) replaces the stored class names (the
+        names shown; the classifier is unchanged). ``classes`` (a list or a class-name file):
+        switch a text classifier to these classes (open vocabulary, docs/protocols.md).
         """
+        if labels is not None and classes is not None:
+            raise ValueError("give labels= (names shown) or classes= (the classes scored), not both")
         dev = resolve_device(device)
-        model, recipe, classes = load_model(path, cfg, overrides, device=dev)
-        if labels is not None:
-            classes = _labels(labels)
-        return cls(model, recipe, classes, device=dev, precision=precision, compile=compile, views=views,
-                   source=str(path))
+        model, recipe, stored = load_model(path, cfg, overrides, device=dev)
+        names = _labels(labels if labels is not None else classes) if (labels or classes) is not None else stored
+        return cls(model, recipe, names, device=dev, precision=precision, compile=compile, views=views,
+                   source=str(path), switch_classes=classes is not None)
 
     # -- properties ------------------------------------------------------------------------------
     @property

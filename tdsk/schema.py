@@ -391,6 +391,13 @@ class DataConfig:
     cutmix_alpha: float = 0.0         # Beta(a, a) box area; 0 = off
     mixup_prob: float = 1.0           # chance that a batch is mixed at all
     mixup_switch_prob: float = 0.5    # with both on: chance of cutmix instead of mixup
+    # evaluation protocols (tdsk.data.protocols, docs/protocols.md)
+    few_shot: Optional[int] = None    # train on K clips per class of train_list (chosen from few_shot_seed)
+    few_shot_seed: int = 0
+    class_subset: str = "all"         # all | base | novel: the lists keep these classes of data.labels, re-indexed
+    base_classes: Optional[str] = None  # file naming the base classes (else: class_split_seed + base_fraction)
+    base_fraction: float = 0.5        # share of data.labels drawn as base classes
+    class_split_seed: int = 0
 
     @classmethod
     def from_dict(cls, cfg: Union[None, Dict[str, Any], "DataConfig"]) -> "DataConfig":
@@ -424,6 +431,13 @@ class DataConfig:
             check(getattr(self, key) >= 0.0, key, f"must be >= 0 (0 = off), got {getattr(self, key)}")
         for key in ("mixup_prob", "mixup_switch_prob"):
             check(0.0 <= getattr(self, key) <= 1.0, key, f"must be in [0, 1], got {getattr(self, key)}")
+        check(self.few_shot is None or self.few_shot >= 1, "few_shot",
+              f"must be >= 1 clips per class (or null: every clip), got {self.few_shot}")
+        check(self.class_subset in ("all", "base", "novel"), "class_subset",
+              f"must be all, base or novel, got {self.class_subset!r}")
+        check(0.0 < self.base_fraction < 1.0, "base_fraction", f"must be in (0, 1), got {self.base_fraction}")
+        check(self.class_subset == "all" or self.labels is not None or self.layout == "folders", "class_subset",
+              f"={self.class_subset} needs data.labels (the names of all classes, which the split divides)")
         check(len(self.mean) == 3, "mean", f"must be 3 numbers (R, G, B), got {self.mean}")
         check(len(self.std) == 3 and all(s > 0 for s in self.std), "std",
               f"must be 3 positive numbers (R, G, B; each pixel is divided by them), got {self.std}")

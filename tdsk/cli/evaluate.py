@@ -55,6 +55,7 @@ __all__ = ["main", "parse_views", "load_for_inference", "read_labels", "user_err
 
 
 _RESULT_FILES = ("results.json", "per_class.csv", "confusion.png")
+_B2N_FILES = ("results.json", "per_class_base.csv", "per_class_novel.csv")
 
 
 def _record(folder: str, names) -> None:
@@ -184,13 +185,161 @@ def write_logits(path: str, result, rows, records) -> tuple:
     return out.shape
 
 
+PROTOCOLS = ("supervised", "zero-shot", "base-to-novel")
+
+
+def _model_name(args) -> str:
+    return os.path.basename(os.path.normpath(args.checkpoint or args.cfg))
+
+
+def _default_out(args, split: str, views) -> str:
+    """Results next to the checkpoint (``<folder>-<tag>`` beside a model folder, never inside it)."""
+    prefix = "eval" if args.protocol == "supervised" else args.protocol
+    tag = f"{prefix}-{split}-{views[0]}x{views[1]}"
+    if args.checkpoint is None:
+        raise ValueError("--protocol zero-shot without --checkpoint: give --out, the folder for the results")
+    if os.path.isdir(args.checkpoint):
+        return f"{os.path.abspath(args.checkpoint).rstrip(os.sep)}-{tag}"
+    return os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), tag)
+
+
+def zero_shot_model(checkpoint: str | None, cfg_name: str | None, overrides: Sequence[str], classes_file: str | None,
+                    device: str):
+    """``(model, cfg, class names)`` for ``--protocol zero-shot``: the checkpoint's model, or the
+    ``--cfg`` recipe's model built with its pretrained CLIP, switched to the names of
+    ``classes_file`` (default: the recipe's ``data.labels``)."""
+    from tdsk.models.open_vocab import require_open_vocabulary, use_classes
+
+    if checkpoint is not None:
+        model, cfg, _ = load_for_inference(checkpoint, cfg_name, overrides, device=device)
+        names = read_labels(_classes_source(classes_file, cfg))
+        use_classes(model, names, classes_file or "data.labels")
+        return model, {**cfg, "model": {**cfg["model"], "num_classes": len(names)}}, names
+    from tdsk.config import load_config
+    from tdsk.models import build_model
+
+    cfg = load_config(cfg_name, overrides)
+    names = read_labels(_classes_source(classes_file, cfg))
+    model_cfg = {**cfg["model"], "num_classes": len(names)}
+    model = build_model({**cfg, "model": model_cfg}, class_names=names)
+    require_open_vocabulary(model)
+    return model.to(device).eval(), {**cfg, "model": model_cfg}, names
+
+
+def _classes_source(classes_file: str | None, cfg) -> str:
+    if classes_file:
+        return classes_file
+    labels = (cfg.get("data") or {}).get("labels")
+    if not labels:
+        raise ValueError("--protocol zero-shot needs the class names: give --classes FILE (or data.labels)")
+    return labels
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """``2ab / (a + b)`` (0 when both are 0): the base-to-novel summary (docs/protocols.md)."""
+    return 0.0 if a + b <= 0 else 2.0 * a * b / (a + b)
+
+
+def base_to_novel_main(args) -> int:
+    """``--protocol base-to-novel``: the model scored on the base classes' clips with a classifier of
+    the base names, then on the novel classes' clips with one of the novel names (the recipe's
+    ``data.labels`` split by ``data.base_classes`` / ``data.class_split_seed`` +
+    ``data.base_fraction``); reports both accuracies and their harmonic mean."""
+    from tdsk.config import check_data_paths
+    from tdsk.data import DataConfig, build_loader
+    from tdsk.data.protocols import protocol_class_names
+    from tdsk.engine import distributed as D
+    from tdsk.engine import evaluation as E
+    from tdsk.inference import Recognizer
+    from tdsk.models.open_vocab import require_open_vocabulary
+
+    info = D.init(args.device)
+
+    def fail(exc: BaseException) -> int:
+        print(f"error: {exc}", file=sys.stderr)
+        D.shutdown(info, sync=False)
+        return 2
+
+    parts, results = {}, {}
+    try:
+        model, cfg, _ = load_for_inference(args.checkpoint, args.cfg, args.overrides, device=str(info.device))
+        require_open_vocabulary(model)
+        data = dict(cfg["data"], few_shot=None)
+        split = args.split
+        if split == "test" and not data.get("test_list"):
+            data["test_list"] = data.get("val_list")
+        check_data_paths({**cfg, "data": data}, (split,))
+        if not data.get("labels"):
+            raise ValueError("--protocol base-to-novel needs the names of all classes: set data.labels (the base "
+                             "and novel classes are split from them)")
+        evalc = cfg.get("eval") or {}
+        views = args.views or tuple(evalc.get("views") or (data.get("test_crops", 3), data.get("test_clips", 2)))
+        out = args.out or _default_out(args, split, views)
+        if info.is_main:
+            check_output_writable(out)
+            outputs = {f"{n} (in {out})": os.path.join(out, n) for n in _B2N_FILES}
+            check_distinct(outputs, {k: v for k, v in {"--checkpoint": args.checkpoint, "--cfg": args.cfg}.items()
+                                     if v and os.path.isfile(v)})
+            for flag, path in outputs.items():
+                check_replaceable(path, flag)
+        for subset in ("base", "novel"):
+            sub = {**data, "class_subset": subset}
+            names = protocol_class_names(DataConfig.from_dict(sub), subset)
+            check_eval_labels(DataConfig.from_dict(sub), split, len(names))
+            parts[subset] = (sub, names)
+    except user_errors(loading=True) as exc:
+        return fail(exc)
+    try:
+        for subset, (sub, names) in parts.items():
+            rec = Recognizer(model, {**cfg, "data": sub}, names, device=info.device, precision=args.precision,
+                             compile=args.compile, views=tuple(views))
+            loader = build_loader(sub, split, batch_size=args.batch_size or int(evalc.get("test_batch_size", 4)),
+                                  device=info.device, rank=info.rank, world_size=info.world_size,
+                                  views=tuple(views) if split == "test" else None)
+            res = E.evaluate(rec.forward_module, loader, device=info.device, autocast=rec.autocast(), dist_info=info,
+                             progress=not args.no_progress, desc=f"{subset} {views[0]}x{views[1]}")
+            results[subset] = (res, names)
+    except user_errors(loading=True) as exc:
+        return fail(exc)
+    if not info.is_main:
+        D.shutdown(info)
+        return 0
+    summary = {"protocol": "base-to-novel", "split": split, "views": list(views), "precision": rec.precision,
+               "checkpoint": os.path.abspath(args.checkpoint), "labels": data.get("labels"),
+               "base_classes": data.get("base_classes"), "base_fraction": data.get("base_fraction", 0.5),
+               "class_split_seed": data.get("class_split_seed", 0)}
+    for subset, (res, names) in results.items():
+        csv_path = E.write_per_class_csv(res, names, os.path.join(out, f"per_class_{subset}.csv"))
+        summary[subset] = {**res.summary(), "classes": names, "per_class_csv": csv_path, "seconds": res.seconds}
+    b, n = results["base"][0].top1, results["novel"][0].top1
+    summary["harmonic_mean"] = harmonic_mean(b, n)
+    summary["harmonic_mean_top5"] = harmonic_mean(results["base"][0].top5, results["novel"][0].top5)
+    results_path = os.path.join(out, "results.json")
+    write_json(results_path, json_safe(summary))
+    _record(out, _B2N_FILES)
+    print(f"base-to-novel, {views[0]}x{views[1]} views: base top-1 {100 * b:.2f}% ({results['base'][0].count} videos, "
+          f"{len(results['base'][1])} classes)  novel top-1 {100 * n:.2f}% ({results['novel'][0].count} videos, "
+          f"{len(results['novel'][1])} classes)  HM {100 * summary['harmonic_mean']:.2f}%\n"
+          f"  results             {results_path}")
+    D.shutdown(info)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from tdsk._logging import configure_cli_logging
 
     configure_cli_logging()
     p = argparse.ArgumentParser(prog="python -m tdsk.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True,
-                   help="tdsk checkpoint (epoch_*.pt, best.pt), official TDS-CLIP file, or model folder")
+    p.add_argument("--checkpoint",
+                   help="tdsk checkpoint (epoch_*.pt, best.pt), official TDS-CLIP file, or model folder (without "
+                        "it, --protocol zero-shot builds the --cfg recipe's model with its pretrained CLIP)")
+    p.add_argument("--protocol", default="supervised", choices=PROTOCOLS,
+                   help="supervised (default): the model's own classes; zero-shot: the classes of --classes, the "
+                        "list's labels index into it; base-to-novel: base and novel accuracy and their harmonic "
+                        "mean over the recipe's class split (docs/protocols.md)")
+    p.add_argument("--classes", metavar="FILE",
+                   help="--protocol zero-shot: the class names the model scores and the list's labels index "
+                        "(any class-name file; default: the recipe's data.labels)")
     p.add_argument("--cfg", help="recipe name or YAML path (default: the one stored in a tdsk checkpoint / folder)")
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS, e.g. 3x2 (default: eval.views of the recipe)")
     p.add_argument("--split", default="test", choices=["test", "val"],
@@ -211,6 +360,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
+    if args.checkpoint is None and not (args.protocol == "zero-shot" and args.cfg):
+        p.error("--checkpoint is required (only --protocol zero-shot with --cfg builds a model without one)")
+    if args.classes and args.protocol != "zero-shot":
+        p.error("--classes is for --protocol zero-shot (base-to-novel takes the classes from the recipe's "
+                "data.labels and class split)")
+    if args.protocol != "supervised" and args.labels:
+        p.error(f"--labels (names shown) does not apply to --protocol {args.protocol}: the names are the classes scored")
+    if args.protocol == "base-to-novel" and (args.dump or args.save_logits):
+        p.error("--dump / --save-logits are for one class set: use --protocol supervised or zero-shot")
+    if args.protocol == "base-to-novel":
+        return base_to_novel_main(args)
 
     from tdsk.config import check_data_paths
     from tdsk.data import DataConfig, build_loader
@@ -228,8 +388,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Everything that can be checked is checked before the (long) evaluation pass.
     try:
-        model, cfg, classes = load_for_inference(args.checkpoint, args.cfg, args.overrides, device=str(info.device))
+        if args.protocol == "zero-shot":
+            model, cfg, classes = zero_shot_model(args.checkpoint, args.cfg, args.overrides, args.classes,
+                                                  str(info.device))
+        else:
+            model, cfg, classes = load_for_inference(args.checkpoint, args.cfg, args.overrides,
+                                                     device=str(info.device))
         data = dict(cfg["data"])
+        if args.protocol == "zero-shot":  # the list's labels index into the class file, every clip counts
+            data.update(class_subset="all", few_shot=None)
         split = args.split
         if split == "test" and not data.get("test_list"):
             data["test_list"] = data.get("val_list")  # SSv1/SSv2/K400 report on the validation set
@@ -238,11 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_eval_labels(data_cfg, split, _num_classes(model, cfg))
         evalc = cfg.get("eval") or {}
         views = args.views or tuple(evalc.get("views") or (data.get("test_crops", 3), data.get("test_clips", 2)))
-        tag = f"eval-{split}-{views[0]}x{views[1]}"
-        if os.path.isdir(args.checkpoint):  # a model folder: results next to it, never inside it
-            out = args.out or f"{os.path.abspath(args.checkpoint).rstrip(os.sep)}-{tag}"
-        else:
-            out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), tag)
+        out = args.out or _default_out(args, split, views)
         if info.is_main:
             check_output_writable(out)
             for flag, path in (("--dump", args.dump), ("--save-logits", args.save_logits)):
@@ -252,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outputs = {"--dump": args.dump, "--save-logits": args.save_logits,
                        **{f"{name} (in {out})": os.path.join(out, name) for name in _RESULT_FILES}}
             inputs = {"--checkpoint": args.checkpoint, "--labels": args.labels, "--cfg": args.cfg,
+                      "--classes": args.classes,
                       f"the {split} list": data.get(f"{split}_list")}
             check_distinct(outputs, {k: v for k, v in inputs.items() if v and os.path.isfile(v)})
             for flag, path in outputs.items():
@@ -269,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--dump/--save-logits need a loader with dataset records and a sampler order "
                              f"({type(loader).__name__} has none)")
         rec = Recognizer(model, {**cfg, "data": data}, classes, device=info.device, precision=args.precision,
-                         compile=args.compile, views=tuple(views))
+                         compile=args.compile, views=tuple(views), switch_classes=args.protocol == "zero-shot")
         setup_error = None
     except user_errors(loading=True) as exc:
         setup_error = exc
@@ -292,11 +456,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     csv_path = E.write_per_class_csv(result, classes, os.path.join(out, "per_class.csv"))
     png = plot_confusion(result.confusion(), classes, os.path.join(out, "confusion.png"),
-                         title=f"{os.path.basename(os.path.normpath(args.checkpoint))}: top-1 {100 * result.top1:.2f}%")
+                         title=f"{_model_name(args)}: top-1 {100 * result.top1:.2f}%")
     nonfinite = int(getattr(result, "num_nonfinite", 0) or 0)
     skipped = list(getattr(result, "skipped", None) or [])
-    summary = {**result.summary(), "views": list(views), "split": split, "checkpoint": os.path.abspath(args.checkpoint),
+    summary = {**result.summary(), "protocol": args.protocol, "views": list(views), "split": split,
+               "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
                "precision": rec.precision, "seconds": result.seconds, "per_class_csv": csv_path, "confusion_png": png}
+    if args.protocol == "zero-shot":
+        summary.update(classes=os.path.abspath(args.classes) if args.classes else data.get("labels"),
+                       num_classes=len(classes))
     summary.setdefault("nonfinite", nonfinite)
     summary.setdefault("skipped", skipped)
     per_video = []
@@ -320,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _record(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
     notes = "".join([f"  {nonfinite} non-finite (counted wrong)" if nonfinite else "",
                      f"  {len(skipped)} skipped" if skipped else ""])
-    print(f"{result.count} videos, {views[0]}x{views[1]} views: top-1 {100 * result.top1:.2f}%  "
+    what = "zero-shot, " if args.protocol == "zero-shot" else ""
+    print(f"{what}{result.count} videos, {views[0]}x{views[1]} views: top-1 {100 * result.top1:.2f}%  "
           f"top-5 {100 * result.top5:.2f}%{notes}  ({result.seconds:.1f} s, {rec.precision})\n"
           f"  per-class accuracy  {csv_path}\n  confusion matrix    {png}\n"
           f"  results             {results_path}" + "".join("\n" + x for x in per_video))

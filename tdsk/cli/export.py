@@ -25,7 +25,9 @@ video and applies the official test protocol (softmax per view, probabilities av
     video  float32[batch, V, T, M, 3, H, W]  ->  probs float32[batch, K], logits float32[batch, V, K]
 
 After writing, the file is loaded and run on a random batch and compared with the eager
-model (``--no-check`` skips this; the ONNX check needs ``onnxruntime``). Exit code 0 on
+model (``--no-check`` skips this; the ONNX check needs ``onnxruntime``). ``--classes FILE`` first
+switches a model with a text classifier to other classes (open vocabulary, docs/protocols.md):
+their text embeddings become constants of the graph, which then scores those classes. Exit code 0 on
 success, 1 when the check finds a difference above its tolerance, 2 for a usage error
 (bad checkpoint, recipe, override, output path, missing export dependency).
 """
@@ -336,6 +338,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "V / CROPSxCLIPS (input [B,V,T,M,3,H,W], outputs probs averaged over views and logits)")
     p.add_argument("--opset", type=int, help="ONNX opset version (default: torch.onnx's)")
     p.add_argument("--labels", help="class names, one per line (stored in the metadata / the folder)")
+    p.add_argument("--classes", metavar="FILE",
+                   help="open vocabulary: switch a text classifier to these classes (any class-name file) before "
+                        "exporting; their text embeddings are baked into the graph (docs/protocols.md)")
     p.add_argument("--no-check", action="store_true", help="do not run the exported file against the eager model")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out that tdsk did not write (never an input)")
@@ -354,13 +359,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return usage_error("--views applies to the onnx and pt2 formats (a model folder stores the model itself)")
     if fmt != "folder" and os.path.isdir(args.out):
         return usage_error(f"--out {args.out}: is a directory, expected a file name for --format {fmt}")
-    if args.labels and not os.path.isfile(args.labels):
-        return usage_error(f"--labels {args.labels}: no such file")
+    if args.labels and args.classes:
+        return usage_error("--labels (names stored) and --classes (the classes scored): give one")
+    for flag, path in (("--labels", args.labels), ("--classes", args.classes)):
+        if path and not os.path.isfile(path):
+            return usage_error(f"{flag} {path}: no such file")
     if not os.path.exists(args.checkpoint):
         return usage_error(f"--checkpoint {args.checkpoint}: no such file")
     from tdsk._paths import PathCollisionError, check_distinct, check_not_inside, check_replaceable
 
-    inputs = {"--checkpoint": args.checkpoint, "--labels": args.labels}
+    inputs = {"--checkpoint": args.checkpoint, "--labels": args.labels, "--classes": args.classes}
     try:
         check_distinct({"--out": args.out}, inputs)
         if fmt == "folder":
@@ -382,6 +390,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, cfg, classes = _load(args.checkpoint, args.cfg, args.overrides)
         if args.labels:
             classes = read_labels(args.labels)
+        if args.classes:
+            from tdsk.models.open_vocab import use_classes
+
+            classes = use_classes(model, read_labels(args.classes), f"--classes {args.classes}")
+            cfg = {**cfg, "model": {**cfg["model"], "num_classes": len(classes)}}
     except user_errors(loading=True) as exc:
         return usage_error(exc)
     if classes is not None and len(classes) != model.num_classes:

@@ -4,6 +4,8 @@ Prints the top-5 classes with their probabilities for each file (``--json`` for 
 JSON object per file). Videos are read with the recipe's test protocol (views =
 crops x clips, softmax averaged); a JPEG frame folder works too. Class names come
 from ``--labels FILE`` (one per line), else from the checkpoint, else indices.
+``--classes FILE`` (open vocabulary, docs/protocols.md) scores other classes than the
+model was trained on: a model with a text classifier switches to them, no retraining.
 ``--checkpoint`` takes tdsk checkpoints, official TDS-CLIP ones (with ``--cfg``) and
 model folders (``tdsk.models.save_pretrained``); the model runs through
 :class:`tdsk.inference.Recognizer` (``--precision auto``, the default, is bf16 autocast
@@ -67,7 +69,7 @@ def predict(model, cfg: dict, paths: Sequence[str], *, views=None, top: int = 5,
             rec = copy.copy(model)
             rec.classes = list(classes)
     else:
-        rec = Recognizer(model, cfg, classes, device=device, precision=precision or "fp32")
+        rec = Recognizer(model, cfg, classes, device=device, precision=precision or "fp32", switch_classes=False)
     out = []
     for path in paths:
         try:
@@ -113,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cfg", help="recipe (default: the one stored in a tdsk checkpoint / model folder; "
                                  "needed for official ones)")
     p.add_argument("--labels", help="class names, one per line (index order)")
+    p.add_argument("--classes", metavar="FILE",
+                   help="open vocabulary: score these classes instead of the model's own (any class-name file; "
+                        "a model with a text classifier only, docs/protocols.md)")
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the recipe's test views)")
     p.add_argument("--top", type=_positive_int, default=5, help="classes shown per video (>= 1, default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
@@ -179,8 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                            f"folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
     if not os.path.exists(args.checkpoint):
         return usage_error(f"--checkpoint {args.checkpoint}: no such file")
-    if args.labels and not os.path.isfile(args.labels):
-        return usage_error(f"--labels {args.labels}: no such file")
+    if args.labels and args.classes:
+        return usage_error("--labels (names shown) and --classes (the classes scored): give one")
+    for flag, path in (("--labels", args.labels), ("--classes", args.classes)):
+        if path and not os.path.isfile(path):
+            return usage_error(f"{flag} {path}: no such file")
     emit = _printer(args.json)
     present, failed = [], 0
     if args.stream is not None:
@@ -212,9 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tdsk.data.labels import labels_for_model
 
             classes = labels_for_model(args.labels, getattr(model, "num_classes", None), f"--labels {args.labels}")
+        if args.classes:
+            classes = common.read_labels(args.classes)
         views = args.views or tuple((cfg.get("eval") or {}).get("views") or ()) or None
         rec = Recognizer(model, cfg, classes, device=device, precision=args.precision, compile=args.compile,
-                         views=views, source=args.checkpoint)
+                         views=views, source=args.checkpoint, switch_classes=bool(args.classes))
     except common.user_errors(loading=True) as exc:
         return usage_error(exc)
     if args.stream is not None:

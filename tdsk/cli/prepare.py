@@ -30,6 +30,10 @@ truncated, corrupt, ...) are listed in ``<list stem>.errors.csv`` and left out o
 list; they never stop the run. Exit code: 0 every video is in the list, 1 some videos
 were bad and left out, 2 usage error (bad arguments, unreadable input, no video found,
 ``--out`` not writable). docs/data-tools.md describes the tool.
+
+``few-shot --list L --shots K --seed S --out F`` writes the K-shot list of the few-shot
+protocol (docs/protocols.md): K lines of every class of ``L``, drawn with ``S`` exactly as the
+recipe option ``data.few_shot: K`` draws them, copied in list order.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ from tdsk._paths import PathCollisionError, check_distinct, check_replaceable, r
 from tdsk.cli._workers import UsageError, default_workers, parallel_map, progress_bar, read_class_names, \
     template_matcher
 
-__all__ = ["main", "prepare_frames", "PrepareResult", "MARKER", "VIDEO_EXTENSIONS"]
+__all__ = ["main", "prepare_frames", "write_few_shot_list", "PrepareResult", "MARKER", "VIDEO_EXTENSIONS"]
 
 MARKER = ".tdsk_frames.json"
 MARKER_VERSION = 1
@@ -543,7 +547,48 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument("--overwrite", action="store_true",
                    help="replace a list / labels.txt in --out that tdsk did not write (never an input)")
+    k = sub.add_parser(
+        "few-shot", help="write a K-shot list: K entries per class of a list, drawn from a seed",
+        description="Write the K-shot training list of the few-shot protocol (docs/protocols.md): K entries of "
+                    "every class of --list, drawn with --seed (the draw of the recipe option data.few_shot), the "
+                    "lines copied as they are, in list order. Exit 0: written; 2: usage error (a class with "
+                    "fewer than K entries included).")
+    k.add_argument("--list", required=True, help="an annotation list (<path> <label> or <dir> <n> <label>)")
+    k.add_argument("--shots", type=int, required=True, help="K: entries per class (>= 1)")
+    k.add_argument("--seed", type=int, default=0, help="which K entries (default 0; data.few_shot_seed)")
+    k.add_argument("--out", required=True, help="the K-shot list to write")
+    k.add_argument("--format", default="auto", choices=["auto", "frames", "video"], help="list format (default auto)")
+    k.add_argument("--overwrite", action="store_true", help="replace an --out that tdsk did not write (never --list)")
     return p
+
+
+def write_few_shot_list(list_file: str, shots: int, seed: int, out: str, fmt: str = "auto",
+                        overwrite: bool = False) -> Tuple[int, int]:
+    """``python -m tdsk.data.prepare few-shot``: write ``out``, the lines of ``list_file`` that
+    :func:`tdsk.data.protocols.few_shot_records` keeps. Returns ``(entries, classes)``;
+    :class:`UsageError` for bad input (one line)."""
+    from tdsk.data.lists import ListFormatError, parse_list
+    from tdsk.data.protocols import few_shot_records
+    from tdsk.schema import ConfigError
+
+    if shots < 1:
+        raise UsageError(f"--shots must be >= 1 entries per class, got {shots}")
+    try:
+        check_distinct({"--out": out}, {"--list": list_file})
+        check_replaceable(out, "--out", overwrite)
+        records = parse_list(list_file, "", fmt)
+        kept = few_shot_records(records, shots, seed, list_file, key="--shots")
+    except (PathCollisionError, FileExistsError, FileNotFoundError, ListFormatError, ConfigError) as exc:
+        raise UsageError(str(exc)) from None
+    with open(list_file, "rb") as f:
+        lines = f.read().decode("utf-8-sig").splitlines()
+    text = "".join(lines[r.line - 1].strip() + "\n" for r in kept)
+    try:
+        _io.write_text(out, text)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: {exc}") from None
+    record_written(os.path.dirname(os.path.abspath(out)), [os.path.basename(out)], "data.prepare")
+    return len(kept), len({r.label for r in kept})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -551,6 +596,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     configure_cli_logging()
     args = build_parser().parse_args(argv)
+    if args.command == "few-shot":
+        try:
+            n, k = write_few_shot_list(args.list, args.shots, args.seed, args.out, args.format, args.overwrite)
+        except UsageError as exc:
+            print(f"tdsk.data.prepare: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"wrote {args.out}: {n} entries, {args.shots} of each of {k} classes (seed {args.seed})")
+        return EXIT_OK
     try:
         result = prepare_frames(args.videos, args.out, root=args.root, fps=args.fps, short_side=args.short_side,
                                 template=args.template, workers=args.workers, quality=args.quality,

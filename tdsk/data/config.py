@@ -29,6 +29,12 @@ Keys (defaults are the official Something-Something recipe, docs/recipe.md, docs
     max_bad_fraction: 0.05    # more bad samples than this in an epoch stops with an error
     drop_last: true           # train batches
     mean / std: CLIP values
+    few_shot: null            # K: train on K clips per class of train_list (docs/protocols.md)
+    few_shot_seed: 0          # which K clips (deterministic)
+    class_subset: all         # all | base | novel: keep these classes of data.labels in every list, re-indexed
+    base_classes: null        # file naming the base classes; else drawn with class_split_seed
+    base_fraction: 0.5        # share of the classes that are base (drawn)
+    class_split_seed: 0
 """
 from tdsk.schema import SS_FLIP_LABEL_PAIRS, DataConfig, label_swap
 

@@ -80,10 +80,18 @@ def plan_dataset(cfg: MutableMapping, run_dir: str) -> DatasetPlan:
         names = _derive_lists(data, root, names, os.path.join(run_dir, "lists"), plan.files)
     if names is None:
         return plan
+    subset = data.get("class_subset", "all")
+    if subset != "all":  # base-to-novel: the model's classes are the base (novel) ones (docs/protocols.md)
+        from tdsk.data.protocols import class_split  # noqa: PLC0415
+
+        base, novel = class_split(names, _under_root(root, data["base_classes"]) if data.get("base_classes") else None,
+                                  float(data.get("base_fraction", 0.5)), int(data.get("class_split_seed", 0)))
+        names = base if subset == "base" else novel
     if model.get("num_classes") is None:
         model["num_classes"] = len(names)
     elif int(model["num_classes"]) != len(names):
-        raise ConfigError(f"model.num_classes={model['num_classes']} but data.labels has {len(names)} class names")
+        raise ConfigError(f"model.num_classes={model['num_classes']} but data.labels has {len(names)} class names"
+                          + (f" in data.class_subset={subset}" if subset != "all" else ""))
     plan.names = names
     return plan
 

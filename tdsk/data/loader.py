@@ -71,7 +71,9 @@ def resolve_decoder(choice: str, device: Union[str, torch.device]) -> str:
 
 def load_records(cfg: DataConfig, split: str) -> List[VideoRecord]:
     """Parse the split's list (entries under ``cfg.root``); 3-column entries shorter than
-    ``min_frames`` are dropped at train/val, kept at test (docs/sampling.md §1)."""
+    ``min_frames`` are dropped at train/val, kept at test (docs/sampling.md §1). The evaluation
+    protocols' ``data.class_subset`` and ``data.few_shot`` (train) apply here
+    (:mod:`tdsk.data.protocols`)."""
     list_file = cfg.list_for(split)
     if not list_file:
         raise ValueError(f"data config has no {split}_list")
@@ -79,7 +81,12 @@ def load_records(cfg: DataConfig, split: str) -> List[VideoRecord]:
         candidate = os.path.join(cfg.root, list_file)
         if os.path.exists(candidate):
             list_file = candidate
-    return parse_list(list_file, cfg.root, cfg.format, min_frames=cfg.min_frames if split != "test" else 0)
+    records = parse_list(list_file, cfg.root, cfg.format, min_frames=cfg.min_frames if split != "test" else 0)
+    if cfg.class_subset != "all" or (split == "train" and cfg.few_shot is not None):
+        from tdsk.data.protocols import apply_protocols  # noqa: PLC0415
+
+        records = apply_protocols(cfg, records, split, list_file)
+    return records
 
 
 def _worker_init(_worker_id: int) -> None:

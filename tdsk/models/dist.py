@@ -185,6 +185,23 @@ class DiST(VideoClassifier):
         if logit_scale is not None:
             self.logit_scale.fill_(float(logit_scale))
 
+    @property
+    def open_vocabulary(self) -> bool:
+        """Whether the classifier scores text embeddings of class names (``classifier: text``;
+        the open-vocabulary contract, :mod:`tdsk.models.open_vocab`)."""
+        return self.head is None
+
+    def use_classes(self, class_names: Sequence[str]) -> None:
+        """Switch the classifier to ``class_names`` (zero-shot / open vocabulary, docs/protocols.md):
+        their text embeddings are computed with the recipe's text weights and ``text_prompt``;
+        ``class_names``, ``num_classes`` and ``config["num_classes"]`` follow. ``logit_scale`` is kept."""
+        names = [str(n) for n in class_names]
+        emb = self.text_embeddings_for(names).to(self.text_embeddings.device, self.text_embeddings.dtype)
+        self.text_embeddings = emb  # a registered buffer: replaced (the class count may change)
+        self.class_names = names
+        self.num_classes = len(names)
+        self.config["num_classes"] = len(names)
+
     def classify(self, emb: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Video embeddings ``[B, E]`` -> logits ``[B, K]``. ``text_embeddings`` ``[K', E]``: score
         against these classes instead of the model's own (open vocabulary; text classifier only)."""

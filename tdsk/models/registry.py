@@ -36,7 +36,7 @@ import torch.nn as nn
 from tdsk.schema import register_model_schema
 
 __all__ = ["Family", "register_family", "family", "family_of", "families", "logits_of", "loss_of",
-           "param_groups_of"]
+           "param_groups_of", "unwrap"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def family(variant: str) -> Family:
         raise ValueError(f"model.variant={variant!r}: use one of {', '.join(_FAMILIES)}") from None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP / ``torch.compile`` wrapper."""
     for attr in ("module", "_orig_mod"):
         while hasattr(model, attr) and isinstance(getattr(model, attr), nn.Module):
@@ -84,7 +84,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def family_of(model: nn.Module) -> Family:
     """The family of a built model (its ``variant`` attribute; wrappers are looked through)."""
-    return family(getattr(_unwrap(model), "variant", "tds_clip"))
+    return family(getattr(unwrap(model), "variant", "tds_clip"))
 
 
 def logits_of(model: nn.Module, outputs: Any) -> torch.Tensor:
@@ -105,4 +105,4 @@ def loss_of(model: nn.Module, outputs: Any, targets: torch.Tensor, criterion: nn
 def param_groups_of(model: nn.Module, solver: Any) -> Optional[List[dict]]:
     """The family's optimiser groups, or ``None`` for the engine's default groups."""
     fn = family_of(model).param_groups
-    return fn(_unwrap(model), solver) if fn is not None else None
+    return fn(unwrap(model), solver) if fn is not None else None

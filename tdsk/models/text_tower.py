@@ -9,7 +9,8 @@ tower (and its BPE tokenizer, which ship with open_clip) once and the model keep
 Weights: the same sources as the frozen image tower (``model.clip_pretrained``): an open_clip
 tag, a local CLIP file (OpenAI / open_clip state dict or TorchScript: the text tensors
 ``token_embedding.weight``, ``positional_embedding``, ``transformer.*``, ``ln_final.*``,
-``text_projection`` and ``logit_scale``), or ``None`` (random init, for tests). tdsk's tiny
+``text_projection`` and ``logit_scale``), or ``None`` (random init with a fixed seed, for tests
+and the demo: the same names give the same embeddings on every call). tdsk's tiny
 test ViTs get a tiny text tower (:data:`TINY_TEXT_CFG`).
 """
 from __future__ import annotations
@@ -38,6 +39,9 @@ TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads"
 TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection",
              "logit_scale")
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature
+# seed of the random text tower used without text weights (tests, the demo): one fixed tower, so
+# that the embeddings of a name do not depend on when or where they are computed
+RANDOM_TEXT_SEED = 0
 _DEFERRED = [0]
 
 
@@ -152,7 +156,12 @@ def class_text_embeddings(arch: str, class_names: Sequence[str], pretrained: Opt
     if sd is None:
         log_once(f"clip-text-random-{arch}", f"CLIP text tower {arch}: random initialisation (no text weights)",
                  logging.INFO)
-    tower = build_text_tower(arch, quick_gelu, sd)
+    if sd is None:  # random weights, the same on every call (a reloaded model recomputes the same embeddings)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_TEXT_SEED)
+            tower = build_text_tower(arch, quick_gelu, sd)
+    else:
+        tower = build_text_tower(arch, quick_gelu, sd)
     emb = encode_texts(tower, [prompt.format(n) for n in names])
     scale = float(sd["logit_scale"]) if sd is not None and "logit_scale" in sd else DEFAULT_LOGIT_SCALE
     return emb, scale
