@@ -308,3 +308,9 @@ def test_export_onnx_bakes_the_class_embeddings(run, tmp_path):
     graph = onnx.load(str(out)).graph
     names = [i.name for i in graph.initializer]
     assert not any("text.tower" in n for n in names)  # the class embeddings, not the text tower
+
+
+def test_demo_recipe_finds_its_packaged_descriptions(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the relative path is looked up beside the packaged recipes
+    m = build_model({"model": load_config("demo_msta")["model"]}, class_names=demo.CLASSES)
+    assert tuple(m.description_embeddings.shape) == (len(demo.CLASSES), 64)
