@@ -71,7 +71,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"tdsk.kernels": "kernels"},
-    package_data={"tdsk.configs": ["*.yaml"], "tdsk.cli": ["*.html"]},
+    package_data={"tdsk.configs": ["*.yaml", "*.json"], "tdsk.cli": ["*.html"]},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,

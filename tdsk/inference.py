@@ -187,8 +187,11 @@ def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequ
 
 def _check_finite(model: nn.Module, path: str) -> None:
     """Refuse weights or buffers (BatchNorm running statistics, the text classifier...) that hold
-    NaN/inf: every prediction from them would be garbage or NaN."""
-    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+    NaN/inf: every prediction from them would be garbage or NaN. Non-persistent buffers (an
+    attention mask's -inf) are derived, not loaded: not checked."""
+    from tdsk.engine.checkpoint import persistent_buffers
+
+    bad = [name for name, t in list(model.named_parameters()) + persistent_buffers(model)
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""

@@ -27,6 +27,7 @@ __all__ = [
     "CommonModelConfig",
     "ModelConfig",
     "DiSTConfig",
+    "MSTAConfig",
     "register_model_schema",
     "model_schema",
     "model_variants",
@@ -156,10 +157,44 @@ class DiSTConfig(CommonModelConfig):
                               f"got {self.text_prompt!r}")
 
 
+@dataclass
+class MSTAConfig(CommonModelConfig):
+    """``model:`` of MSTA (Chen et al., CVPR 2025; defaults: the released training logs, docs/msta.md)."""
+
+    variant: str = "msta"
+    num_segments: int = 8             # frames, each through the adapted CLIP ViT; the video is their mean
+    num_local: int = 1                # one frame per segment
+    adapter_dim: int = 128            # width of the adapters' bottleneck (and of the shared projection)
+    adapter_layers: Union[str, List[int]] = "8-12"   # 1-based blocks with adapters ('8-12', '1-3,7', [8, 9], all)
+    text_adapter_layers: Optional[Union[str, List[int]]] = None  # text blocks; null: adapter_layers
+    adapter_scale: float = 0.005      # the adapters' output is multiplied by this
+    text_prompt: str = "a photo of a {}."   # class name -> text of the adapted text branch
+    descriptions: Optional[str] = None      # JSON {class: [sentences]} for the consistency term; null: none
+    descriptions_per_class: int = 2   # sentences per class averaged into the frozen description embedding
+    consistency_weight: float = 1.0   # weight of (1 - cos(adapted class text, frozen descriptions))
+    checkpoint: bool = False          # activation checkpointing in both towers
+
+    def validate(self, prefix: str = "model") -> None:
+        super().validate(prefix)
+        if self.num_local != 1:
+            raise ConfigError(f"{prefix}.num_local must be 1 for model.variant=msta (one frame per segment), "
+                              f"got {self.num_local}")
+        for key in ("adapter_dim", "descriptions_per_class"):
+            _at_least(prefix, key, getattr(self, key), 1)
+        if not (self.adapter_scale > 0 and math.isfinite(self.adapter_scale)):
+            raise ConfigError(f"{prefix}.adapter_scale must be > 0, got {self.adapter_scale}")
+        if not (self.consistency_weight >= 0 and math.isfinite(self.consistency_weight)):
+            raise ConfigError(f"{prefix}.consistency_weight must be >= 0, got {self.consistency_weight}")
+        if "{}" not in self.text_prompt:
+            raise ConfigError(f"{prefix}.text_prompt must contain {{}} (where the class name goes), "
+                              f"got {self.text_prompt!r}")
+
+
 # variant -> the dataclass that checks its model section: the built-in families' are here
 # (one schema for the whole recipe); a family added outside the package registers its own
 # (tdsk.models.registry.register_family).
-_MODEL_SCHEMAS: Dict[str, type] = {"tds_clip": ModelConfig, "baseline": ModelConfig, "dist": DiSTConfig}
+_MODEL_SCHEMAS: Dict[str, type] = {"tds_clip": ModelConfig, "baseline": ModelConfig, "dist": DiSTConfig,
+                                   "msta": MSTAConfig}
 
 
 def register_model_schema(variant: str, cls: type) -> None:

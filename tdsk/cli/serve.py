@@ -227,6 +227,8 @@ def _parse_class_names(text):
 
 def _text_classifier(model) -> bool:
     """Whether ``model`` scores videos against class-name text embeddings (so takes new names)."""
+    if getattr(model, "open_vocabulary", False):  # the text-classifier contract says so itself
+        return hasattr(model, "text_embeddings_for")
     return hasattr(model, "text_embeddings_for") and getattr(model, "head", None) is None \
         and getattr(model, "text_embeddings", None) is not None
 

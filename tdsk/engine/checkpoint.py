@@ -110,6 +110,13 @@ def set_rng_state(state: Mapping) -> None:
 
 # ----------------------------------------------------------------------------- model parts
 
+def persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of the buffers ``state_dict`` holds: not the derived, non-persistent
+    ones (an additive attention mask holds -inf by design; a cache is recomputed)."""
+    return [(f"{prefix}.{name}" if prefix else name, b) for prefix, mod in model.named_modules()
+            for name, b in mod.named_buffers(recurse=False) if name not in mod._non_persistent_buffers_set]
+
+
 def trainable_state_dict(model: nn.Module, include_frozen: bool = False,
                          tower: set | None = None) -> dict[str, torch.Tensor]:
     """State dict without the frozen tower (unless asked), detached CPU copies.

@@ -2,10 +2,12 @@
 
 * ``tds_clip``: TDS-CLIP (frozen CLIP + temporal-difference side network), docs/model.md;
 * ``baseline``: frozen CLIP image embeddings averaged over time + a linear head;
-* ``dist``: DiST (frozen CLIP + temporal encoder + integration branch), docs/dist.md.
+* ``dist``: DiST (frozen CLIP + temporal encoder + integration branch), docs/dist.md;
+* ``msta``: MSTA (frozen CLIP towers + shared multi-modal adapters + description-guided
+  consistency), docs/msta.md.
 """
 from tdsk.models.registry import Family, register_family
-from tdsk.schema import DiSTConfig, ModelConfig
+from tdsk.schema import DiSTConfig, ModelConfig, MSTAConfig
 
 
 def _tds_clip(cfg, class_names=None):
@@ -53,6 +55,21 @@ def _dist_official_export(model, epoch):
     return {"epoch": int(epoch), "model_state": official_state_dict(model)}
 
 
+def _msta(cfg, class_names=None):
+    from tdsk.models.msta import MSTA  # noqa: PLC0415
+
+    return MSTA(cfg, class_names)
+
+
+def _msta_hook(name):
+    def hook(*args):
+        from tdsk.models import msta  # noqa: PLC0415
+
+        return getattr(msta, name)(*args)
+
+    return hook
+
+
 def _register() -> None:
     register_family(Family("tds_clip", ModelConfig, _tds_clip, "TDS-CLIP: frozen CLIP + temporal-difference side "
                            "network (Wang & Wang 2024)", official_export=_tds_official_export))
@@ -61,6 +78,10 @@ def _register() -> None:
                            "(Qing et al., ICCV 2023)", param_groups=_dist_groups,
                            official_load=_dist_official_load, official_export=_dist_official_export,
                            needs_class_names=lambda cfg: cfg.get("classifier") == "text"))
+    register_family(Family("msta", MSTAConfig, _msta, "MSTA: frozen CLIP towers + shared multi-modal adapters + "
+                           "description-guided consistency (Chen et al., CVPR 2025)",
+                           param_groups=_msta_hook("msta_param_groups"), loss=_msta_hook("msta_loss"),
+                           logits_of=_msta_hook("msta_logits"), needs_class_names=lambda cfg: True))
 
 
 _register()

@@ -69,14 +69,15 @@ class VideoClassifier(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def parse_td_layers(spec, layers: int) -> List[int]:
-    """``'all'`` | ``'1-6'`` | ``'1-3,7'`` | ``[1, 2]`` (1-based) -> sorted 0-based layer indices."""
+def parse_td_layers(spec, layers: int, key: str = "model.td_layers") -> List[int]:
+    """``'all'`` | ``'1-6'`` | ``'1-3,7'`` | ``[1, 2]`` (1-based) -> sorted 0-based layer indices
+    (``key``: the recipe key the errors name)."""
     if spec is None or spec == "all":
         return list(range(layers))
     if spec == "none" or spec == []:
         return []
     if not isinstance(spec, (str, list, tuple)):
-        raise ConfigError(f"model.td_layers={spec!r}: use all, none, a range such as '1-6', or a list "
+        raise ConfigError(f"{key}={spec!r}: use all, none, a range such as '1-6', or a list "
                           f"of 1-based layer numbers such as [{spec}]")
     items = []
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -88,9 +89,9 @@ def parse_td_layers(spec, layers: int) -> List[int]:
             else:
                 items.append(int(part))
     except (TypeError, ValueError):
-        raise ConfigError(f"model.td_layers={spec!r}: use all, none, a range such as '1-6', '1-3,7' "
+        raise ConfigError(f"{key}={spec!r}: use all, none, a range such as '1-6', '1-3,7' "
                           "or a list of 1-based layer numbers") from None
     bad = [i for i in items if not 1 <= i <= layers]
     if bad:
-        raise ConfigError(f"model.td_layers={spec!r}: layers {bad} outside 1..{layers}")
+        raise ConfigError(f"{key}={spec!r}: layers {bad} outside 1..{layers}")
     return sorted({i - 1 for i in items})
