@@ -2,10 +2,11 @@
 
 * ``tds_clip``: TDS-CLIP (frozen CLIP + temporal-difference side network), docs/model.md;
 * ``baseline``: frozen CLIP image embeddings averaged over time + a linear head;
-* ``dist``: DiST (frozen CLIP + temporal encoder + integration branch), docs/dist.md.
+* ``dist``: DiST (frozen CLIP + temporal encoder + integration branch), docs/dist.md;
+* ``m2clip``: M2-CLIP (adapters inside frozen CLIP towers, video-text + linear heads), docs/m2clip.md.
 """
 from tdsk.models.registry import Family, register_family
-from tdsk.schema import DiSTConfig, ModelConfig
+from tdsk.schema import DiSTConfig, M2CLIPConfig, ModelConfig
 
 
 def _tds_clip(cfg, class_names=None):
@@ -53,6 +54,42 @@ def _dist_official_export(model, epoch):
     return {"epoch": int(epoch), "model_state": official_state_dict(model)}
 
 
+def _m2clip(cfg, class_names=None):
+    from tdsk.models.m2clip import M2CLIP  # noqa: PLC0415
+
+    return M2CLIP(cfg, class_names)
+
+
+def _m2clip_groups(model, solver):
+    from tdsk.models.m2clip import m2clip_param_groups  # noqa: PLC0415
+
+    return m2clip_param_groups(model, solver)
+
+
+def _m2clip_loss(outputs, targets, criterion):
+    from tdsk.models.m2clip import m2clip_loss  # noqa: PLC0415
+
+    return m2clip_loss(outputs, targets, criterion)
+
+
+def _m2clip_logits(outputs):
+    from tdsk.models.m2clip import m2clip_logits  # noqa: PLC0415
+
+    return m2clip_logits(outputs)
+
+
+def _m2clip_official_load(model, sd):
+    from tdsk.models import m2clip_official  # noqa: PLC0415
+
+    return m2clip_official.load_official(model, sd) if m2clip_official.is_official(sd) else None
+
+
+def _m2clip_official_export(model, epoch):
+    from tdsk.models.m2clip_official import official_state_dict  # noqa: PLC0415
+
+    return {"model": official_state_dict(model), "next_epoch": int(epoch) + 1}
+
+
 def _register() -> None:
     register_family(Family("tds_clip", ModelConfig, _tds_clip, "TDS-CLIP: frozen CLIP + temporal-difference side "
                            "network (Wang & Wang 2024)", official_export=_tds_official_export))
@@ -61,6 +98,10 @@ def _register() -> None:
                            "(Qing et al., ICCV 2023)", param_groups=_dist_groups,
                            official_load=_dist_official_load, official_export=_dist_official_export,
                            needs_class_names=lambda cfg: cfg.get("classifier") == "text"))
+    register_family(Family("m2clip", M2CLIPConfig, _m2clip, "M2-CLIP: adapters inside frozen CLIP towers, video-text "
+                           "+ linear heads (Wang et al., AAAI 2024)", param_groups=_m2clip_groups,
+                           loss=_m2clip_loss, logits_of=_m2clip_logits, official_load=_m2clip_official_load,
+                           official_export=_m2clip_official_export, needs_class_names=lambda cfg: True))
 
 
 _register()
