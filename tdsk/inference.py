@@ -187,7 +187,7 @@ def load_model(path: str, cfg: Union[None, str, Mapping] = None, overrides: Sequ
 def _check_finite(model: nn.Module, path: str) -> None:
     """Refuse weights or buffers (BatchNorm running statistics, the text classifier...) that hold
     NaN/inf: every prediction from them would be garbage or NaN."""
-    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+    bad = [name for name, t in model.state_dict().items()  # what a file holds (not constant masks of -inf)
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""

@@ -205,10 +205,13 @@ def _take_lock(out_dir: str, info: D.DistInfo):
 
 
 def _non_finite_state(run: Any) -> list[str]:
-    """Names of trainable parameters, buffers and optimizer-state tensors that are not finite."""
-    bad = [n for n, t in list(run.raw_model.named_parameters()) + list(run.raw_model.named_buffers())
+    """Names of trainable parameters, buffers and optimizer-state tensors that are not finite.
+    Non-persistent buffers are not written (e.g. a text tower's causal mask of -inf) and not checked."""
+    model = run.raw_model
+    transient = {f"{m}.{b}" if m else b for m, mod in model.named_modules() for b in mod._non_persistent_buffers_set}
+    bad = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
            if (t.requires_grad or not isinstance(t, nn.Parameter)) and t.is_floating_point()
-           and not bool(torch.isfinite(t).all())]
+           and n not in transient and not bool(torch.isfinite(t).all())]
     for pid, state in run.optimizer.state_dict()["state"].items():
         bad += [f"optimizer[{pid}].{k}" for k, v in state.items()
                 if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]

@@ -115,6 +115,7 @@ class M2CLIP(VideoClassifier):
 
     # -- the contract of a text classifier ---------------------------------------------------------
     open_vocabulary = True
+    live_class_texts = True  # class texts come from the text tower each time: a model folder's labels name them
 
     @property
     def feature_dim(self) -> int:

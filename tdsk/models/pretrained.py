@@ -425,6 +425,9 @@ def load_pretrained(folder: str, recipe: Optional[Mapping] = None, device: Union
                     "clip_pretrained": section.get("clip_pretrained")}
     labels_path = os.path.join(folder, LABELS_NAME)
     classes = _read_label_lines(labels_path) if os.path.isfile(labels_path) else None
+    if classes and getattr(model, "live_class_texts", False) and list(getattr(model, "class_names", None) or []) != classes \
+            and len(classes) == model.num_classes:
+        model.use_classes(classes)  # a text classifier that computes its class texts live: the folder's names
     model.to(torch.device(device)).eval()
     return model, cfg, classes, config
 
