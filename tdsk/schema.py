@@ -28,6 +28,7 @@ __all__ = [
     "ModelConfig",
     "DiSTConfig",
     "MSTAConfig",
+    "M2CLIPConfig",
     "register_model_schema",
     "model_schema",
     "model_variants",
@@ -190,11 +191,53 @@ class MSTAConfig(CommonModelConfig):
                               f"got {self.text_prompt!r}")
 
 
+@dataclass
+class M2CLIPConfig(CommonModelConfig):
+    """``model:`` of M2-CLIP (defaults: the official K400 B/16 "12x384" model, docs/m2clip.md)."""
+
+    variant: str = "m2clip"
+    num_segments: int = 8             # T: frames (one per segment)
+    num_local: int = 1
+    adapter_width: int = 384          # TED-Adapter bottleneck
+    adapter_pre_attn: bool = False    # a TED-Adapter before attention too (the SSv2 "24x384" model)
+    text_adapter_width: int = 384
+    text_adapter_layers: int = 2      # text blocks (+ the decoder block, last) with adapters, from the end
+    text_adapter_pre_attn: bool = False
+    frame_adapter_width: Optional[int] = None  # null: half the embedding width (the release's)
+    text_prompt: str = "A video of {}"
+    head_dropout: float = 0.5         # before the linear head
+    eval_logits: str = "similarity"   # what the model outputs: similarity (video-text, x100) | fc (linear head)
+    mlm: bool = False                 # the cross-modal decoder + MLM loss (off in the release)
+    mlm_weight: float = 0.1
+    mlm_rate: float = 0.2             # fraction of a prompt's words masked
+    checkpoint: bool = False          # activation checkpointing in the frozen towers
+
+    def validate(self, prefix: str = "model") -> None:
+        super().validate(prefix)
+        if self.num_local != 1:
+            raise ConfigError(f"{prefix}.num_local must be 1 for model.variant=m2clip (one frame per segment), "
+                              f"got {self.num_local}")
+        for key in ("adapter_width", "text_adapter_width"):
+            _at_least(prefix, key, getattr(self, key), 1)
+        _at_least(prefix, "text_adapter_layers", self.text_adapter_layers, 0)
+        if self.frame_adapter_width is not None:
+            _at_least(prefix, "frame_adapter_width", self.frame_adapter_width, 1)
+        if "{}" not in self.text_prompt:
+            raise ConfigError(f"{prefix}.text_prompt must contain {{}} (where the class name goes), "
+                              f"got {self.text_prompt!r}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"{prefix}.head_dropout must be in [0, 1), got {self.head_dropout}")
+        _choice(prefix, "eval_logits", self.eval_logits, ("similarity", "fc"))
+        _at_least(prefix, "mlm_weight", self.mlm_weight, 0.0)
+        if not 0.0 < self.mlm_rate <= 1.0:
+            raise ConfigError(f"{prefix}.mlm_rate must be in (0, 1], got {self.mlm_rate}")
+
+
 # variant -> the dataclass that checks its model section: the built-in families' are here
 # (one schema for the whole recipe); a family added outside the package registers its own
 # (tdsk.models.registry.register_family).
 _MODEL_SCHEMAS: Dict[str, type] = {"tds_clip": ModelConfig, "baseline": ModelConfig, "dist": DiSTConfig,
-                                   "msta": MSTAConfig}
+                                   "msta": MSTAConfig, "m2clip": M2CLIPConfig}
 
 
 def register_model_schema(variant: str, cls: type) -> None:

@@ -161,6 +161,8 @@ class AdaptedTextTower(nn.Module):
         if getattr(tower, "cls_emb", None) is not None or getattr(tower, "pool_type", "argmax") != "argmax":
             raise ValueError(f"{arch}: the adapter families need CLIP's plain text tower (end-of-text pooling, "
                              "no class token)")
+        if "attn_mask" in tower._buffers:  # CLIP's constant causal mask (-inf): rebuilt, never saved
+            tower._non_persistent_buffers_set.add("attn_mask")
         self.tower = tower
         self.context_length = int(tower.positional_embedding.shape[0])
         self.width = int(tower.positional_embedding.shape[1])

@@ -4,10 +4,11 @@
 * ``baseline``: frozen CLIP image embeddings averaged over time + a linear head;
 * ``dist``: DiST (frozen CLIP + temporal encoder + integration branch), docs/dist.md;
 * ``msta``: MSTA (frozen CLIP towers + shared multi-modal adapters + description-guided
-  consistency), docs/msta.md.
+  consistency), docs/msta.md;
+* ``m2clip``: M2-CLIP (adapters inside frozen CLIP towers, video-text + linear heads), docs/m2clip.md.
 """
 from tdsk.models.registry import Family, register_family
-from tdsk.schema import DiSTConfig, ModelConfig, MSTAConfig
+from tdsk.schema import DiSTConfig, M2CLIPConfig, ModelConfig, MSTAConfig
 
 
 def _tds_clip(cfg, class_names=None):
@@ -61,13 +62,32 @@ def _msta(cfg, class_names=None):
     return MSTA(cfg, class_names)
 
 
-def _msta_hook(name):
+def _lazy(module, name):
+    """``tdsk.models.<module>.<name>``, imported at the first call (importing tdsk.models stays light)."""
     def hook(*args):
-        from tdsk.models import msta  # noqa: PLC0415
+        import importlib  # noqa: PLC0415
 
-        return getattr(msta, name)(*args)
+        return getattr(importlib.import_module(f"tdsk.models.{module}"), name)(*args)
 
     return hook
+
+
+def _m2clip(cfg, class_names=None):
+    from tdsk.models.m2clip import M2CLIP  # noqa: PLC0415
+
+    return M2CLIP(cfg, class_names)
+
+
+def _m2clip_official_load(model, sd):
+    from tdsk.models import m2clip_official  # noqa: PLC0415
+
+    return m2clip_official.load_official(model, sd) if m2clip_official.is_official(sd) else None
+
+
+def _m2clip_official_export(model, epoch):
+    from tdsk.models.m2clip_official import official_state_dict  # noqa: PLC0415
+
+    return {"model": official_state_dict(model), "next_epoch": int(epoch) + 1}
 
 
 def _register() -> None:
@@ -80,8 +100,13 @@ def _register() -> None:
                            needs_class_names=lambda cfg: cfg.get("classifier") == "text"))
     register_family(Family("msta", MSTAConfig, _msta, "MSTA: frozen CLIP towers + shared multi-modal adapters + "
                            "description-guided consistency (Chen et al., CVPR 2025)",
-                           param_groups=_msta_hook("msta_param_groups"), loss=_msta_hook("msta_loss"),
-                           logits_of=_msta_hook("msta_logits"), needs_class_names=lambda cfg: True))
+                           param_groups=_lazy("msta", "msta_param_groups"), loss=_lazy("msta", "msta_loss"),
+                           logits_of=_lazy("msta", "msta_logits"), needs_class_names=lambda cfg: True))
+    register_family(Family("m2clip", M2CLIPConfig, _m2clip, "M2-CLIP: adapters inside frozen CLIP towers, video-text "
+                           "+ linear heads (Wang et al., AAAI 2024)",
+                           param_groups=_lazy("m2clip", "m2clip_param_groups"), loss=_lazy("m2clip", "m2clip_loss"),
+                           logits_of=_lazy("m2clip", "m2clip_logits"), official_load=_m2clip_official_load,
+                           official_export=_m2clip_official_export, needs_class_names=lambda cfg: True))
 
 
 _register()

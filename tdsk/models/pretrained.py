@@ -425,9 +425,11 @@ def load_pretrained(folder: str, recipe: Optional[Mapping] = None, device: Union
                     "clip_pretrained": section.get("clip_pretrained")}
     labels_path = os.path.join(folder, LABELS_NAME)
     classes = _read_label_lines(labels_path) if os.path.isfile(labels_path) else None
-    if classes is not None and getattr(model, "class_names", False) is None and \
-            len(classes) == int(getattr(model, "num_classes", 0) or 0):
-        model.class_names = list(classes)  # a text classifier's names (docs/protocols.md)
+    if classes is not None and len(classes) == int(getattr(model, "num_classes", 0) or 0):
+        if getattr(model, "live_class_texts", False) and list(getattr(model, "class_names", None) or []) != classes:
+            model.use_classes(classes)  # a text classifier computing its class texts live: the folder's names
+        elif getattr(model, "class_names", False) is None:
+            model.class_names = list(classes)  # a text classifier's names (docs/protocols.md)
     model.to(torch.device(device)).eval()
     return model, cfg, classes, config
 
