@@ -208,7 +208,7 @@ def _non_finite_state(run: Any) -> list[str]:
     """Names of trainable parameters, (persistent) buffers and optimizer-state tensors that are not finite."""
     bad = [n for n, t in list(run.raw_model.named_parameters()) + C.persistent_buffers(run.raw_model)
            if (t.requires_grad or not isinstance(t, nn.Parameter)) and t.is_floating_point()
-           and n not in transient and not bool(torch.isfinite(t).all())]
+           and not bool(torch.isfinite(t).all())]
     for pid, state in run.optimizer.state_dict()["state"].items():
         bad += [f"optimizer[{pid}].{k}" for k, v in state.items()
                 if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
