@@ -298,3 +298,39 @@ def test_model_folder_with_new_classes_reloads_them(run, tmp_path):
     assert rec.classes == names and rec.model.class_names == names and rec.num_classes == 3
     direct = tdsk.Recognizer.from_pretrained(run["ckpt"], device="cpu", precision="fp32", classes=names)
     torch.testing.assert_close(rec.probabilities(run["video"]), direct.probabilities(run["video"]))
+
+
+# ----------------------------------------------------------------------------- every text-classifier family
+
+@pytest.mark.parametrize("recipe", ["demo_m2clip", "demo_msta"])
+def test_protocols_run_the_adapter_families(recipe, run, tmp_path):
+    """The same commands on M2-CLIP and MSTA (whose class texts come from a text tower with
+    trained adapters): train on the base classes, base-to-novel, then zero-shot on the full
+    class list, where the base classes score as in the base-to-novel run."""
+    overrides = fast_overrides("solver.epochs=1", "train.limit_train_batches=1", "data.test_crops=1",
+                               "data.test_clips=1", "eval.validate=false", "output.plot=false", "data.flip=none",
+                               f"data.labels={run['labels']}", "data.class_subset=base", "model.num_classes=null")
+    cfg = demo_config(run["root"], overrides, name=recipe)
+    res = fit(cfg, output_dir=str(tmp_path / "run"), progress=False)
+    base, novel = class_split(demo.CLASSES)
+    assert C.load(res.last_checkpoint)["classes"] == base
+    out = tmp_path / "b2n"
+    assert tev.main(["--checkpoint", res.last_checkpoint, "--protocol", "base-to-novel", "--out", str(out),
+                     "--no-progress"]) == 0
+    b2n = json.loads((out / "results.json").read_text())
+    assert b2n["base"]["classes"] == base and b2n["novel"]["classes"] == novel
+    b, n = b2n["base"]["top1"], b2n["novel"]["top1"]
+    assert b2n["harmonic_mean"] == pytest.approx(0.0 if b + n == 0 else 2 * b * n / (b + n))
+    zs = tmp_path / "zs"
+    assert tev.main(["--checkpoint", res.last_checkpoint, "--protocol", "zero-shot", "--classes", run["labels"],
+                     "--out", str(zs), "--no-progress"]) == 0
+    z = json.loads((zs / "results.json").read_text())
+    assert z["protocol"] == "zero-shot" and z["num_classes"] == len(demo.CLASSES) and z["count"] == len(demo.CLASSES)
+    # open-vocabulary prediction: the trained base model scores all nine names, and reversing
+    # the names reverses the probabilities
+    names = list(demo.CLASSES)
+    rec = tdsk.Recognizer.from_pretrained(res.last_checkpoint, device="cpu", precision="fp32", classes=names)
+    rev = tdsk.Recognizer.from_pretrained(res.last_checkpoint, device="cpu", precision="fp32", classes=names[::-1])
+    assert rec.num_classes == len(names) and rec.model.class_names == names
+    torch.testing.assert_close(rev.probabilities(run["video"]), rec.probabilities(run["video"]).flip(0),
+                               rtol=1e-4, atol=1e-6)

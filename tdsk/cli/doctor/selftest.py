@@ -258,8 +258,8 @@ def _tiny_model(recipe: str = "tiny"):
         finally:
             torch.random.set_rng_state(state)
         gen = torch.Generator().manual_seed(6)
-        video = torch.randn(2, model.num_segments, model.num_local, 3, model.encoder.image_size,
-                            model.encoder.image_size, generator=gen)
+        size = int(model.config["input_size"])  # every family's frame size (model.input_size)
+        video = torch.randn(2, model.num_segments, model.num_local, 3, size, size, generator=gen)
         _TINY_CACHE[recipe] = {"model": model, "video": video}
     return _TINY_CACHE[recipe]["model"], _TINY_CACHE[recipe]["video"]
 
