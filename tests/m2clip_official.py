@@ -15,7 +15,6 @@ import os
 import sys
 import types
 
-import torch
 import torch.nn as nn
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".official", "m2clip")

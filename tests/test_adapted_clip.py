@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tdsk.models.adapted_clip import (AdaptedTextTower, AdaptedVisionTower, ClassTextCache, adapted_block_forward)
+from tdsk.models.adapted_clip import (AdaptedTextTower, AdaptedVisionTower, ClassTextCache)
 from tdsk.models.clip_encoder import FrozenCLIPEncoder
 
 ARCH = "tdsk-ViT-Tiny-16"
