@@ -280,18 +280,19 @@ class Recognizer:
     (``None`` when unknown: labels are then the class indices), ``num_classes``,
     ``device``, ``precision`` (resolved), ``precision_reason``, ``views`` (crops, clips).
 
-    Open vocabulary (docs/protocols.md): with a model that has a text classifier
-    (``model.open_vocabulary``), ``classes`` other than the model's own switch its classifier
-    to them (``model.use_classes``, in place; no retraining). A model without one takes
-    ``classes`` as the names of its own classes (their count must match) and refuses others
-    with :class:`tdsk.models.open_vocab.NoTextClassifierError`. ``switch_classes=False``:
-    ``classes`` are display names only, never a switch.
+    ``classes`` are the display names of the model's classes (their count must match).
+    Open vocabulary (docs/protocols.md), ``switch_classes=True`` (what
+    :meth:`from_pretrained` does when given ``classes``): with a model that has a text
+    classifier (``model.open_vocabulary``), ``classes`` other than the model's own switch its
+    classifier to them (``model.use_classes``, in place; no retraining); a model without one
+    refuses other classes with :class:`tdsk.models.open_vocab.NoTextClassifierError`. The
+    default (``False``) never changes the model, so prettier display names stay display names.
     """
 
     def __init__(self, model: nn.Module, cfg: Mapping, classes: Optional[Sequence[str]] = None, *,
                  device: Union[None, str, torch.device] = None, precision: str = "auto", compile: bool = False,
                  views: Optional[Tuple[int, int]] = None, source: Optional[str] = None,
-                 switch_classes: bool = True):
+                 switch_classes: bool = False):
         if device is None:
             try:
                 device = next(model.parameters()).device

@@ -102,3 +102,20 @@ def test_class_text_cache_recomputes_when_names_or_weights_change():
     # with autograd on and trainable weights: always recomputed, with a graph
     d = cache.get(("x",), [p], compute)
     assert len(calls) == 4 and d.requires_grad
+
+
+def test_class_text_cache_keys_on_dtype_and_autocast():
+    """Embeddings computed under bf16 autocast or with bf16 weights are not served to fp32 use."""
+    lin = nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    cache = ClassTextCache()
+    with torch.no_grad():
+        a = cache.get("k", [lin.weight], lambda: lin(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            b = cache.get("k", [lin.weight], lambda: lin(x))
+        assert b.dtype == torch.bfloat16 and a.dtype == torch.float32
+        c = cache.get("k", [lin.weight], lambda: lin(x))
+        assert c.dtype == torch.float32
+        lin.to(torch.float64)
+        d = cache.get("k", [lin.weight], lambda: lin(x.double()))
+    assert d.dtype == torch.float64

@@ -263,7 +263,13 @@ def test_recognizer_and_predict_take_new_classes(run, tmp_path, capsys):
 
     cfg = load_config("tiny")
     with pytest.raises(NoTextClassifierError, match="no text classifier"):
-        tdsk.Recognizer(build_model(cfg), cfg, ["a", "b"], device="cpu", precision="fp32")
+        tdsk.Recognizer(build_model(cfg), cfg, ["a", "b"], device="cpu", precision="fp32", switch_classes=True)
+    # by default the names are display names: a text classifier is not switched
+    dist_cfg = load_config("tiny_dist")
+    model = build_model(dist_cfg, class_names=[f"class {i}" for i in range(10)])
+    shown = [f"pretty {i}" for i in range(10)]
+    rec = tdsk.Recognizer(model, dist_cfg, shown, device="cpu", precision="fp32")
+    assert rec.classes == shown and model.class_names == [f"class {i}" for i in range(10)]
 
 
 def test_onnx_export_bakes_the_classes(run, tmp_path):

@@ -292,7 +292,7 @@ def base_to_novel_main(args) -> int:
     try:
         for subset, (sub, names) in parts.items():
             rec = Recognizer(model, {**cfg, "data": sub}, names, device=info.device, precision=args.precision,
-                             compile=args.compile, views=tuple(views))
+                             compile=args.compile, views=tuple(views), switch_classes=True)
             loader = build_loader(sub, split, batch_size=args.batch_size or int(evalc.get("test_batch_size", 4)),
                                   device=info.device, rank=info.rank, world_size=info.world_size,
                                   views=tuple(views) if split == "test" else None)

@@ -222,7 +222,10 @@ class ClassTextCache:
 
     @staticmethod
     def _stamp(params: Sequence[torch.Tensor]) -> tuple:
-        return tuple((id(p), p._version, p.device) for p in params)
+        # the weights (identity, version, device, dtype) and the autocast state: embeddings
+        # computed under bf16 autocast are not the fp32 ones
+        amp = tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda"))
+        return tuple((id(p), p._version, p.device, p.dtype) for p in params) + amp
 
     def clear(self) -> None:
         self._entries.clear()
@@ -237,7 +240,7 @@ class ClassTextCache:
             return hit[1]
         with torch.no_grad():
             value = compute()
-        if len(self._entries) >= self.size:
+        if key not in self._entries and len(self._entries) >= self.size:
             self._entries.pop(next(iter(self._entries)))
         self._entries[key] = (stamp, value)
         return value
