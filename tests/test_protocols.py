@@ -340,3 +340,24 @@ def test_protocols_run_the_adapter_families(recipe, run, tmp_path):
     assert rec.num_classes == len(names) and rec.model.class_names == names
     torch.testing.assert_close(rev.probabilities(run["video"]), rec.probabilities(run["video"]).flip(0),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_few_shot_tool_draws_from_what_training_reads(tmp_path):
+    """Short 3-column entries are dropped before the draw (data.min_frames, as training does), so
+    the tool's list is the recipe option's; a path with a U+0085 byte sequence keeps its line."""
+    from tdsk.cli.prepare import write_few_shot_list
+    from tdsk.data.lists import parse_list
+
+    rows = []
+    for c in range(3):
+        rows += [f"c{c}_long{i} 20 {c}" for i in range(3)] + [f"c{c}_short{i} 4 {c}" for i in range(3)]
+    rows[0] = "c0_\u0085odd 20 0"
+    lst = tmp_path / "train.txt"
+    lst.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "k2.txt"
+    assert write_few_shot_list(str(lst), 2, 0, str(out)) == (6, 3)
+    lines = out.read_bytes().decode("utf-8").split("\n")[:-1]  # (str.splitlines would split at U+0085)
+    assert len(lines) == 6 and all("short" not in x for x in lines)
+    assert set(lines) <= set(rows)
+    want = few_shot_records(parse_list(str(lst), "", min_frames=8), 2, 0, str(lst))
+    assert [x.split()[0] for x in lines] == [os.path.basename(r.path) for r in want]

@@ -558,12 +558,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=int, default=0, help="which K entries (default 0; data.few_shot_seed)")
     k.add_argument("--out", required=True, help="the K-shot list to write")
     k.add_argument("--format", default="auto", choices=["auto", "frames", "video"], help="list format (default auto)")
+    k.add_argument("--min-frames", type=int, default=8,
+                   help="drop 3-column entries shorter than this before drawing, as training does "
+                        "(data.min_frames; default 8)")
     k.add_argument("--overwrite", action="store_true", help="replace an --out that tdsk did not write (never --list)")
     return p
 
 
 def write_few_shot_list(list_file: str, shots: int, seed: int, out: str, fmt: str = "auto",
-                        overwrite: bool = False) -> Tuple[int, int]:
+                        overwrite: bool = False, min_frames: int = 8) -> Tuple[int, int]:
     """``python -m tdsk.data.prepare few-shot``: write ``out``, the lines of ``list_file`` that
     :func:`tdsk.data.protocols.few_shot_records` keeps. Returns ``(entries, classes)``;
     :class:`UsageError` for bad input (one line)."""
@@ -576,13 +579,15 @@ def write_few_shot_list(list_file: str, shots: int, seed: int, out: str, fmt: st
     try:
         check_distinct({"--out": out}, {"--list": list_file})
         check_replaceable(out, "--out", overwrite)
-        records = parse_list(list_file, "", fmt)
+        # the candidates training draws from: the same min_frames filter (tdsk.data.loader.load_records)
+        records = parse_list(list_file, "", fmt, min_frames=min_frames)
         kept = few_shot_records(records, shots, seed, list_file, key="--shots")
     except (PathCollisionError, FileExistsError, FileNotFoundError, ListFormatError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
-    with open(list_file, "rb") as f:
-        lines = f.read().decode("utf-8-sig").splitlines()
-    text = "".join(lines[r.line - 1].strip() + "\n" for r in kept)
+    with open(list_file, "rb") as f:  # split bytes as parse_list counts lines (str.splitlines also splits on \x85)
+        data = f.read()
+    lines = data.splitlines()
+    text = "".join(lines[r.line - 1].removeprefix(b"\xef\xbb\xbf").decode("utf-8").strip() + "\n" for r in kept)
     try:
         _io.write_text(out, text)
     except OSError as exc:
@@ -598,7 +603,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "few-shot":
         try:
-            n, k = write_few_shot_list(args.list, args.shots, args.seed, args.out, args.format, args.overwrite)
+            n, k = write_few_shot_list(args.list, args.shots, args.seed, args.out, args.format, args.overwrite,
+                                       args.min_frames)
         except UsageError as exc:
             print(f"tdsk.data.prepare: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
