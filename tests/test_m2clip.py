@@ -147,3 +147,79 @@ def test_official_export_load_round_trip(model, tmp_path):
     torch.save({"model": sd}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="missing"):
         load_checkpoint(other, str(tmp_path / "bad.pth"))
+
+
+def _reload(m, folder, **kw):
+    from tdsk.models import from_pretrained, save_pretrained
+
+    save_pretrained(m, str(folder), **kw)
+    return from_pretrained(str(folder))
+
+
+def test_folder_of_a_switched_model_reloads_with_its_trained_head(tmp_path):
+    m = build_model("tiny_m2clip", class_names=NAMES).eval()
+    m.use_classes(["dog", "cat", "bird"])
+    m2 = _reload(m, tmp_path / "f", labels=["dog", "cat", "bird"])
+    assert m2.num_classes == 3 and m2.class_names == ["dog", "cat", "bird"] and m2.linear_head.out_features == 10
+    assert m2.trained_class_names == NAMES
+    v = _video()
+    with torch.no_grad():
+        torch.testing.assert_close(m2(v), m(v))
+
+
+def test_folder_with_fc_logits_keeps_them(tmp_path):
+    m = build_model("tiny_m2clip", class_names=NAMES, eval_logits="fc").eval()
+    m2 = _reload(m, tmp_path / "f", labels=NAMES)
+    assert m2.config["eval_logits"] == "fc" and m2.trained_class_names == NAMES
+    v = _video()
+    with torch.no_grad():
+        torch.testing.assert_close(m2(v), m.encode_video(v)[2])
+
+
+def test_placeholder_build_then_use_classes_sets_the_trained_names():
+    from tdsk.models.text_tower import placeholder_text_embeddings
+
+    with placeholder_text_embeddings():
+        m = build_model("tiny_m2clip", num_classes=10, eval_logits="fc")
+    assert m.class_names is None and m.trained_class_names is None
+    m.use_classes(NAMES)
+    assert m.trained_class_names == NAMES and m.config["eval_logits"] == "fc"
+
+
+def test_folder_without_labels_keeps_the_names_and_nameless_model_refuses(tmp_path):
+    from tdsk.models.text_tower import placeholder_text_embeddings
+
+    m = build_model("tiny_m2clip", class_names=NAMES).eval()
+    m2 = _reload(m, tmp_path / "f")  # no labels= : the model's own names are stored
+    assert (tmp_path / "f" / "labels.txt").read_text().splitlines() == NAMES and m2.class_names == NAMES
+    with placeholder_text_embeddings():
+        blank = build_model("tiny_m2clip", num_classes=10).eval()
+    with pytest.raises(ValueError, match="no class names.*use_classes"), torch.no_grad():
+        blank(_video())
+
+
+def test_mlm_model_folder_reloads(tmp_path):
+    m = build_model("tiny_m2clip", class_names=NAMES, mlm=True).eval()
+    m2 = _reload(m, tmp_path / "f", labels=NAMES)
+    assert m2.mlm_vocab == m.mlm_vocab
+    sd, sd2 = m.state_dict(), m2.state_dict()
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
+
+
+def test_mlm_is_refused_in_distributed_training(monkeypatch):
+    import torch.distributed as dist
+
+    m = build_model("tiny_m2clip", class_names=NAMES, mlm=True).train()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+    with pytest.raises(ConfigError, match="model.mlm=true.*distributed"):
+        m(_video())
+
+
+def test_text_embeddings_for_is_cached_until_the_weights_change(model):
+    model.eval()
+    a = model.text_embeddings_for(["dog", "cat"])
+    assert model.text_embeddings_for(["dog", "cat"]) is a
+    with torch.no_grad():
+        next(iter(model.text_adapters.parameters())).add_(0.0)  # a new weights version
+    assert model.text_embeddings_for(["dog", "cat"]) is not a

@@ -314,3 +314,19 @@ def test_demo_recipe_finds_its_packaged_descriptions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the relative path is looked up beside the packaged recipes
     m = build_model({"model": load_config("demo_msta")["model"]}, class_names=demo.CLASSES)
     assert tuple(m.description_embeddings.shape) == (len(demo.CLASSES), 64)
+
+
+def test_use_classes_without_descriptions_saves_a_folder_that_reloads(tmp_path):
+    from tdsk.models import from_pretrained, save_pretrained
+
+    path = _descriptions(tmp_path / "d.json", NAMES)
+    m = _tiny(descriptions=path).eval()
+    m.use_classes(["alpha", "beta"])  # the file does not describe them: the term is off
+    assert m.description_embeddings is None and m.config["descriptions"] is None
+    save_pretrained(m, str(tmp_path / "f"), labels=m.class_names)
+    m2 = from_pretrained(str(tmp_path / "f"))
+    assert m2.description_embeddings is None and m2.class_names == ["alpha", "beta"]
+    with torch.no_grad():
+        torch.testing.assert_close(m2(_video()), m(_video()))
+    m.use_classes(NAMES[:3])  # described again: the file comes back
+    assert m.description_embeddings.shape[0] == 3 and m.config["descriptions"] == path

@@ -87,7 +87,8 @@ class M2CLIP(VideoClassifier):
             [_slot_dict(pre_attn and i >= first, i >= first, lambda: TextAdapter(txt.width, tw)) for i in range(n_text)])
         self.register_buffer("logit_scale", torch.tensor(txt.logit_scale_init, dtype=torch.float32))
         names = [str(n) for n in class_names] if class_names is not None else None
-        if names is None and text_embeddings_deferred():  # rebuilt to load a checkpoint: names come later
+        placeholder = names is None and text_embeddings_deferred()
+        if placeholder:  # rebuilt to load a checkpoint: the names come later (use_classes)
             names = [str(i) for i in range(self.num_classes)]
         if names is None:
             raise ConfigError("model.variant=m2clip needs the class names (its classifier is their CLIP text): set "
@@ -95,8 +96,10 @@ class M2CLIP(VideoClassifier):
         if len(names) != self.num_classes:
             raise ConfigError(f"model.num_classes={self.num_classes} but {len(names)} class names were given "
                               "(data.labels)")
-        self.class_names: List[str] = names
-        self.trained_class_names: List[str] = list(names)  # what linear_head scores
+        # placeholder names are no names: class_names / trained_class_names stay None until the
+        # first use_classes (a model folder's labels), which also sets the trained names
+        self.class_names: Optional[List[str]] = None if placeholder else names
+        self.trained_class_names: Optional[List[str]] = None if placeholder else list(names)  # what linear_head scores
         self._text_cache = ClassTextCache()
         self._tokens: Dict[tuple, torch.Tensor] = {}
         self.decoder = self.mlm_head = None
@@ -130,6 +133,12 @@ class M2CLIP(VideoClassifier):
     def _text_params(self) -> List[torch.Tensor]:
         return [p for p in self.text_adapters.parameters()]
 
+    def _names(self) -> List[str]:
+        if self.class_names is None:
+            raise ValueError("M2-CLIP has no class names: build it with class_names=[...] (data.labels), load a "
+                             "model folder that has labels.txt, or call use_classes(names)")
+        return self.class_names
+
     def _class_tokens(self, names: Sequence[str]) -> torch.Tensor:
         key = tuple(names)
         tok = self._tokens.get(key)
@@ -145,15 +154,18 @@ class M2CLIP(VideoClassifier):
     def class_text_features(self) -> torch.Tensor:
         """``[K, E]`` text embeddings of the model's classes (not normalised): with autograd in
         training, cached per weights version otherwise."""
-        names = self.class_names
+        names = self._names()
         return self._text_cache.get((tuple(names), self.config["text_prompt"]), self._text_params(),
                                     lambda: self._encode_names(names))
 
     def text_embeddings_for(self, class_names: Sequence[str]) -> torch.Tensor:
         """``[K', E]`` text embeddings of other class names (prompt and text adapters of this
         model), for :meth:`classify`."""
-        with torch.no_grad():
-            return self.text.encode(self.prompts([str(n) for n in class_names]), self._text_slots()).float()
+        names = [str(n) for n in class_names]
+        params = self._text_params() + list(self.text.parameters())
+        with torch.no_grad():  # cached per names and weights version (ClassTextCache), like the model's classes
+            return self._text_cache.get(("for", tuple(names), self.config["text_prompt"]), params,
+                                        lambda: self.text.encode(self.prompts(names), self._text_slots()).float())
 
     def classify(self, emb: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Video embeddings ``[B, E]`` -> similarity logits ``100 * cos`` ``[B, K]`` against the
@@ -167,10 +179,14 @@ class M2CLIP(VideoClassifier):
         """Classify among ``class_names`` from now on (current weights). ``class_names``,
         ``num_classes`` and ``config['num_classes']`` follow; the linear head cannot, so a model
         with ``eval_logits: fc`` switches to the similarity logits unless the names are the
-        trained ones."""
+        trained ones. On a model rebuilt without names (a checkpoint or folder about to be loaded,
+        :func:`~tdsk.models.text_tower.placeholder_text_embeddings`), the first names given as many
+        as the linear head has rows are also the trained names."""
         names = [str(n) for n in class_names]
         if not names:
             raise ValueError("use_classes: no class names")
+        if self.trained_class_names is None and len(names) == self.linear_head.out_features:
+            self._set_trained_names(names)
         self.class_names = names
         self.num_classes = self.config["num_classes"] = len(names)
         self._text_cache.clear()
@@ -178,6 +194,16 @@ class M2CLIP(VideoClassifier):
             log_once("m2clip-use-classes-fc", "M2-CLIP: other class names: the logits are now the similarity "
                      "logits (the linear head knows only the trained classes)", logging.WARNING)
             self.config["eval_logits"] = "similarity"
+
+    def _set_trained_names(self, names: Sequence[str]) -> None:
+        """The names the linear head (and the MLM vocabulary) belong to."""
+        self.trained_class_names = [str(n) for n in names]
+        if self.mlm_head is not None:
+            from tdsk.models.m2clip_decoder import word_vocabulary  # noqa: PLC0415
+
+            vocab = word_vocabulary(self.prompts(self.trained_class_names))
+            if len(vocab) == self.mlm_head.bias.shape[0]:
+                self.mlm_vocab = vocab
 
     # -- forward -----------------------------------------------------------------------------------
     def _vision_slots(self):
@@ -232,6 +258,7 @@ class M2CLIP(VideoClassifier):
         out = {"logits": self._output_logits(emb, fc, text), "video": emb, "text": text, "fc_logits": fc,
                "logit_scale": self.logit_scale}
         if self.mlm_head is not None:
+            _refuse_mlm_distributed()
             w = float(self.config["mlm_weight"])
             out["mlm"] = lambda labels: w * self.mlm_loss(frames, labels)  # weighted (the release: 1/10)
         return out
@@ -240,13 +267,26 @@ class M2CLIP(VideoClassifier):
         """The masked-word loss of the prompts of ``labels`` ``[B]`` given the frame embeddings."""
         from tdsk.models.m2clip_decoder import mask_prompts  # noqa: PLC0415
 
-        prompts = self.prompts([self.class_names[i] for i in labels.tolist()])
+        names = self._names()
+        prompts = self.prompts([names[i] for i in labels.tolist()])
         tokens, targets = mask_prompts(prompts, self.mlm_vocab, self.text.context_length,
                                        float(self.config["mlm_rate"]))
         tokens, targets = tokens.to(frames.device), targets.to(frames.device)
         x = self.text(tokens, self._text_slots())[1]
         x = self.text.tower.ln_final(self.decoder(x, frames))
         return F.cross_entropy(self.mlm_head(x).flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def _refuse_mlm_distributed() -> None:
+    """The MLM term runs the decoder when the loss is computed, after ``forward`` (it needs the
+    labels): DDP's gradient hooks would see those parameters a second time ("marked ready
+    twice"). Refused with more than one process."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise ConfigError(f"model.mlm=true is not supported in distributed training (world size "
+                          f"{dist.get_world_size()}): its loss runs the decoder after the DDP forward; train on one "
+                          "process or set model.mlm=false")
 
 
 def _kl(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:

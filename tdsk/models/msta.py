@@ -242,6 +242,7 @@ class MSTA(VideoClassifier):
                               "(or pass build_model(..., class_names=[...]))")
         self._class_text = ClassTextCache()
         self._prefix = ClassTextCache()
+        self._descriptions_file = c.get("descriptions")  # kept: use_classes may turn the term off, then on again
         self.register_buffer("description_embeddings", self._description_embeddings(self.class_names))
         # the eval-mode class texts as a buffer: what torch.export / ONNX bake into the graph
         self.register_buffer("class_text", None, persistent=False)
@@ -258,14 +259,17 @@ class MSTA(VideoClassifier):
                               "(data.labels)")
         self.class_names = names
 
-    def _description_embeddings(self, names: Optional[Sequence[str]]) -> Optional[torch.Tensor]:
-        """The frozen text tower's mean description embedding per class, normalised (``[K, E]``)."""
+    def _description_embeddings(self, names: Optional[Sequence[str]], path: Optional[str] = None
+                                ) -> Optional[torch.Tensor]:
+        """The frozen text tower's mean description embedding per class, normalised (``[K, E]``),
+        from ``path`` (default ``model.descriptions``)."""
         c = self.config
-        if not c.get("descriptions"):
+        path = path if path is not None else c.get("descriptions")
+        if not path:
             return None
         if names is None or text_embeddings_deferred():  # loaded from the checkpoint right after
             return torch.zeros(self.num_classes, self.text.embed_dim)
-        sentences = read_descriptions(c["descriptions"], names, int(c["descriptions_per_class"]))
+        sentences = read_descriptions(path, names, int(c["descriptions_per_class"]))
         flat = [s for group in sentences for s in group]
         with torch.no_grad():
             emb = F.normalize(self.text.encode(flat).float(), dim=-1)
@@ -279,20 +283,23 @@ class MSTA(VideoClassifier):
         """Classify among ``class_names`` from now on, with the current weights (``class_names``,
         ``num_classes`` and ``config['num_classes']`` follow). Their description embeddings are
         read from ``model.descriptions`` when it describes them all (they only matter for
-        training); otherwise the consistency term is off (logged)."""
+        training); otherwise the consistency term is off (logged) and ``config['descriptions']``
+        becomes ``None``, so that a model folder saved now describes a model without the buffer."""
         names = [str(n) for n in class_names]
         if not names or any(not n.strip() for n in names):
             raise ValueError("use_classes: give one non-blank name per class")
         self.class_names, self.num_classes = names, len(names)
         self.config["num_classes"] = len(names)
         desc = None
-        if self.config.get("descriptions"):
+        if self._descriptions_file:
             try:
-                desc = self._description_embeddings(names)
+                desc = self._description_embeddings(names, self._descriptions_file)
             except ConfigError as exc:
                 log_once(f"msta-use-classes-{exc}", f"MSTA.use_classes: no consistency term for these classes ({exc})",
                          logging.INFO)
         self.description_embeddings = desc.to(self.logit_scale.device) if desc is not None else None
+        if self._descriptions_file:
+            self.config["descriptions"] = self._descriptions_file if desc is not None else None
         self.class_text = None
         self._refresh_class_text()
 

@@ -189,6 +189,9 @@ def save_pretrained(model: nn.Module, folder: str, labels: Union[None, str, Sequ
     full = _resolve_recipe(model, recipe)
     msec = full.get("model") or {}
     names = _read_labels_arg(labels)
+    if names is None and getattr(model, "open_vocabulary", False) and getattr(model, "class_names", None):
+        names = [str(n) for n in model.class_names]  # a text classifier's classes are its names: keep them
+    trained = getattr(model, "trained_class_names", None)  # names a fixed head scores (M2-CLIP's linear head)
     num_classes = int(getattr(model, "num_classes", 0) or msec.get("num_classes") or 0)
     if names is not None and num_classes and len(names) != num_classes:
         raise ValueError(f"save_pretrained: {len(names)} labels for a model of {num_classes} classes")
@@ -227,6 +230,7 @@ def save_pretrained(model: nn.Module, folder: str, labels: Union[None, str, Sequ
         "clip": clip_info,
         "vit_config": _plain(TDSK_VIT_CONFIGS[arch]) if arch in TDSK_VIT_CONFIGS else None,
         "labels": LABELS_NAME if names is not None else None,
+        "trained_class_names": [str(n) for n in trained] if trained else None,
         "card": _plain(card) if isinstance(card, Mapping) else None,
         "tensors": len(tensors),
     }
@@ -333,7 +337,8 @@ def _quiet():
         logger.setLevel(level)
 
 
-def _build_for_weights(section: Dict, weights: Mapping[str, torch.Tensor], where: str) -> nn.Module:
+def _build_for_weights(section: Dict, weights: Mapping[str, torch.Tensor], where: str,
+                       class_names: Optional[Sequence[str]] = None) -> nn.Module:
     """Build the model of ``section``, check that ``weights`` are exactly its tensors, put them in.
 
     The skeleton is built on the meta device (no random init of a large CLIP), then the
@@ -346,7 +351,7 @@ def _build_for_weights(section: Dict, weights: Mapping[str, torch.Tensor], where
     model = None
     try:
         with _quiet(), torch.device("meta"), placeholder_text_embeddings():
-            model = build_model(skeleton)
+            model = build_model(skeleton, class_names=class_names)
     except Exception:
         model = None
     if model is not None:
@@ -363,7 +368,7 @@ def _build_for_weights(section: Dict, weights: Mapping[str, torch.Tensor], where
             model = None
     if model is None:
         with _quiet(), placeholder_text_embeddings():
-            model = build_model(skeleton)
+            model = build_model(skeleton, class_names=class_names)
         _check_tensors(model, weights, where)
         model.load_state_dict(dict(weights), strict=True)
     for name, p in model.named_parameters():  # the frozen tower stays frozen after assign
@@ -393,6 +398,10 @@ def load_pretrained(folder: str, recipe: Optional[Mapping] = None, device: Union
     if vit and arch and arch not in TDSK_VIT_CONFIGS:
         register_vit_config(arch, vit["vision_cfg"], vit.get("embed_dim", 64))
     section = model_config(cfg["model"])
+    # the names a fixed head was trained on (M2-CLIP's linear head, its MLM vocabulary): the model
+    # is built with them (as many classes as the head has rows), then switched to the folder's labels
+    trained = config.get("trained_class_names") or None
+    build_section = {**section, "num_classes": len(trained)} if trained else section
     weights_path = os.path.join(folder, WEIGHTS_NAME)
     try:
         sd = load_file(weights_path)
@@ -403,7 +412,7 @@ def load_pretrained(folder: str, recipe: Optional[Mapping] = None, device: Union
     clip = config.get("clip") or {}
     has_clip = any(k.startswith(CLIP_PREFIX) for k in sd)
     if clip.get("included", True) or has_clip:
-        model = _build_for_weights(section, sd, where)
+        model = _build_for_weights(build_section, sd, where, trained)
     else:
         src = clip.get("clip_pretrained") or section.get("clip_pretrained")
         if src in _RANDOM_CLIP:
@@ -411,7 +420,7 @@ def load_pretrained(folder: str, recipe: Optional[Mapping] = None, device: Union
                              "(clip.clip_pretrained is null)")
         section = {**section, "clip_pretrained": src}
         with placeholder_text_embeddings():  # the folder holds a text classifier's embeddings
-            model = build_model(section)  # loads the frozen CLIP from the tag / file
+            model = build_model({**build_section, "clip_pretrained": src}, class_names=trained)  # loads the CLIP
         frozen = [k for k in model.state_dict() if k.startswith(CLIP_PREFIX)]
         _check_tensors(model, sd, where, allowed_missing=frozen)
         model.load_state_dict(sd, strict=False)
@@ -425,7 +434,8 @@ def load_pretrained(folder: str, recipe: Optional[Mapping] = None, device: Union
                     "clip_pretrained": section.get("clip_pretrained")}
     labels_path = os.path.join(folder, LABELS_NAME)
     classes = _read_label_lines(labels_path) if os.path.isfile(labels_path) else None
-    if classes is not None and len(classes) == int(getattr(model, "num_classes", 0) or 0):
+    want = {int(getattr(model, "num_classes", 0) or 0), int(config.get("num_classes") or 0) if trained else 0}
+    if classes is not None and len(classes) in want:
         if getattr(model, "live_class_texts", False) and list(getattr(model, "class_names", None) or []) != classes:
             model.use_classes(classes)  # a text classifier computing its class texts live: the folder's names
         elif getattr(model, "class_names", False) is None:
