@@ -97,3 +97,20 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+def fit_problems(bad, missing, unexpected) -> list:
+    """The reasons a checkpoint does not fit a model, one phrase each (shared by the official
+    loaders): ``bad`` ``[(key, file_shape, model_shape)]``, ``missing`` and ``unexpected`` keys."""
+    def some(keys):
+        return f"{keys[:8]}" + (" ..." if len(keys) > 8 else "")
+
+    problems = []
+    if bad:
+        problems.append(f"{len(bad)} shape mismatches (file vs model): "
+                        + "; ".join(f"{k}: {g} vs {w}" for k, g, w in bad[:8]))
+    if missing:
+        problems.append(f"{len(missing)} tensors missing from the file: {some(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors in the file: {some(unexpected)}")
+    return problems

@@ -26,6 +26,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from tdsk.models._common import fit_problems
 from tdsk.models.clip_encoder import _pretrained_tag_state_dict, load_clip_visual_state_dict
 from tdsk.models.text_tower import is_text_key, class_text_embeddings, clip_text_state_dict
 
@@ -83,14 +84,7 @@ def load_official(model: nn.Module, sd: Dict[str, torch.Tensor]) -> int:
     bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in renamed.items()
            if k in own and tuple(v.shape) != tuple(own[k].shape)]
     unexpected += [k for k in renamed if k not in own]
-    problems = []
-    if bad:
-        problems.append(f"{len(bad)} shape mismatches (file vs model): "
-                        + "; ".join(f"{k}: {g} vs {w}" for k, g, w in bad[:8]))
-    if missing:
-        problems.append(f"{len(missing)} tensors missing from the file: {missing[:8]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors in the file: {unexpected[:8]}")
+    problems = fit_problems(bad, missing, unexpected)
     if problems:
         raise ValueError("official DiST checkpoint does not fit this model: " + " | ".join(problems))
     model.load_state_dict(renamed, strict=True)

@@ -29,6 +29,8 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
+from tdsk.models._common import fit_problems
+
 __all__ = ["official_name", "official_key_map", "is_official", "load_official", "official_state_dict"]
 
 _MLM = {"dense": "transform.dense", "norm": "transform.LayerNorm", "decoder": "decoder"}
@@ -91,14 +93,7 @@ def load_official(model: nn.Module, sd: Dict[str, torch.Tensor]) -> int:
     missing = [mapping[k] for k in mapping if k not in renamed]
     bad = [(mapping[k], tuple(v.shape), tuple(own[k].shape)) for k, v in renamed.items()
            if tuple(v.shape) != tuple(own[k].shape)]
-    problems = []
-    if bad:
-        problems.append(f"{len(bad)} shape mismatches (file vs model): "
-                        + "; ".join(f"{k}: {g} vs {w}" for k, g, w in bad[:8]))
-    if missing:
-        problems.append(f"{len(missing)} tensors missing from the file: {missing[:8]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors in the file: {unexpected[:8]}")
+    problems = fit_problems(bad, missing, unexpected)
     if problems:
         raise ValueError("official M2-CLIP checkpoint does not fit this model: " + " | ".join(problems))
     with torch.no_grad():
