@@ -79,3 +79,22 @@ def run_tool(module, *args, env=None, timeout=300, cwd=None):
     the ``subprocess.CompletedProcess`` with text ``stdout``/``stderr``."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env=tool_env(**(env or {})), timeout=timeout, cwd=cwd)
+
+
+def assert_resume_reproduces(cfg, res, tmp_path, classes=None):
+    """Resume a copy of the two-epoch run ``res`` (of recipe ``cfg``) from its epoch-1 checkpoint:
+    the last checkpoint's weights equal the uninterrupted run's, tensor for tensor."""
+    import shutil
+
+    from tdsk.engine import checkpoint as C
+    from tdsk.engine.trainer import fit
+
+    out = tmp_path / "resumed"
+    shutil.copytree(os.path.dirname(res.last_checkpoint), out)
+    for name in os.listdir(out):
+        if name.startswith("epoch_0002") or name in ("best.pt", "last.pt", "run.lock", ".lock"):
+            os.remove(out / name)
+    fit(cfg, output_dir=str(out), resume=str(out / "epoch_0001.pt"), progress=False, classes=classes)
+    a = C.load(res.last_checkpoint)["model_state_dict"]
+    b = C.load(str(out / os.path.basename(res.last_checkpoint)))["model_state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

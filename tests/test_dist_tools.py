@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import fast_overrides, tool_env, write_recipe
+from helpers import assert_resume_reproduces, fast_overrides, tool_env, write_recipe
 
 import tdsk
 from tdsk import demo
@@ -43,15 +43,7 @@ def test_train_writes_a_dist_run_and_resume_gives_the_same_weights(run, tmp_path
     assert "text_embeddings" in ckpt["model_state_dict"]
     # resume from epoch 1 in a copy of the run: the same weights as the uninterrupted run
     # (the mixup/cutmix draws of epoch 2 are seeded by the step, not by what ran before)
-    out = tmp_path / "resumed"
-    shutil.copytree(os.path.dirname(res.last_checkpoint), out)
-    for name in os.listdir(out):
-        if name.startswith("epoch_0002") or name in ("best.pt", "last.pt", "run.lock", ".lock"):
-            os.remove(out / name)
-    fit(run["cfg"], output_dir=str(out), resume=str(out / "epoch_0001.pt"), progress=False, classes=demo.CLASSES)
-    a = C.load(res.last_checkpoint)["model_state_dict"]
-    b = C.load(str(out / os.path.basename(res.last_checkpoint)))["model_state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_reproduces(run["cfg"], res, tmp_path, classes=demo.CLASSES)
 
 
 def test_init_from_and_own_data_folders(run, tmp_path):

@@ -3,11 +3,9 @@ Recognizer / model folder, explain, timeline and extract (the generic paths: no 
 export to ONNX (checked against eager by the tool) and to the official format."""
 import json
 import os
-import shutil
 
 import pytest
-import torch
-from helpers import fast_overrides
+from helpers import assert_resume_reproduces, fast_overrides
 
 import tdsk
 from tdsk import demo
@@ -36,15 +34,7 @@ def test_train_and_resume_give_the_same_weights(run, tmp_path):
     ckpt = C.load(res.last_checkpoint)
     assert ckpt["config"]["model"]["variant"] == "m2clip" and ckpt["step"] == 2
     assert any(k.startswith("vision_adapters.") for k in ckpt["model_state_dict"])
-    out = tmp_path / "resumed"
-    shutil.copytree(os.path.dirname(res.last_checkpoint), out)
-    for name in os.listdir(out):
-        if name.startswith("epoch_0002") or name in ("best.pt", "last.pt", "run.lock", ".lock"):
-            os.remove(out / name)
-    fit(run["cfg"], output_dir=str(out), resume=str(out / "epoch_0001.pt"), progress=False, classes=demo.CLASSES)
-    a = C.load(res.last_checkpoint)["model_state_dict"]
-    b = C.load(str(out / os.path.basename(res.last_checkpoint)))["model_state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_reproduces(run["cfg"], res, tmp_path, classes=demo.CLASSES)
 
 
 def test_evaluate_predict_folder_explain_timeline_extract(run, tmp_path, capsys):
